@@ -91,6 +91,7 @@ func IsPermanent(err error) bool {
 	var p *PermanentError
 	return errors.As(err, &p) ||
 		errors.Is(err, ErrNotFound) ||
+		errors.Is(err, ErrBucketNotFound) ||
 		errors.Is(err, context.Canceled) ||
 		errors.Is(err, context.DeadlineExceeded)
 }
@@ -210,6 +211,31 @@ func ValidKey(key string) error {
 		c := key[i]
 		if c < 0x21 || c > 0x7e || c == '\\' {
 			return Permanent(fmt.Errorf("invalid key %q: byte 0x%02x not allowed", key, c))
+		}
+	}
+	return nil
+}
+
+// ValidPrefix reports whether prefix may select keys in List: it is empty or
+// the start of a valid key. The last segment may be partial ("sets/2026"
+// selects "sets/20261128T..."), but the segments before it must be valid key
+// segments, so that no prefix reaches outside the repository.
+func ValidPrefix(prefix string) error {
+	if prefix == "" {
+		return nil
+	}
+	if len(prefix) > 900 {
+		return Permanent(fmt.Errorf("invalid prefix %q: longer than 900 bytes", prefix[:40]+"..."))
+	}
+	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {
+		if err := ValidKey(prefix[:i]); err != nil {
+			return Permanent(fmt.Errorf("invalid prefix %q: empty, . or .. segment", prefix))
+		}
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := prefix[i]
+		if c < 0x21 || c > 0x7e || c == '\\' {
+			return Permanent(fmt.Errorf("invalid prefix %q: byte 0x%02x not allowed", prefix, c))
 		}
 	}
 	return nil

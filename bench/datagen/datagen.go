@@ -1,0 +1,445 @@
+// Package datagen fills a PostgreSQL database with a deterministic, realistic multi-tenant issue tracker for benchmarks and tests.
+package datagen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Options says what to generate. The same Options always give the same
+// data, byte for byte.
+type Options struct {
+	// Tenants is the number of tenants, at least 1.
+	Tenants int
+	// TargetBytes is the approximate total size of the tables (heap and
+	// TOAST, without indexes) to generate; indexes add roughly a quarter on
+	// top. Every tenant gets a minimum of rows, so many tenants with a small
+	// target overshoot it.
+	TargetBytes int64
+	// Seed selects the data; any value is valid.
+	Seed int64
+	// ZipfS is the exponent of the Zipf law of tenant sizes: the tenant of
+	// rank k gets a share proportional to k^-ZipfS on top of a small
+	// minimum. Zero means DefaultZipfS; use a tiny positive value for
+	// tenants of (nearly) equal size.
+	ZipfS float64
+	// OddIDs replaces some regular tenant IDs (t0001, ...) with IDs that
+	// break naive code: quotes, slashes, "..", tabs, backslashes, `\N`,
+	// LIKE wildcards, non-ASCII, leading spaces, case-only differences. Up
+	// to half of the tenants get one.
+	OddIDs bool
+	// Workers is the number of connections that load tables and build
+	// indexes at the same time; zero means 2.
+	Workers int
+	// Logf, if not nil, receives progress messages.
+	Logf func(format string, args ...any)
+}
+
+// DefaultZipfS is the Zipf exponent used when Options.ZipfS is zero: with
+// 1000 tenants the largest holds about 18% of the data and the median about
+// 0.02%, as in a typical SaaS customer base.
+const DefaultZipfS = 1.1
+
+// TableStats describes one generated table.
+type TableStats struct {
+	Name string
+	Rows int64
+	// Bytes is pg_table_size (heap, TOAST, free space and visibility maps),
+	// summed over partitions.
+	Bytes int64
+	// IndexBytes is pg_indexes_size, summed over partitions.
+	IndexBytes int64
+}
+
+// Stats describes a generated database.
+type Stats struct {
+	// Tables lists every table in load order, reference tables first.
+	Tables []TableStats
+	// TenantRows is the number of rows that belong to each tenant, over
+	// all tables, counting the tenant's own row in tenants and the rows
+	// that belong to it only through foreign keys (comments, attachments,
+	// issue_watchers).
+	TenantRows map[string]int64
+	// TableBytes is the sum of Tables[i].Bytes: what TargetBytes aims at.
+	TableBytes int64
+	// DatabaseBytes is pg_database_size: tables, indexes and catalogs.
+	DatabaseBytes int64
+	// Elapsed is the whole run; LoadElapsed the COPY phase; IndexElapsed
+	// the constraints and indexes; VacuumElapsed the final VACUUM (FREEZE,
+	// ANALYZE).
+	Elapsed, LoadElapsed, IndexElapsed, VacuumElapsed time.Duration
+}
+
+// Rows returns the number of rows of table, or 0 for an unknown table.
+func (s Stats) Rows(table string) int64 {
+	for _, t := range s.Tables {
+		if t.Name == table {
+			return t.Rows
+		}
+	}
+	return 0
+}
+
+// TotalRows returns the number of rows in all tables.
+func (s Stats) TotalRows() int64 {
+	var n int64
+	for _, t := range s.Tables {
+		n += t.Rows
+	}
+	return n
+}
+
+// Tables lists the generated tables in load order: reference tables, then
+// tenants, then tenant data. Benchmarks and tests iterate over it.
+var Tables = []string{
+	"plans", "countries", "tenants",
+	"users", "projects", "milestones", "issues", "issue_watchers",
+	"comments", "attachments", "events", "audit_log",
+}
+
+func (o *Options) normalize() error {
+	if o.Tenants < 1 {
+		return fmt.Errorf("datagen: Tenants must be at least 1, got %d", o.Tenants)
+	}
+	if o.Tenants > 999999 {
+		return fmt.Errorf("datagen: Tenants must be at most 999999, got %d", o.Tenants)
+	}
+	if o.TargetBytes <= 0 {
+		return fmt.Errorf("datagen: TargetBytes must be positive, got %d", o.TargetBytes)
+	}
+	if o.ZipfS == 0 {
+		o.ZipfS = DefaultZipfS
+	}
+	if o.ZipfS < 0 || o.ZipfS > 10 {
+		return fmt.Errorf("datagen: ZipfS must be in (0, 10], got %g", o.ZipfS)
+	}
+	if o.Workers == 0 {
+		o.Workers = 2
+	}
+	if o.Workers < 1 {
+		return fmt.Errorf("datagen: Workers must be positive, got %d", o.Workers)
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	return nil
+}
+
+// Generate creates the schema in the database at dbURL, which should be
+// empty, and fills it as opts says: it loads every table with COPY from
+// rows generated on the fly, then adds keys, indexes and foreign keys
+// (faster than maintaining them during the load, and the foreign keys then
+// check the generated data), then runs VACUUM (FREEZE, ANALYZE) so that the
+// database is in the settled state of a long-lived production database:
+// statistics known, tuples hinted and frozen, visibility map set. Without
+// that, whichever benchmark reads the data first pays for writing every page
+// again. On error the database is left half-filled: drop it.
+func Generate(ctx context.Context, dbURL string, opts Options) (Stats, error) {
+	start := time.Now()
+	if err := opts.normalize(); err != nil {
+		return Stats{}, err
+	}
+	logf := opts.Logf
+	p := newPlan(opts)
+	if min := p.minimumBytes(); min > opts.TargetBytes {
+		logf("datagen: %d tenants need about %d MB of rows at least; the target of %d MB will be exceeded",
+			opts.Tenants, min>>20, opts.TargetBytes>>20)
+	}
+
+	conn, err := connect(ctx, dbURL)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, schemaDDL+p.partitionDDL()); err != nil {
+		return Stats{}, fmt.Errorf("datagen: create schema: %w", err)
+	}
+	if err := p.loadReference(ctx, conn); err != nil {
+		return Stats{}, err
+	}
+	logf("datagen: schema created, %d tenants planned (%s)", len(p.tenants), p.summary())
+
+	// Load the tenant data, largest tables first so that the workers finish
+	// at about the same time.
+	loadStart := time.Now()
+	sources := []source{
+		p.commentsSource(), p.issuesSource(), p.attachmentsSource(), p.eventsSource(),
+		p.auditSource(), p.watchersSource(), p.usersSource(), p.projectsSource(), p.milestonesSource(),
+	}
+	jobs := make([]job, len(sources))
+	for i, s := range sources {
+		jobs[i] = func(ctx context.Context, c *pgx.Conn) error {
+			t0 := time.Now()
+			n, err := c.CopyFrom(ctx, pgx.Identifier{"public", s.table()}, s.columns(), s)
+			if err != nil {
+				return fmt.Errorf("datagen: load %s: %w", s.table(), err)
+			}
+			logf("datagen: loaded %s: %d rows in %s", s.table(), n, time.Since(t0).Round(time.Millisecond))
+			return nil
+		}
+	}
+	if err := runJobs(ctx, dbURL, opts.Workers, jobs); err != nil {
+		return Stats{}, err
+	}
+	loadElapsed := time.Since(loadStart)
+
+	indexStart := time.Now()
+	var idx []job
+	for _, stmts := range postLoadIndexes {
+		idx = append(idx, execJob(stmts...))
+	}
+	if err := runJobs(ctx, dbURL, opts.Workers, idx); err != nil {
+		return Stats{}, err
+	}
+	// Foreign keys one at a time: adding one locks both tables, and two at
+	// once can deadlock.
+	for _, stmt := range postLoadForeignKeys {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return Stats{}, fmt.Errorf("datagen: %s: %w", stmt, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, resetSequences); err != nil {
+		return Stats{}, fmt.Errorf("datagen: reset sequences: %w", err)
+	}
+	indexElapsed := time.Since(indexStart)
+	logf("datagen: keys, indexes and foreign keys in %s", indexElapsed.Round(time.Millisecond))
+
+	vacuumStart := time.Now()
+	var vac []job
+	for _, t := range Tables {
+		vac = append(vac, execJob("VACUUM (FREEZE, ANALYZE) public."+t))
+	}
+	if err := runJobs(ctx, dbURL, opts.Workers, vac); err != nil {
+		return Stats{}, err
+	}
+	vacuumElapsed := time.Since(vacuumStart)
+
+	st, err := tableStats(ctx, conn)
+	if err != nil {
+		return Stats{}, err
+	}
+	st.TenantRows = p.tenantRows(sources)
+	st.LoadElapsed, st.IndexElapsed, st.VacuumElapsed = loadElapsed, indexElapsed, vacuumElapsed
+	st.Elapsed = time.Since(start)
+	logf("datagen: done in %s: %d rows, tables %d MB, database %d MB",
+		st.Elapsed.Round(time.Millisecond), st.TotalRows(), st.TableBytes>>20, st.DatabaseBytes>>20)
+	return st, nil
+}
+
+// connect opens a connection tuned for bulk loading. synchronous_commit=off
+// is safe here: a crash loses the generated database anyway.
+func connect(ctx context.Context, dbURL string) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return nil, fmt.Errorf("datagen: connect: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "SET synchronous_commit = off; SET maintenance_work_mem = '256MB'"); err != nil {
+		conn.Close(ctx)
+		return nil, fmt.Errorf("datagen: configure session: %w", err)
+	}
+	return conn, nil
+}
+
+// A job is one unit of work on a connection of its own.
+type job func(ctx context.Context, c *pgx.Conn) error
+
+func execJob(stmts ...string) job {
+	return func(ctx context.Context, c *pgx.Conn) error {
+		for _, s := range stmts {
+			if _, err := c.Exec(ctx, s); err != nil {
+				return fmt.Errorf("datagen: %s: %w", s, err)
+			}
+		}
+		return nil
+	}
+}
+
+// runJobs runs jobs in order on up to workers connections and returns the
+// first error; the other jobs are then cancelled.
+func runJobs(ctx context.Context, dbURL string, workers int, jobs []job) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	workers = min(workers, len(jobs))
+	next := make(chan job)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := connect(ctx, dbURL)
+			if err != nil {
+				errs <- err
+				cancel()
+				return
+			}
+			defer c.Close(context.WithoutCancel(ctx))
+			if err := registerTypes(ctx, c); err != nil {
+				errs <- err
+				cancel()
+				return
+			}
+			for j := range next {
+				if err := j(ctx, c); err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+			}
+		}()
+	}
+feed:
+	for _, j := range jobs {
+		select {
+		case next <- j:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	if len(all) > 0 {
+		return all[0]
+	}
+	return ctx.Err()
+}
+
+// registerTypes makes the enum issue_status known to pgx, which needs it
+// to send the column in COPY's binary format.
+func registerTypes(ctx context.Context, c *pgx.Conn) error {
+	t, err := c.LoadType(ctx, "issue_status")
+	if err != nil {
+		return fmt.Errorf("datagen: load type issue_status: %w", err)
+	}
+	c.TypeMap().RegisterType(t)
+	return nil
+}
+
+// tableStats reads row counts and sizes of every generated table.
+func tableStats(ctx context.Context, conn *pgx.Conn) (Stats, error) {
+	var st Stats
+	for _, t := range Tables {
+		ts := TableStats{Name: t}
+		// A partitioned table has no storage of its own: add up its
+		// partitions. The count comes from a scan, not from statistics: it
+		// must be exact.
+		err := conn.QueryRow(ctx, `
+			WITH leaves AS (
+				SELECT relid FROM pg_partition_tree($1::regclass) WHERE isleaf
+				UNION ALL
+				SELECT oid FROM pg_class WHERE oid = $1::regclass AND relkind = 'r')
+			SELECT (SELECT count(*) FROM public.`+t+`),
+			       coalesce(sum(pg_table_size(relid)), 0)::bigint,
+			       coalesce(sum(pg_indexes_size(relid)), 0)::bigint
+			FROM leaves`, "public."+t).
+			Scan(&ts.Rows, &ts.Bytes, &ts.IndexBytes)
+		if err != nil {
+			return Stats{}, fmt.Errorf("datagen: size of %s: %w", t, err)
+		}
+		st.Tables = append(st.Tables, ts)
+		st.TableBytes += ts.Bytes
+	}
+	if err := conn.QueryRow(ctx, "SELECT pg_database_size(current_database())").Scan(&st.DatabaseBytes); err != nil {
+		return Stats{}, fmt.Errorf("datagen: database size: %w", err)
+	}
+	return st, nil
+}
+
+// TenantIDs returns the IDs of all tenants of a generated database, in
+// byte order.
+func TenantIDs(ctx context.Context, dbURL string) ([]string, error) {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return nil, fmt.Errorf("datagen: connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return tenantIDs(ctx, conn)
+}
+
+func tenantIDs(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}) ([]string, error) {
+	rows, err := q.Query(ctx, `SELECT id FROM public.tenants ORDER BY id COLLATE "C"`)
+	if err != nil {
+		return nil, fmt.Errorf("datagen: list tenants: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("datagen: list tenants: %w", err)
+	}
+	return ids, nil
+}
+
+// TenantSize is the size of one tenant's data.
+type TenantSize struct {
+	ID string
+	// Rows counts the tenant's rows in every table, as Stats.TenantRows.
+	Rows int64
+	// Bytes is the sum of pg_column_size of those rows: their size as
+	// stored, compressed values included, without tuple and page overhead.
+	Bytes int64
+}
+
+// TenantSizes measures every tenant of a generated database, largest
+// first (ties by ID), so that a benchmark can pick a large, a median and a
+// small tenant. It reads every table: expect seconds per gigabyte.
+func TenantSizes(ctx context.Context, dbURL string) ([]TenantSize, error) {
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return nil, fmt.Errorf("datagen: connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, tenantSizesSQL)
+	if err != nil {
+		return nil, fmt.Errorf("datagen: tenant sizes: %w", err)
+	}
+	sizes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (TenantSize, error) {
+		var s TenantSize
+		err := r.Scan(&s.ID, &s.Rows, &s.Bytes)
+		return s, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datagen: tenant sizes: %w", err)
+	}
+	sort.SliceStable(sizes, func(i, j int) bool {
+		if sizes[i].Rows != sizes[j].Rows {
+			return sizes[i].Rows > sizes[j].Rows
+		}
+		return sizes[i].ID < sizes[j].ID
+	})
+	return sizes, nil
+}
+
+// tenantSizesSQL counts and measures each tenant's rows, following the
+// foreign keys for the tables without a tenant column.
+const tenantSizesSQL = `
+SELECT t.id, coalesce(sum(s.n), 0)::bigint + 1, coalesce(sum(s.b), 0)::bigint + pg_column_size(t.*)
+FROM public.tenants t LEFT JOIN (
+	SELECT tenant_id, count(*) AS n, sum(pg_column_size(x.*)) AS b FROM public.users x GROUP BY 1
+	UNION ALL SELECT tenant_id, count(*), sum(pg_column_size(x.*)) FROM public.projects x GROUP BY 1
+	UNION ALL SELECT tenant_id, count(*), sum(pg_column_size(x.*)) FROM public.milestones x GROUP BY 1
+	UNION ALL SELECT tenant_id, count(*), sum(pg_column_size(x.*)) FROM public.issues x GROUP BY 1
+	UNION ALL SELECT tenant_id, count(*), sum(pg_column_size(x.*)) FROM public.events x GROUP BY 1
+	UNION ALL SELECT tenant_id, count(*), sum(pg_column_size(x.*)) FROM public.audit_log x GROUP BY 1
+	UNION ALL SELECT i.tenant_id, count(*), sum(pg_column_size(x.*))
+		FROM public.issue_watchers x JOIN public.issues i ON i.id = x.issue_id GROUP BY 1
+	UNION ALL SELECT i.tenant_id, count(*), sum(pg_column_size(x.*))
+		FROM public.comments x JOIN public.issues i ON i.id = x.issue_id GROUP BY 1
+	UNION ALL SELECT i.tenant_id, count(*), sum(pg_column_size(x.*))
+		FROM public.attachments x JOIN public.comments c ON c.id = x.comment_id
+		JOIN public.issues i ON i.id = c.issue_id GROUP BY 1
+) s ON s.tenant_id = t.id
+GROUP BY t.id`
+
+var errNoTenants = errors.New("datagen: the database has no tenants")

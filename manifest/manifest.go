@@ -1,0 +1,324 @@
+// Package manifest defines the typed, versioned description of a snapshot set: its source, tables, tenants and the chunks that hold their rows.
+package manifest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tenantvault/tenantvault"
+)
+
+// Version is the manifest format this build writes. Readers accept every
+// version up to it; a newer one is refused, never guessed at.
+const Version = 1
+
+// Kinds of snapshot set.
+const (
+	KindManual     = "manual"      // taken by `tenantvault snapshot`
+	KindScheduled  = "scheduled"   // taken by the agent
+	KindPreRestore = "pre-restore" // taken by `restore --if-exists replace` before it deletes rows
+)
+
+// Table kinds.
+const (
+	TableScoped = "scoped" // rows belong to tenants
+	TableGlobal = "global" // reference data, captured once per set
+)
+
+// Manifest describes one snapshot set. It is written last: a set exists only
+// once its manifest does.
+type Manifest struct {
+	Version int    `json:"version"`
+	ID      string `json:"id"`
+	Kind    string `json:"kind"`
+	// Note is free text, e.g. why a pre-restore set was taken.
+	Note string `json:"note,omitempty"`
+
+	Source  Source  `json:"source"`
+	Tenancy Tenancy `json:"tenancy"`
+
+	StartedAt time.Time `json:"started_at"`
+	// ConsistentAt is the instant every tenant was captured at: the
+	// statement time of the query that took the exported snapshot.
+	ConsistentAt time.Time `json:"consistent_at"`
+	FinishedAt   time.Time `json:"finished_at"`
+	// LSN is the source's WAL position at the consistent instant.
+	LSN string `json:"lsn,omitempty"`
+
+	// Partial is true when only some tenants were captured (RequestedTenants).
+	Partial bool `json:"partial,omitempty"`
+
+	// Schemas are pg_dump --schema-only archives (custom format); one for
+	// the column and schema models, one per tenant database otherwise.
+	Schemas []SchemaDump `json:"schemas"`
+	// Fingerprint is a SHA-256 over every table definition (Table.Signature).
+	Fingerprint string  `json:"fingerprint"`
+	Tables      []Table `json:"tables"`
+	// Packs lists every pack object a chunk of this set points into,
+	// including packs written by earlier sets and reused here.
+	Packs []string `json:"packs"`
+	// Global holds the chunks of global tables and the rows of scoped
+	// tables that belong to no tenant.
+	Global  []Chunk  `json:"global"`
+	Tenants []Tenant `json:"tenants"`
+	Stats   Stats    `json:"stats"`
+}
+
+// Source identifies the database a set was taken from.
+type Source struct {
+	Name          string `json:"name,omitempty"` // agent source name
+	Host          string `json:"host,omitempty"` // host:port, never credentials
+	Database      string `json:"database"`
+	SystemID      string `json:"system_id,omitempty"`
+	ServerVersion string `json:"server_version"`
+	ServerNum     int    `json:"server_version_num"`
+}
+
+// Tenancy records how rows were assigned to tenants.
+type Tenancy struct {
+	Model           string `json:"model"` // column, schema or database
+	TenantColumn    string `json:"tenant_column,omitempty"`
+	TenantTable     string `json:"tenant_table,omitempty"`
+	SchemaPattern   string `json:"schema_pattern,omitempty"`
+	DatabasePattern string `json:"database_pattern,omitempty"`
+}
+
+// SchemaDump references a schema-only archive.
+type SchemaDump struct {
+	Database string `json:"database"`
+	Key      string `json:"key"`
+	Size     int64  `json:"size"`
+	SHA256   string `json:"sha256"`
+}
+
+// Table is one table's definition as captured.
+type Table struct {
+	Schema string `json:"schema"`
+	Name   string `json:"name"`
+	// Database is set in the database model: the tenant database it lives in.
+	Database string `json:"database,omitempty"`
+	Kind     string `json:"kind"`
+	// Owner is set when the whole table belongs to one tenant (schema and
+	// database models).
+	Owner string `json:"owner,omitempty"`
+	// Columns are all columns in order, generated ones included and marked.
+	Columns []Column `json:"columns"`
+	// Key orders the rows: the primary key, or empty when the table has
+	// none (rows are then ordered by their text).
+	Key []string `json:"key,omitempty"`
+	// Scope tells how a scoped table's rows find their tenant in the
+	// column model.
+	Scope       *Scope `json:"scope,omitempty"`
+	Partitioned bool   `json:"partitioned,omitempty"`
+	// Signature is a SHA-256 over the columns, key and scope: equal
+	// signatures mean the chunks of two sets are comparable.
+	Signature string `json:"signature"`
+}
+
+// QualifiedName is schema.name, for people.
+func (t *Table) QualifiedName() string {
+	if t.Database != "" {
+		return t.Database + ":" + t.Schema + "." + t.Name
+	}
+	return t.Schema + "." + t.Name
+}
+
+// Column is one column of a table.
+type Column struct {
+	Name      string `json:"name"`
+	Type      string `json:"type"` // format_type() text
+	NotNull   bool   `json:"not_null,omitempty"`
+	Generated bool   `json:"generated,omitempty"` // stored generated: never exported
+	Identity  string `json:"identity,omitempty"`  // "always", "by default" or empty
+	Sequence  string `json:"sequence,omitempty"`  // owned sequence (serial or identity)
+	// Collatable columns are compared byte-wise ("C") when rows are ordered.
+	Collatable bool `json:"collatable,omitempty"`
+	HasDefault bool `json:"has_default,omitempty"`
+}
+
+// Scope is a column-model scoped table's path to its tenant key: directly by
+// Column, or through foreign keys (Hops) to a table that has it.
+type Scope struct {
+	// Column holds the tenant key in the last table of the path (or in
+	// this table when Hops is empty).
+	Column string `json:"column"`
+	Hops   []Hop  `json:"hops,omitempty"`
+}
+
+// Hop follows one foreign key.
+type Hop struct {
+	Columns   []string `json:"columns"`
+	RefSchema string   `json:"ref_schema"`
+	RefTable  string   `json:"ref_table"`
+	RefCols   []string `json:"ref_columns"`
+}
+
+// Chunk is one table's rows of one tenant (or the global rows of a table):
+// COPY text rows in canonical order, compressed, stored at
+// Packs[Pack][Offset:Offset+Length].
+type Chunk struct {
+	Table int   `json:"table"`
+	Rows  int64 `json:"rows"`
+	// Size is the length of the uncompressed COPY text.
+	Size int64 `json:"size"`
+	// Digest is the content digest: SHA-256 of the uncompressed COPY text.
+	Digest string `json:"digest"`
+	Pack   int    `json:"pack"`
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"`
+	// SHA256 is the checksum of the stored bytes.
+	SHA256 string `json:"sha256"`
+	// Reused is true when the chunk was not uploaded by this set.
+	Reused bool `json:"reused,omitempty"`
+}
+
+// Tenant is one tenant's snapshot in the set.
+type Tenant struct {
+	ID     string  `json:"id"`
+	Rows   int64   `json:"rows"`
+	Size   int64   `json:"size"`   // uncompressed bytes
+	Stored int64   `json:"stored"` // compressed bytes of its chunks
+	Chunks []Chunk `json:"chunks"`
+}
+
+// Stats summarises a set.
+type Stats struct {
+	Tenants      int     `json:"tenants"`
+	Tables       int     `json:"tables"`
+	Rows         int64   `json:"rows"`
+	Size         int64   `json:"size"`          // uncompressed bytes
+	Stored       int64   `json:"stored"`        // bytes of all chunks, reused included
+	Written      int64   `json:"written"`       // bytes this set uploaded
+	Reused       int64   `json:"reused"`        // bytes referenced from earlier sets
+	ReusedChunks int     `json:"reused_chunks"` // chunks referenced from earlier sets
+	Chunks       int     `json:"chunks"`
+	Unscoped     int64   `json:"unscoped_rows,omitempty"` // rows of scoped tables that belong to no tenant
+	Seconds      float64 `json:"seconds"`
+}
+
+// Tenant returns the tenant with the given ID, or nil.
+func (m *Manifest) Tenant(id string) *Tenant {
+	i := sort.Search(len(m.Tenants), func(i int) bool { return m.Tenants[i].ID >= id })
+	if i < len(m.Tenants) && m.Tenants[i].ID == id {
+		return &m.Tenants[i]
+	}
+	return nil
+}
+
+// SortTenants orders tenants by ID so Tenant can binary-search.
+func (m *Manifest) SortTenants() {
+	sort.Slice(m.Tenants, func(i, j int) bool { return m.Tenants[i].ID < m.Tenants[j].ID })
+}
+
+// Validate checks the references inside a decoded manifest, so that a
+// damaged or hand-edited manifest is refused before anything uses it.
+func (m *Manifest) Validate() error {
+	if m.Version < 1 || m.Version > Version {
+		return fmt.Errorf("manifest %s: unsupported version %d", m.ID, m.Version)
+	}
+	if m.ID == "" {
+		return fmt.Errorf("manifest: empty id")
+	}
+	check := func(who string, c Chunk) error {
+		if c.Table < 0 || c.Table >= len(m.Tables) {
+			return fmt.Errorf("manifest %s: %s: table index %d out of range", m.ID, who, c.Table)
+		}
+		if c.Pack < 0 || c.Pack >= len(m.Packs) {
+			return fmt.Errorf("manifest %s: %s: pack index %d out of range", m.ID, who, c.Pack)
+		}
+		if c.Offset < 0 || c.Length <= 0 || c.Rows < 0 || c.Size < 0 {
+			return fmt.Errorf("manifest %s: %s: bad chunk bounds", m.ID, who)
+		}
+		if len(c.Digest) != 64 || len(c.SHA256) != 64 {
+			return fmt.Errorf("manifest %s: %s: bad digest", m.ID, who)
+		}
+		return nil
+	}
+	for _, c := range m.Global {
+		if err := check("global chunk", c); err != nil {
+			return err
+		}
+	}
+	for i := range m.Tenants {
+		if i > 0 && m.Tenants[i-1].ID >= m.Tenants[i].ID {
+			return fmt.Errorf("manifest %s: tenants not sorted or duplicated at %q", m.ID, m.Tenants[i].ID)
+		}
+		for _, c := range m.Tenants[i].Chunks {
+			if err := check(fmt.Sprintf("tenant %q", m.Tenants[i].ID), c); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Encode renders the manifest as zstd-compressed JSON.
+func Encode(m *Manifest) ([]byte, error) {
+	var buf bytes.Buffer
+	enc, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	je := json.NewEncoder(enc)
+	je.SetEscapeHTML(false)
+	if err := je.Encode(m); err != nil {
+		enc.Close()
+		return nil, fmt.Errorf("encode manifest: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("compress manifest: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// maxManifest bounds what Decode inflates, so a corrupt or hostile object
+// cannot exhaust memory.
+const maxManifest = 4 << 30
+
+// ErrNewerVersion is wrapped when a manifest or repository was written by a
+// newer tenantvault.
+var ErrNewerVersion = fmt.Errorf("written by a newer tenantvault")
+
+// Decode parses what Encode produced. A damaged manifest gives an error
+// wrapping tenantvault.ErrIntegrity; a newer format gives an *InputError.
+func Decode(data []byte) (*Manifest, error) {
+	dec, err := zstd.NewReader(bytes.NewReader(data), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxManifest))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	var probe struct {
+		Version int    `json:"version"`
+		ID      string `json:"id"`
+	}
+	raw, err := io.ReadAll(io.LimitReader(dec, maxManifest))
+	if err != nil {
+		return nil, tenantvault.Integrityf("manifest is damaged: %v", err)
+	}
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return nil, tenantvault.Integrityf("manifest is damaged: %v", err)
+	}
+	if probe.Version > Version {
+		return nil, &tenantvault.InputError{
+			Msg:  fmt.Sprintf("snapshot set %s uses manifest format %d, %s (this one reads up to %d)", probe.ID, probe.Version, ErrNewerVersion, Version),
+			Hint: "upgrade tenantvault to read this repository",
+			Err:  ErrNewerVersion,
+		}
+	}
+	var m Manifest
+	// Unknown fields are ignored on purpose: a field that older readers may
+	// skip does not bump Version; one they must understand does.
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, tenantvault.Integrityf("manifest %s is damaged: %v", probe.ID, err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, tenantvault.Integrityf("%v", err)
+	}
+	return &m, nil
+}

@@ -1,0 +1,640 @@
+// Package restore puts chosen tenants back from a snapshot set into a live or scratch database, one transaction per tenant, and proves the restored rows equal the snapshot before committing.
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/snapshot"
+	"github.com/tenantvault/tenantvault/tenancy"
+	"github.com/tenantvault/tenantvault/vault"
+)
+
+// If-exists policies.
+const (
+	IfExistsFail    = "fail"
+	IfExistsReplace = "replace"
+)
+
+// Options configure a restore.
+type Options struct {
+	Vault  *vault.Vault
+	Target string // database URL (database model: any database on the server)
+	// Tenants to restore; duplicates are ignored.
+	Tenants  []string
+	Select   Selector
+	IfExists string
+	// CreateSchema prepares an empty target from the set's schema and
+	// global tables (and, in the schema and database models, creates a
+	// tenant's missing schema or database).
+	CreateSchema bool
+	DryRun       bool
+	Parallel     int
+	Shard        Shard
+	// Confirm is asked once the plan is known and before anything is
+	// written; false cancels. Nil means no confirmation.
+	Confirm func(*Plan) bool
+	// Announce is told the ID of the pre-restore set as soon as it exists.
+	Announce  func(setID string)
+	PgRestore string
+	// Snapshot configures the pre-restore set taken before replacing.
+	Snapshot snapshot.Options
+	Logger   *slog.Logger
+	// Progress, when set, is told about each tenant as it finishes.
+	Progress func(TenantResult)
+}
+
+// Plan is what a restore will do, computed before anything is written.
+type Plan struct {
+	Target       string
+	Model        string
+	Items        []Item
+	CreateSchema bool // an empty target will be prepared first
+	SchemaSet    *manifest.Manifest
+}
+
+// Conflicts returns the items whose tenant already has rows in the target.
+func (p *Plan) Conflicts() []*Item {
+	var out []*Item
+	for i := range p.Items {
+		if len(p.Items[i].Existing) > 0 {
+			out = append(out, &p.Items[i])
+		}
+	}
+	return out
+}
+
+// TenantResult reports one tenant's restore.
+type TenantResult struct {
+	Tenant   string
+	Set      string
+	Tables   int
+	Rows     int64
+	Bytes    int64 // uncompressed COPY bytes loaded
+	Deleted  int64 // rows removed first (--if-exists replace)
+	Duration time.Duration
+	Verified bool
+	Err      error
+}
+
+// Report is the outcome of a restore.
+type Report struct {
+	Plan          *Plan
+	PreRestoreSet string
+	Tenants       []TenantResult
+	Duration      time.Duration
+}
+
+// Run plans the restore, checks it, and unless DryRun restores every
+// tenant in its own transaction. Any error before the first tenant starts
+// means nothing was written.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	start := time.Now()
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch o.IfExists {
+	case "":
+		o.IfExists = IfExistsFail
+	case IfExistsFail, IfExistsReplace:
+	default:
+		return nil, tenantvault.Inputf("--if-exists %q: use fail or replace", o.IfExists)
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = 2
+	}
+	if o.Parallel > 64 {
+		return nil, tenantvault.Inputf("--parallel %d is too many (at most 64)", o.Parallel)
+	}
+	tenants := dedupe(o.Tenants)
+	if len(tenants) == 0 {
+		return nil, tenantvault.Inputf("no tenants given: use --tenant ID (repeatable) or --tenants-file FILE")
+	}
+	for _, id := range tenants {
+		if strings.ContainsRune(id, 0) {
+			return nil, tenantvault.Inputf("tenant ID %q contains a NUL byte", id)
+		}
+	}
+	cfg, err := tenancy.ParseURL(o.Target)
+	if err != nil {
+		return nil, err
+	}
+	items, err := selectSets(ctx, o.Vault, tenants, o.Select)
+	if err != nil {
+		return nil, err
+	}
+	if o.Shard.Of > 1 {
+		kept := items[:0]
+		for _, it := range items {
+			if o.Shard.Has(it.Tenant) {
+				kept = append(kept, it)
+			}
+		}
+		items = kept
+	}
+	r := &runner{o: o, cfg: cfg, dbs: map[string]*targetDB{}}
+	defer r.close()
+	plan, err := r.plan(ctx, items)
+	if err != nil {
+		return nil, err
+	}
+	report := &Report{Plan: plan}
+	if conflicts := plan.Conflicts(); len(conflicts) > 0 && o.IfExists == IfExistsFail {
+		return report, conflictError(conflicts)
+	}
+	if o.DryRun || len(plan.Items) == 0 {
+		report.Duration = time.Since(start)
+		return report, nil
+	}
+	if o.Confirm != nil && !o.Confirm(plan) {
+		return report, tenantvault.Inputf("restore cancelled: nothing was written")
+	}
+	if plan.CreateSchema {
+		if err := r.createDatabase(ctx, plan); err != nil {
+			return report, err
+		}
+	}
+	if err := r.createTenantSchemas(ctx, plan); err != nil {
+		return report, err
+	}
+	if conflicts := plan.Conflicts(); len(conflicts) > 0 {
+		id, err := r.preRestore(ctx, plan, conflicts)
+		if err != nil {
+			return report, fmt.Errorf("pre-restore snapshot (nothing was deleted): %w", err)
+		}
+		report.PreRestoreSet = id
+		if o.Announce != nil {
+			o.Announce(id)
+		}
+	}
+	report.Tenants = r.restoreAll(ctx, plan)
+	report.Duration = time.Since(start)
+	return report, summarize(report.Tenants)
+}
+
+// conflictError refuses tenants that already have rows, saying where.
+func conflictError(items []*Item) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d tenant(s) already have rows in the target:", len(items))
+	for _, it := range items {
+		names := make([]string, 0, len(it.Existing))
+		for n := range it.Existing {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		parts := make([]string, len(names))
+		for i, n := range names {
+			parts[i] = fmt.Sprintf("%s (%d)", n, it.Existing[n])
+		}
+		fmt.Fprintf(&b, "\n  %q: %s", it.Tenant, strings.Join(parts, ", "))
+	}
+	return &tenantvault.InputError{Msg: b.String(),
+		Hint: "nothing was written; use --if-exists replace to replace them (their current rows are snapshotted first)"}
+}
+
+// summarize turns per-tenant failures into the command's error: integrity
+// failures win, so the exit code says the data was wrong.
+func summarize(results []TenantResult) error {
+	var failed []string
+	var integrity, first error
+	for _, r := range results {
+		if r.Err == nil {
+			continue
+		}
+		failed = append(failed, fmt.Sprintf("%q", r.Tenant))
+		if first == nil {
+			first = r.Err
+		}
+		if integrity == nil && errors.Is(r.Err, tenantvault.ErrIntegrity) {
+			integrity = r.Err
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	cause := first
+	if integrity != nil {
+		cause = integrity
+	}
+	return fmt.Errorf("%d of %d tenant(s) not restored (%s), each rolled back: %w", len(failed), len(results), strings.Join(failed, ", "), cause)
+}
+
+// runner holds the state of one restore.
+type runner struct {
+	o   Options
+	cfg *pgx.ConnConfig
+	dbs map[string]*targetDB // by database name
+	// snap is the exported snapshot the pre-restore set was taken at;
+	// replacing transactions import it so they delete exactly what it saved.
+	hold *pgx.Conn
+	snap string
+}
+
+// targetDB is one target database and its catalog.
+type targetDB struct {
+	cfg    *pgx.ConnConfig
+	exists bool
+	cat    *tenancy.Catalog
+	byName map[string]int
+}
+
+func (r *runner) close() {
+	if r.hold != nil {
+		r.hold.Close(context.Background())
+	}
+}
+
+// database returns the target database a tenant's rows go to.
+func (r *runner) database(model, tenant string) string {
+	if model == tenancy.ModelDatabase {
+		return tenant
+	}
+	return r.cfg.Database
+}
+
+// open reads a target database's catalog, once.
+func (r *runner) open(ctx context.Context, name string, cfg tenancy.Config) (*targetDB, error) {
+	if db, ok := r.dbs[name]; ok {
+		return db, nil
+	}
+	db := &targetDB{cfg: tenancy.WithDatabase(r.cfg, name)}
+	if err := db.refresh(ctx); err != nil {
+		var pg *pgconn.PgError
+		var ie *tenantvault.InputError
+		if cfg.Model == tenancy.ModelDatabase && (errors.As(err, &pg) && pg.Code == "3D000" || errors.As(err, &ie) && strings.Contains(err.Error(), "does not exist")) {
+			r.dbs[name] = db // missing tenant database
+			return db, nil
+		}
+		return nil, err
+	}
+	r.dbs[name] = db
+	return db, nil
+}
+
+func (db *targetDB) refresh(ctx context.Context) error {
+	conn, err := tenancy.Connect(ctx, db.cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	// Restore follows the set's classification; of the target it needs
+	// only the columns and foreign keys.
+	cat, err := tenancy.ReadCatalog(ctx, conn)
+	if err != nil {
+		return err
+	}
+	db.exists = true
+	db.cat = cat
+	db.byName = map[string]int{}
+	for i, t := range cat.Tables {
+		db.byName[tenancy.Ident(t.Schema, t.Name)] = i
+	}
+	return nil
+}
+
+func (db *targetDB) table(t *manifest.Table) (*manifest.Table, int) {
+	i, ok := db.byName[tenancy.Ident(t.Schema, t.Name)]
+	if !ok {
+		return nil, -1
+	}
+	return &db.cat.Tables[i], i
+}
+
+// plan checks the target against every set involved and counts the rows
+// each tenant already has there.
+func (r *runner) plan(ctx context.Context, items []Item) (*Plan, error) {
+	p := &Plan{Target: tenancy.Describe(r.cfg), Items: items}
+	if len(items) == 0 {
+		return p, nil
+	}
+	newest := items[0].Set
+	for _, it := range items {
+		if it.Set.ConsistentAt.After(newest.ConsistentAt) {
+			newest = it.Set
+		}
+		if it.Set.Tenancy != newest.Tenancy {
+			return nil, tenantvault.Inputf("the chosen sets use different tenancy settings (%s and %s): restore them separately", it.Set.ID, newest.ID)
+		}
+	}
+	p.Model = newest.Tenancy.Model
+	p.SchemaSet = newest
+	tcfg := tenancy.Config{Model: p.Model}
+	if r.o.CreateSchema && p.Model == tenancy.ModelColumn {
+		db, err := r.open(ctx, r.cfg.Database, tcfg)
+		if err != nil {
+			return nil, err
+		}
+		if len(db.cat.Tables) > 0 {
+			return nil, &tenantvault.InputError{
+				Msg:  fmt.Sprintf("--create-schema needs an empty target database, but %s has tables (%s, ...)", p.Target, db.cat.Tables[0].QualifiedName()),
+				Hint: "nothing was written; restore into the existing schema without --create-schema, or into a new database",
+			}
+		}
+		p.CreateSchema = true
+		return p, nil // the schema comes from the set, so it matches
+	}
+	var problems []string
+	var problemSet string
+	for i := range p.Items {
+		it := &p.Items[i]
+		db, err := r.open(ctx, r.database(p.Model, it.Tenant), tcfg)
+		if err != nil {
+			return nil, err
+		}
+		if !db.exists || p.Model == tenancy.ModelSchema && !db.hasSchema(it.Tenant) {
+			if !r.o.CreateSchema {
+				what := "database"
+				if p.Model == tenancy.ModelSchema {
+					what = "schema"
+				}
+				return nil, &tenantvault.InputError{
+					Msg:  fmt.Sprintf("tenant %q: %s %s does not exist in the target", it.Tenant, what, tenancy.Ident(it.Tenant)),
+					Hint: "nothing was written; pass --create-schema to create it from the snapshot's schema",
+				}
+			}
+			it.MissingSchema = true
+			continue
+		}
+		for _, ti := range tenancy.TablesOf(it.Set.Tables, it.Tenant) {
+			st := &it.Set.Tables[ti]
+			tt, _ := db.table(st)
+			if tt == nil {
+				problems = append(problems, fmt.Sprintf("%s: table missing in the target", st.QualifiedName()))
+				problemSet = it.Set.ID
+				continue
+			}
+			if pr := compareTable(st, tt); len(pr) > 0 {
+				problems = append(problems, pr...)
+				problemSet = it.Set.ID
+			}
+		}
+		if len(problems) > 0 {
+			continue
+		}
+		existing, err := r.existing(ctx, db, it)
+		if err != nil {
+			return nil, err
+		}
+		it.Existing = existing
+	}
+	if len(problems) > 0 {
+		return nil, &tenantvault.InputError{Err: &SchemaMismatchError{Set: problemSet, Problems: dedupeKeepOrder(problems)},
+			Hint: "nothing was written; migrate the target to the snapshot's schema, or restore into an empty database with --create-schema"}
+	}
+	return p, nil
+}
+
+func dedupeKeepOrder(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, v := range s {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func (db *targetDB) hasSchema(name string) bool {
+	for _, t := range db.cat.Tables {
+		if t.Schema == name {
+			return true
+		}
+	}
+	return false
+}
+
+// existing counts a tenant's rows already in the target, per table.
+func (r *runner) existing(ctx context.Context, db *targetDB, it *Item) (map[string]int64, error) {
+	conn, err := tenancy.Connect(ctx, db.cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	out := map[string]int64{}
+	for _, ti := range tenancy.TablesOf(it.Set.Tables, it.Tenant) {
+		t := &it.Set.Tables[ti]
+		var n int64
+		if err := conn.QueryRow(ctx, tenancy.CountSQL(t), it.Tenant).Scan(&n); err != nil {
+			return nil, fmt.Errorf("count rows of tenant %q in %s: %w", it.Tenant, t.QualifiedName(), err)
+		}
+		if n > 0 {
+			out[t.QualifiedName()] = n
+		}
+	}
+	return out, nil
+}
+
+// createDatabase prepares an empty target (column model) from the newest
+// set's schema, then loads that set's global rows, in one transaction.
+func (r *runner) createDatabase(ctx context.Context, p *Plan) error {
+	set := p.SchemaSet
+	if len(set.Schemas) == 0 {
+		return tenantvault.Inputf("snapshot set %s has no schema archive", set.ID)
+	}
+	archive, err := r.o.Vault.GetSchema(ctx, set.Schemas[0])
+	if err != nil {
+		return err
+	}
+	sql, err := renderSchema(ctx, r.o.PgRestore, archive, "")
+	if err != nil {
+		return err
+	}
+	db := r.dbs[r.cfg.Database]
+	conn, err := tenancy.Connect(ctx, db.cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		return err
+	}
+	if err := execScript(ctx, conn, sql); err != nil {
+		return fmt.Errorf("create schema from set %s: %w", set.ID, err)
+	}
+	if _, err := conn.Exec(ctx, tenancy.SessionSQL); err != nil {
+		return err // the script changed search_path and more
+	}
+	if err := suppressTriggers(ctx, conn); err != nil {
+		return err
+	}
+	for _, c := range set.Global {
+		t := &set.Tables[c.Table]
+		if _, err := r.loadChunk(ctx, conn, set, c); err != nil {
+			return fmt.Errorf("load global table %s: %w", t.QualifiedName(), err)
+		}
+		if err := verifyChunk(ctx, conn, t, c, "", true); err != nil {
+			return err
+		}
+	}
+	if err := moveSequences(ctx, conn, set.Tables, globalTables(set)); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
+		return err
+	}
+	r.o.Logger.Info("prepared empty target", "target", p.Target, "set", set.ID, "global_tables", len(set.Global))
+	return db.refresh(ctx)
+}
+
+func globalTables(m *manifest.Manifest) []int {
+	var out []int
+	seen := map[int]bool{}
+	for _, c := range m.Global {
+		if !seen[c.Table] {
+			seen[c.Table] = true
+			out = append(out, c.Table)
+		}
+	}
+	return out
+}
+
+// createTenantSchemas creates the missing schema or database of tenants in
+// the schema and database models.
+func (r *runner) createTenantSchemas(ctx context.Context, p *Plan) error {
+	for i := range p.Items {
+		it := &p.Items[i]
+		if !it.MissingSchema {
+			continue
+		}
+		dbName := r.database(p.Model, it.Tenant)
+		var dump *manifest.SchemaDump
+		for j := range it.Set.Schemas {
+			if p.Model != tenancy.ModelDatabase || it.Set.Schemas[j].Database == it.Tenant {
+				dump = &it.Set.Schemas[j]
+				break
+			}
+		}
+		if dump == nil {
+			return tenantvault.Integrityf("snapshot set %s has no schema archive for tenant %q", it.Set.ID, it.Tenant)
+		}
+		archive, err := r.o.Vault.GetSchema(ctx, *dump)
+		if err != nil {
+			return err
+		}
+		filter := ""
+		if p.Model == tenancy.ModelSchema {
+			filter = it.Tenant
+		}
+		sql, err := renderSchema(ctx, r.o.PgRestore, archive, filter)
+		if err != nil {
+			return err
+		}
+		if p.Model == tenancy.ModelDatabase {
+			admin, err := tenancy.Connect(ctx, r.cfg)
+			if err != nil {
+				return err
+			}
+			_, err = admin.Exec(ctx, "CREATE DATABASE "+tenancy.Ident(dbName))
+			admin.Close(context.Background())
+			if err != nil {
+				return fmt.Errorf("create database for tenant %q: %w", it.Tenant, err)
+			}
+		}
+		db := r.dbs[dbName]
+		conn, err := tenancy.Connect(ctx, db.cfg)
+		if err != nil {
+			return err
+		}
+		_, err = conn.Exec(ctx, "BEGIN")
+		if err == nil {
+			err = execScript(ctx, conn, sql)
+		}
+		if err == nil {
+			_, err = conn.Exec(ctx, "COMMIT")
+		}
+		conn.Close(context.Background())
+		if err != nil {
+			return fmt.Errorf("create schema of tenant %q from set %s: %w", it.Tenant, it.Set.ID, err)
+		}
+		if err := db.refresh(ctx); err != nil {
+			return err
+		}
+		r.o.Logger.Info("created tenant schema", "tenant", it.Tenant, "set", it.Set.ID)
+	}
+	return nil
+}
+
+// preRestore snapshots the current rows of the tenants about to be
+// replaced. The snapshot it is taken at stays exported until the restore
+// ends, and each replacing transaction imports it, so what is deleted is
+// exactly what was saved; a tenant changed since fails to serialize instead
+// of losing the change.
+func (r *runner) preRestore(ctx context.Context, p *Plan, conflicts []*Item) (string, error) {
+	if p.Model == tenancy.ModelDatabase {
+		// Each tenant database is its own instant; no shared snapshot.
+		return r.preRestoreSet(ctx, conflicts, "")
+	}
+	hold, err := tenancy.Connect(ctx, r.cfg)
+	if err != nil {
+		return "", err
+	}
+	r.hold = hold
+	if _, err := hold.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return "", err
+	}
+	if err := hold.QueryRow(ctx, "SELECT pg_export_snapshot()").Scan(&r.snap); err != nil {
+		return "", err
+	}
+	return r.preRestoreSet(ctx, conflicts, r.snap)
+}
+
+func (r *runner) preRestoreSet(ctx context.Context, conflicts []*Item, snap string) (string, error) {
+	so := r.o.Snapshot
+	so.Source, so.Vault, so.Snapshot = r.o.Target, r.o.Vault, snap
+	so.Kind = manifest.KindPreRestore
+	so.Tenancy = tenancyConfig(conflicts[0].Set.Tenancy)
+	so.Tenants = nil
+	for _, it := range conflicts {
+		so.Tenants = append(so.Tenants, it.Tenant)
+	}
+	so.Note = fmt.Sprintf("rows replaced by a restore from set %s", conflicts[0].Set.ID)
+	so.Progress = nil
+	m, err := snapshot.Run(ctx, so)
+	if err != nil {
+		return "", err
+	}
+	r.o.Logger.Info("took pre-restore snapshot", "set", m.ID, "tenants", len(so.Tenants))
+	return m.ID, nil
+}
+
+func tenancyConfig(t manifest.Tenancy) tenancy.Config {
+	return tenancy.Config{Model: t.Model, TenantColumn: t.TenantColumn, TenantTable: t.TenantTable, SchemaPattern: t.SchemaPattern, DatabasePattern: t.DatabasePattern}
+}
+
+// restoreAll restores tenants in parallel, each in its own transaction.
+func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
+	results := make([]TenantResult, len(p.Items))
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range min(r.o.Parallel, len(p.Items)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				results[i] = r.restoreTenant(ctx, p, &p.Items[i])
+				if r.o.Progress != nil {
+					r.o.Progress(results[i])
+				}
+			}
+		}()
+	}
+	for i := range p.Items {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	return results
+}

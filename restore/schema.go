@@ -1,0 +1,122 @@
+package restore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+)
+
+// SchemaMismatchError lists, column by column, why a target cannot take a
+// set's rows.
+type SchemaMismatchError struct {
+	Set      string
+	Problems []string
+}
+
+func (e *SchemaMismatchError) Error() string {
+	return fmt.Sprintf("the target's schema does not match snapshot set %s:\n  %s", e.Set, strings.Join(e.Problems, "\n  "))
+}
+
+// compareTable reports what keeps rows of snapshot table s from loading
+// into target table t and reading back identical.
+func compareTable(s, t *manifest.Table) []string {
+	var out []string
+	name := s.QualifiedName()
+	tcols := map[string]manifest.Column{}
+	for _, c := range t.Columns {
+		tcols[c.Name] = c
+	}
+	scols := map[string]bool{}
+	for _, c := range s.Columns {
+		scols[c.Name] = true
+		tc, ok := tcols[c.Name]
+		switch {
+		case !ok && c.Generated:
+			// Never exported; nothing to load.
+		case !ok:
+			out = append(out, fmt.Sprintf("%s.%s: missing in the target (snapshot has %s)", name, c.Name, c.Type))
+		case tc.Type != c.Type:
+			out = append(out, fmt.Sprintf("%s.%s: type is %s in the target, %s in the snapshot", name, c.Name, tc.Type, c.Type))
+		case tc.Generated && !c.Generated:
+			out = append(out, fmt.Sprintf("%s.%s: generated in the target, a plain column in the snapshot", name, c.Name))
+		case !tc.Generated && c.Generated:
+			out = append(out, fmt.Sprintf("%s.%s: generated in the snapshot, a plain column in the target", name, c.Name))
+		}
+	}
+	for _, c := range t.Columns {
+		if !scols[c.Name] && c.NotNull && !c.HasDefault && !c.Generated && c.Identity == "" {
+			out = append(out, fmt.Sprintf("%s.%s: NOT NULL without a default in the target, absent from the snapshot", name, c.Name))
+		}
+	}
+	return out
+}
+
+// renderSchema turns a schema archive into SQL with pg_restore, leaving out
+// owners and privileges (the target's roles may differ). schema, when set,
+// limits it to one schema's objects.
+func renderSchema(ctx context.Context, pgRestore string, archive []byte, schema string) (string, error) {
+	if pgRestore == "" {
+		pgRestore = "pg_restore"
+	}
+	path, err := exec.LookPath(pgRestore)
+	if err != nil {
+		return "", tenantvault.WithHint(fmt.Sprintf("cannot run %s: %v", pgRestore, err),
+			"--create-schema needs pg_restore (the PostgreSQL client); install it or point --pg-restore at it")
+	}
+	f, err := os.CreateTemp("", "tenantvault-schema-*.dump")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(archive); err != nil {
+		f.Close()
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	args := []string{"--schema-only", "--no-owner", "--no-privileges", "--file=-"}
+	if schema != "" {
+		args = append(args, "--schema="+schema)
+	}
+	cmd := exec.CommandContext(ctx, path, append(args, f.Name())...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("pg_restore --schema-only: %v: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	// pg_restore wraps its script in psql meta-commands (\restrict) that
+	// guard psql sessions; they mean nothing to the server. Any other
+	// meta-command would, so it is refused rather than skipped.
+	var sql strings.Builder
+	sc := bufio.NewScanner(&stdout)
+	sc.Buffer(make([]byte, 1<<20), 256<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, `\restrict `) || strings.HasPrefix(line, `\unrestrict `) {
+			continue
+		}
+		if strings.HasPrefix(line, `\`) {
+			return "", fmt.Errorf("pg_restore output has an unexpected psql meta-command: %.40s", line)
+		}
+		sql.WriteString(line)
+		sql.WriteByte('\n')
+	}
+	return sql.String(), sc.Err()
+}
+
+// execScript runs a multi-statement script in the current transaction.
+func execScript(ctx context.Context, conn *pgx.Conn, sql string) error {
+	// The simple protocol runs every statement of the script in one call.
+	_, err := conn.PgConn().Exec(ctx, sql).ReadAll()
+	return err
+}

@@ -1,0 +1,146 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantvault/tenantvault"
+)
+
+// sslKeys are the libpq settings pg_dump needs beyond what pgx keeps in
+// its parsed config.
+var sslKeys = []string{"sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslpassword"}
+
+// libpqParams extracts the ssl* settings from a URL or keyword/value
+// connection string.
+func libpqParams(conn string) map[string]string {
+	out := map[string]string{}
+	if u, err := url.Parse(conn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		q := u.Query()
+		for _, k := range sslKeys {
+			if v := q.Get(k); v != "" {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	for _, kv := range splitDSN(conn) {
+		k, v, _ := strings.Cut(kv, "=")
+		for _, want := range sslKeys {
+			if strings.TrimSpace(k) == want {
+				out[want] = v
+			}
+		}
+	}
+	return out
+}
+
+// splitDSN splits "a=1 b='x y'" into unquoted key=value pairs.
+func splitDSN(s string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted, escaped := false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\':
+			escaped = true
+		case r == '\'':
+			quoted = !quoted
+		case r == ' ' && !quoted:
+			if cur.Len() > 0 {
+				out = append(out, cur.String())
+				cur.Reset()
+			}
+		default:
+			cur.WriteRune(r)
+		}
+	}
+	if cur.Len() > 0 {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+func dsnQuote(v string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+}
+
+// pgDumpCommand builds a pg_dump run against cfg's database with the password
+// passed in the environment, never on the command line.
+func pgDumpCommand(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, args ...string) *exec.Cmd {
+	dsn := []string{
+		"host=" + dsnQuote(cfg.Host),
+		fmt.Sprintf("port=%d", cfg.Port),
+		"user=" + dsnQuote(cfg.User),
+		"dbname=" + dsnQuote(cfg.Database),
+		"application_name='tenantvault pg_dump'",
+	}
+	for _, k := range sslKeys {
+		if v, ok := ssl[k]; ok && k != "sslpassword" {
+			dsn = append(dsn, k+"="+dsnQuote(v))
+		}
+	}
+	cmd := exec.CommandContext(ctx, pgDump, append(args, "--dbname="+strings.Join(dsn, " "))...)
+	cmd.Env = os.Environ()
+	if cfg.Password != "" {
+		cmd.Env = append(cmd.Env, "PGPASSWORD="+cfg.Password)
+	}
+	if v := ssl["sslpassword"]; v != "" {
+		cmd.Env = append(cmd.Env, "PGSSLPASSWORD="+v)
+	}
+	return cmd
+}
+
+// dumpSchema writes pg_dump's schema-only custom-format archive of cfg's
+// database, as of the exported snapshot, to w.
+func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, w io.Writer) error {
+	if pgDump == "" {
+		pgDump = "pg_dump"
+	}
+	path, err := exec.LookPath(pgDump)
+	if err != nil {
+		return tenantvault.WithHint(fmt.Sprintf("cannot run %s: %v", pgDump, err),
+			"install the PostgreSQL client (pg_dump of the server's major version or newer), or point --pg-dump at it")
+	}
+	args := []string{"--schema-only", "--format=custom", "--no-sync"}
+	if snapshotName != "" {
+		args = append(args, "--snapshot="+snapshotName)
+	}
+	cmd := pgDumpCommand(ctx, path, cfg, ssl, args...)
+	var stderr bytes.Buffer
+	cmd.Stdout = w
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		msg := strings.TrimSpace(stderr.String())
+		if strings.Contains(msg, "server version mismatch") {
+			return tenantvault.WithHint("pg_dump is older than the server: "+firstLine(msg),
+				"install a pg_dump of the server's major version or newer, or point --pg-dump at it")
+		}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && msg != "" {
+			return fmt.Errorf("pg_dump --schema-only: %s", firstLine(msg))
+		}
+		return fmt.Errorf("pg_dump --schema-only: %w", err)
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}

@@ -1,0 +1,615 @@
+// Package snapshot captures every tenant of a source database at one consistent instant, streaming each tenant's rows per table into compressed, checksummed chunks of a repository.
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/tenancy"
+	"github.com/tenantvault/tenantvault/vault"
+)
+
+// Options configure one snapshot run.
+type Options struct {
+	// Source is the database URL (for the database model: any database on
+	// the server, used to list the tenant databases).
+	Source  string
+	Vault   *vault.Vault
+	Tenancy tenancy.Config
+	// Tenants limits the set to these tenants (a partial set).
+	Tenants []string
+	// Parallel is the number of tables exported at once.
+	Parallel int
+	// Level is the zstd level, 1 (fastest) to 4 (best).
+	Level    int
+	PackSize int64
+	TempDir  string
+	// WorkMem is the sort memory of each export session (e.g. "128MB").
+	WorkMem string
+	// LockTimeout bounds the wait for the ACCESS SHARE table locks.
+	LockTimeout time.Duration
+	// PgDump is the pg_dump binary used for the schema; "" means from PATH.
+	PgDump string
+	// Kind, Note and SourceName are recorded in the manifest.
+	Kind       string
+	Note       string
+	SourceName string
+	// Snapshot, when set, is an exported snapshot to import instead of
+	// taking a new one (restore's pre-restore set uses its own).
+	Snapshot string
+	// Full uploads every chunk, even when an earlier set holds the same.
+	Full bool
+	// Progress, when set, is updated as the snapshot runs.
+	Progress *Progress
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Progress counts work done, for a progress display; read it with Load.
+type Progress struct {
+	TablesTotal atomic.Int64
+	TablesDone  atomic.Int64
+	Rows        atomic.Int64
+	Bytes       atomic.Int64 // uncompressed bytes read
+	Written     func() int64 // bytes uploaded so far
+}
+
+func (o *Options) normalize() error {
+	if o.Vault == nil {
+		return errors.New("snapshot: no repository")
+	}
+	if err := o.Tenancy.Normalize(); err != nil {
+		return err
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = 2
+	}
+	if o.Parallel > 64 {
+		return tenantvault.Inputf("--parallel %d is too many (at most 64)", o.Parallel)
+	}
+	if o.Level == 0 {
+		o.Level = 1
+	}
+	if o.Level < 1 || o.Level > 4 {
+		return tenantvault.Inputf("--compression-level %d out of range 1 (fastest) .. 4 (smallest)", o.Level)
+	}
+	if o.WorkMem == "" {
+		o.WorkMem = "64MB"
+	}
+	if o.LockTimeout == 0 {
+		o.LockTimeout = 30 * time.Second
+	}
+	if o.Kind == "" {
+		o.Kind = manifest.KindManual
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Progress == nil {
+		o.Progress = &Progress{}
+	}
+	o.Tenants = dedupe(o.Tenants)
+	for _, id := range o.Tenants {
+		if strings.ContainsRune(id, 0) {
+			return tenantvault.Inputf("tenant ID %q contains a NUL byte", id)
+		}
+	}
+	return nil
+}
+
+func dedupe(ids []string) []string {
+	if len(ids) == 0 {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Run takes one snapshot set and returns its manifest once it is written.
+// On any error no manifest is written and the packs uploaded so far are
+// removed (what removal misses, prune collects).
+func Run(ctx context.Context, o Options) (*manifest.Manifest, error) {
+	if err := o.normalize(); err != nil {
+		return nil, err
+	}
+	cfg, err := tenancy.ParseURL(o.Source)
+	if err != nil {
+		return nil, err
+	}
+	started := o.Now()
+	r := &run{o: o, cfg: cfg, ssl: libpqParams(o.Source)}
+	r.m = &manifest.Manifest{
+		Version: manifest.Version, ID: vault.NewSetID(started), Kind: o.Kind, Note: o.Note,
+		Tenancy: o.Tenancy.Manifest(), StartedAt: started.UTC(), Partial: len(o.Tenants) > 0,
+	}
+	r.w, err = o.Vault.NewSetWriter(ctx, r.m.ID, vault.WriterOptions{TempDir: o.TempDir, PackSize: o.PackSize, Level: o.Level})
+	if err != nil {
+		return nil, err
+	}
+	o.Progress.Written = r.w.Written
+	if o.Tenancy.Model == tenancy.ModelDatabase {
+		err = r.databases(ctx)
+	} else {
+		err = r.single(ctx)
+	}
+	if err == nil {
+		err = r.w.Close()
+	}
+	if err == nil {
+		err = r.finish(ctx)
+	}
+	if err != nil {
+		r.w.Abort()
+		return nil, err
+	}
+	return r.m, nil
+}
+
+// run is the state of one snapshot.
+type run struct {
+	o   Options
+	cfg *pgx.ConnConfig
+	ssl map[string]string
+	m   *manifest.Manifest
+	w   *vault.SetWriter
+
+	prev    map[prevKey]vault.ChunkRef
+	results []tableResult
+	owners  []string // tenants that exist even without rows (schema and database models)
+}
+
+type prevKey struct {
+	tenant string
+	global bool
+	sig    string
+}
+
+// tableResult is what exporting one table produced.
+type tableResult struct {
+	table  int
+	chunks []tenantChunk
+}
+
+type tenantChunk struct {
+	tenant string
+	global bool
+	rows   int64
+	ref    vault.ChunkRef
+}
+
+// single snapshots one database (column and schema models).
+func (r *run) single(ctx context.Context) error {
+	o := &r.o
+	exp, err := tenancy.Connect(ctx, r.cfg)
+	if err != nil {
+		return err
+	}
+	defer exp.Close(context.Background())
+	snap, err := r.begin(ctx, exp, o.Snapshot)
+	if err != nil {
+		return err
+	}
+	r.m.ConsistentAt, r.m.LSN = snap.at, snap.lsn
+	r.m.Source = snap.source
+	r.m.Source.Name = o.SourceName
+	cat, err := tenancy.Discover(ctx, exp, o.Tenancy, "")
+	if err != nil {
+		return err
+	}
+	if err := lockTables(ctx, exp, cat.Tables, o.LockTimeout); err != nil {
+		return err
+	}
+	if o.Tenancy.Model == tenancy.ModelSchema {
+		for _, t := range cat.Tables {
+			if t.Owner != "" {
+				r.owners = append(r.owners, t.Owner)
+			}
+		}
+		r.owners = dedupe(r.owners)
+	}
+	if err := r.checkTenants(ctx, exp, cat); err != nil {
+		return err
+	}
+	r.m.Tables = cat.Tables
+	if err := r.loadPrevious(ctx); err != nil {
+		return err
+	}
+	o.Progress.TablesTotal.Store(int64(len(cat.Tables)))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var buf bytes.Buffer
+		if err := dumpSchema(gctx, o.PgDump, r.cfg, r.ssl, snap.name, &buf); err != nil {
+			return err
+		}
+		d, err := o.Vault.PutSchema(gctx, r.cfg.Database, buf.Bytes())
+		r.m.Schemas = []manifest.SchemaDump{d}
+		return err
+	})
+	jobs := make(chan int, len(cat.Tables))
+	for _, i := range bySize(cat) {
+		if r.wanted(&cat.Tables[i]) {
+			jobs <- i
+		}
+	}
+	close(jobs)
+	results := make([][]tableResult, o.Parallel)
+	for w := range o.Parallel {
+		g.Go(func() error {
+			conn, err := r.worker(gctx, r.cfg, snap.name)
+			if err != nil {
+				return err
+			}
+			defer conn.Close(context.Background())
+			packer, err := r.w.NewPacker()
+			if err != nil {
+				return err
+			}
+			for i := range jobs {
+				res, err := r.export(gctx, conn, packer, cat.Tables, i)
+				if err != nil {
+					packer.Close()
+					return err
+				}
+				results[w] = append(results[w], res)
+				o.Progress.TablesDone.Add(1)
+			}
+			return packer.Close()
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, rs := range results {
+		r.results = append(r.results, rs...)
+	}
+	_, err = exp.Exec(ctx, "COMMIT")
+	return err
+}
+
+// wanted skips tables that hold no rows of the requested tenants.
+func (r *run) wanted(t *manifest.Table) bool {
+	if len(r.o.Tenants) == 0 {
+		return true
+	}
+	if t.Kind == manifest.TableGlobal {
+		return false // a partial set restores into a database that has them
+	}
+	if t.Owner == "" {
+		return true
+	}
+	i := sort.SearchStrings(r.o.Tenants, t.Owner)
+	return i < len(r.o.Tenants) && r.o.Tenants[i] == t.Owner
+}
+
+// bySize orders table indexes largest first, so the longest export starts
+// early and parallel workers finish together.
+func bySize(cat *tenancy.Catalog) []int {
+	idx := make([]int, len(cat.Tables))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return cat.Bytes[idx[a]] > cat.Bytes[idx[b]] })
+	return idx
+}
+
+type snapInfo struct {
+	name   string
+	at     time.Time
+	lsn    string
+	source manifest.Source
+}
+
+// begin opens the repeatable-read transaction that fixes the set's instant
+// and exports it (or imports the given one).
+func (r *run) begin(ctx context.Context, conn *pgx.Conn, imported string) (snapInfo, error) {
+	var s snapInfo
+	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return s, fmt.Errorf("begin snapshot transaction: %w", err)
+	}
+	exportExpr := "pg_export_snapshot()"
+	if imported != "" {
+		if _, err := conn.Exec(ctx, "SET TRANSACTION SNAPSHOT "+tenancy.Literal(imported)); err != nil {
+			return s, fmt.Errorf("import snapshot %s: %w", imported, err)
+		}
+		exportExpr = tenancy.Literal(imported)
+	}
+	err := conn.QueryRow(ctx, `SELECT `+exportExpr+`, statement_timestamp(),
+  (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+  current_database(), current_setting('server_version'), current_setting('server_version_num')::int,
+  coalesce((SELECT system_identifier::text FROM pg_control_system()), '')`).Scan(
+		&s.name, &s.at, &s.lsn, &s.source.Database, &s.source.ServerVersion, &s.source.ServerNum, &s.source.SystemID)
+	if err != nil {
+		return s, fmt.Errorf("export snapshot: %w", err)
+	}
+	s.at = s.at.UTC()
+	s.source.Host = fmt.Sprintf("%s:%d", r.cfg.Host, r.cfg.Port)
+	return s, nil
+}
+
+// worker opens an export session that sees the exported snapshot.
+func (r *run) worker(ctx context.Context, cfg *pgx.ConnConfig, snapName string) (*pgx.Conn, error) {
+	conn, err := tenancy.Connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, q := range []string{
+		"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+		"SET TRANSACTION SNAPSHOT " + tenancy.Literal(snapName),
+		"SET LOCAL work_mem = " + tenancy.Literal(r.o.WorkMem),
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			conn.Close(context.Background())
+			return nil, fmt.Errorf("start export session: %w", err)
+		}
+	}
+	return conn, nil
+}
+
+func lockTables(ctx context.Context, conn *pgx.Conn, tables []manifest.Table, timeout time.Duration) error {
+	if len(tables) == 0 {
+		return nil
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = tenancy.Ident(t.Schema, t.Name)
+	}
+	if _, err := conn.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", timeout.Milliseconds())); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "LOCK TABLE "+strings.Join(names, ", ")+" IN ACCESS SHARE MODE"); err != nil {
+		return fmt.Errorf("lock tables (ACCESS SHARE; is a migration holding an exclusive lock?): %w", err)
+	}
+	_, err := conn.Exec(ctx, "SET LOCAL lock_timeout = 0")
+	return err
+}
+
+// checkTenants makes sure every requested tenant exists before anything is
+// written.
+func (r *run) checkTenants(ctx context.Context, conn *pgx.Conn, cat *tenancy.Catalog) error {
+	if len(r.o.Tenants) == 0 {
+		return nil
+	}
+	found := map[string]bool{}
+	if r.o.Tenancy.Model == tenancy.ModelSchema {
+		for _, s := range r.owners {
+			found[s] = true
+		}
+	} else {
+		lits := make([]string, len(r.o.Tenants))
+		for i, id := range r.o.Tenants {
+			lits[i] = tenancy.Literal(id)
+		}
+		for _, t := range cat.Tables {
+			if t.Scope == nil || len(t.Scope.Hops) > 0 {
+				continue
+			}
+			col := tenancy.Ident(t.Scope.Column)
+			rows, err := conn.Query(ctx, fmt.Sprintf("SELECT DISTINCT %s::text FROM %s WHERE %s IN (%s)",
+				col, tenancy.Ident(t.Schema, t.Name), col, strings.Join(lits, ", ")))
+			if err != nil {
+				return fmt.Errorf("look up tenants in %s: %w", t.QualifiedName(), err)
+			}
+			ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return fmt.Errorf("look up tenants in %s: %w", t.QualifiedName(), err)
+			}
+			for _, id := range ids {
+				found[id] = true
+			}
+		}
+	}
+	return unknownTenants(r.o.Tenants, found, "source database "+r.cfg.Database)
+}
+
+// UnknownTenantsError lists requested tenant IDs that do not exist.
+type UnknownTenantsError struct {
+	IDs   []string
+	Where string
+}
+
+func (e *UnknownTenantsError) Error() string {
+	q := make([]string, len(e.IDs))
+	for i, id := range e.IDs {
+		q[i] = fmt.Sprintf("%q", id)
+	}
+	return fmt.Sprintf("%d unknown tenant(s) in %s: %s", len(e.IDs), e.Where, strings.Join(q, ", "))
+}
+
+func unknownTenants(want []string, found map[string]bool, where string) error {
+	var missing []string
+	for _, id := range want {
+		if !found[id] {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return &tenantvault.InputError{Err: &UnknownTenantsError{IDs: missing, Where: where}}
+}
+
+// loadPrevious indexes the newest earlier set of the same source, whose
+// unchanged chunks this set references instead of storing again.
+func (r *run) loadPrevious(ctx context.Context) error {
+	r.prev = map[prevKey]vault.ChunkRef{}
+	if r.o.Full {
+		return nil
+	}
+	ids, err := r.o.Vault.ListSets(ctx)
+	if err != nil {
+		return err
+	}
+	for i := len(ids) - 1; i >= 0 && i >= len(ids)-20; i-- {
+		m, err := r.o.Vault.ReadManifest(ctx, ids[i])
+		if err != nil {
+			r.o.Logger.Warn("skipping unreadable earlier set for deduplication", "set", ids[i], "err", err)
+			continue
+		}
+		if !sameSource(m.Source, r.m.Source) || m.Tenancy != r.m.Tenancy {
+			continue
+		}
+		add := func(tenant string, global bool, c manifest.Chunk) {
+			r.prev[prevKey{tenant, global, m.Tables[c.Table].Signature}] = vault.ChunkRef{
+				Pack: m.Packs[c.Pack], Offset: c.Offset, Length: c.Length, SHA256: c.SHA256, Size: c.Size, Digest: c.Digest,
+			}
+		}
+		for _, c := range m.Global {
+			add("", true, c)
+		}
+		for _, t := range m.Tenants {
+			for _, c := range t.Chunks {
+				add(t.ID, false, c)
+			}
+		}
+		r.o.Logger.Debug("deduplicating against earlier set", "set", m.ID)
+		return nil
+	}
+	return nil
+}
+
+func sameSource(a, b manifest.Source) bool {
+	if a.SystemID != "" && b.SystemID != "" {
+		return a.SystemID == b.SystemID && a.Database == b.Database
+	}
+	return a.Host == b.Host && a.Database == b.Database
+}
+
+// finish assembles and writes the manifest.
+func (r *run) finish(ctx context.Context) error {
+	m := r.m
+	packIndex := map[string]int{}
+	pack := func(key string) int {
+		i, ok := packIndex[key]
+		if !ok {
+			i = len(m.Packs)
+			packIndex[key] = i
+			m.Packs = append(m.Packs, key)
+		}
+		return i
+	}
+	tenants := map[string]*manifest.Tenant{}
+	for _, id := range r.owners {
+		tenants[id] = &manifest.Tenant{ID: id}
+	}
+	for _, id := range r.o.Tenants {
+		tenants[id] = &manifest.Tenant{ID: id}
+	}
+	sort.Slice(r.results, func(a, b int) bool { return r.results[a].table < r.results[b].table })
+	st := &m.Stats
+	for _, res := range r.results {
+		for _, tc := range res.chunks {
+			c := manifest.Chunk{
+				Table: res.table, Rows: tc.rows, Size: tc.ref.Size, Digest: tc.ref.Digest,
+				Pack: pack(tc.ref.Pack), Offset: tc.ref.Offset, Length: tc.ref.Length, SHA256: tc.ref.SHA256, Reused: tc.ref.Reused,
+			}
+			st.Chunks++
+			st.Rows += c.Rows
+			st.Size += c.Size
+			st.Stored += c.Length
+			if c.Reused {
+				st.Reused += c.Length
+				st.ReusedChunks++
+			} else {
+				st.Written += c.Length
+			}
+			if tc.global {
+				m.Global = append(m.Global, c)
+				if m.Tables[res.table].Kind == manifest.TableScoped {
+					st.Unscoped += c.Rows
+				}
+				continue
+			}
+			t := tenants[tc.tenant]
+			if t == nil {
+				t = &manifest.Tenant{ID: tc.tenant}
+				tenants[tc.tenant] = t
+			}
+			t.Chunks = append(t.Chunks, c)
+			t.Rows += c.Rows
+			t.Size += c.Size
+			t.Stored += c.Length
+		}
+	}
+	for _, t := range tenants {
+		m.Tenants = append(m.Tenants, *t)
+	}
+	m.SortTenants()
+	st.Tenants = len(m.Tenants)
+	st.Tables = len(m.Tables)
+	m.Fingerprint = tenancy.Fingerprint(m.Tables)
+	m.FinishedAt = r.o.Now().UTC()
+	st.Seconds = m.FinishedAt.Sub(m.StartedAt).Seconds()
+	if st.Unscoped > 0 {
+		r.o.Logger.Warn("some rows of tenant tables belong to no tenant; they are kept with the global data", "rows", st.Unscoped)
+	}
+	if err := r.o.Vault.WriteManifest(ctx, m); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Plan is what a snapshot would capture, for --dry-run.
+type Plan struct {
+	Tenancy   tenancy.Config
+	Tables    []manifest.Table
+	Bytes     []int64  // estimated size on disk per table
+	Databases []string // database model: the tenant databases
+}
+
+// Explain discovers what Run would capture, without writing anything.
+func Explain(ctx context.Context, o Options) (*Plan, error) {
+	if err := o.Tenancy.Normalize(); err != nil {
+		return nil, err
+	}
+	cfg, err := tenancy.ParseURL(o.Source)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := tenancy.Connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	p := &Plan{Tenancy: o.Tenancy}
+	if o.Tenancy.Model == tenancy.ModelDatabase {
+		rows, err := conn.Query(ctx, `SELECT datname FROM pg_database WHERE datname LIKE $1 AND datallowconn AND NOT datistemplate ORDER BY datname`, o.Tenancy.DatabasePattern)
+		if err != nil {
+			return nil, err
+		}
+		p.Databases, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return p, err
+	}
+	if _, err := conn.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+		return nil, err
+	}
+	cat, err := tenancy.Discover(ctx, conn, o.Tenancy, "")
+	if err != nil {
+		return nil, err
+	}
+	p.Tables, p.Bytes = cat.Tables, cat.Bytes
+	return p, nil
+}

@@ -1,0 +1,408 @@
+package vault
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Codec IDs start every stored chunk. IDs are never reused once retired, so
+// old repositories stay readable.
+const (
+	CodecZstd byte = 1
+)
+
+// WriterOptions tune how a set's chunks are packed.
+type WriterOptions struct {
+	// TempDir holds packs while they fill; "" means os.TempDir().
+	TempDir string
+	// PackSize is the size at which a pack is closed and uploaded.
+	PackSize int64
+	// Level is the zstd level (1 fastest .. 4 best, klauspost's scale).
+	Level int
+	// Uploads is how many packs upload at once.
+	Uploads int
+}
+
+// DefaultPackSize keeps packs large enough for cheap storage requests and
+// small enough to retry an upload from its temp file.
+const DefaultPackSize = 64 << 20
+
+// deferLimit is how much of a chunk is held uncompressed before compression
+// starts: an unchanged chunk below it costs no compression at all.
+const deferLimit = 1 << 20
+
+// SetWriter packs the chunks of one snapshot set into pack objects under
+// packs/<set>/ and uploads them in the background.
+type SetWriter struct {
+	v     *Vault
+	setID string
+	opts  WriterOptions
+	level zstd.EncoderLevel
+	seq   atomic.Int64
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	queue  chan sealedPack
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	err      error
+	uploaded []string
+	temps    map[string]bool
+	written  atomic.Int64
+}
+
+type sealedPack struct {
+	key  string
+	path string
+	size int64
+}
+
+// NewSetWriter starts a writer for set setID.
+func (v *Vault) NewSetWriter(ctx context.Context, setID string, opts WriterOptions) (*SetWriter, error) {
+	if opts.PackSize <= 0 {
+		opts.PackSize = DefaultPackSize
+	}
+	if opts.Level == 0 {
+		opts.Level = 1
+	}
+	if opts.Level < 1 || opts.Level > 4 {
+		return nil, fmt.Errorf("compression level %d out of range 1..4", opts.Level)
+	}
+	if opts.Uploads <= 0 {
+		opts.Uploads = 2
+	}
+	if opts.TempDir == "" {
+		opts.TempDir = os.TempDir()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &SetWriter{
+		v: v, setID: setID, opts: opts, level: zstd.EncoderLevel(opts.Level),
+		ctx: ctx, cancel: cancel,
+		queue: make(chan sealedPack, opts.Uploads),
+		temps: map[string]bool{},
+	}
+	for range opts.Uploads {
+		s.wg.Add(1)
+		go s.uploader()
+	}
+	return s, nil
+}
+
+func (s *SetWriter) uploader() {
+	defer s.wg.Done()
+	for p := range s.queue {
+		if err := s.upload(p); err != nil {
+			s.fail(err)
+		}
+		os.Remove(p.path)
+		s.mu.Lock()
+		delete(s.temps, p.path)
+		s.mu.Unlock()
+	}
+}
+
+func (s *SetWriter) upload(p sealedPack) error {
+	if s.failed() != nil {
+		return nil
+	}
+	f, err := os.Open(p.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := s.v.b.Put(s.ctx, p.key, f, p.size); err != nil {
+		return fmt.Errorf("upload pack %s: %w", p.key, err)
+	}
+	s.mu.Lock()
+	s.uploaded = append(s.uploaded, p.key)
+	s.mu.Unlock()
+	s.written.Add(p.size)
+	return nil
+}
+
+func (s *SetWriter) fail(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+		s.cancel()
+	}
+	s.mu.Unlock()
+}
+
+func (s *SetWriter) failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+// Written is the number of pack bytes uploaded so far.
+func (s *SetWriter) Written() int64 { return s.written.Load() }
+
+// Close waits for every sealed pack to upload and returns the first error.
+// Packers must have been closed before.
+func (s *SetWriter) Close() error {
+	close(s.queue)
+	s.wg.Wait()
+	s.cancel()
+	return s.failed()
+}
+
+// Abort stops uploading, removes temp files and deletes the packs already
+// uploaded (best effort: prune collects anything left).
+func (s *SetWriter) Abort() {
+	s.fail(errors.New("aborted"))
+	func() {
+		defer func() { recover() }() // queue may already be closed
+		close(s.queue)
+	}()
+	s.wg.Wait()
+	s.mu.Lock()
+	temps, uploaded := s.temps, s.uploaded
+	s.mu.Unlock()
+	for p := range temps {
+		os.Remove(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30e9)
+	defer cancel()
+	for _, k := range uploaded {
+		_ = s.v.b.Delete(ctx, k)
+	}
+}
+
+// Packer appends chunks to packs. Each worker goroutine uses its own.
+type Packer struct {
+	s       *SetWriter
+	f       *os.File
+	bw      *bufio.Writer
+	key     string
+	size    int64
+	stream  *zstd.Encoder
+	oneshot *zstd.Encoder
+	content hash.Hash
+	stored  hash.Hash
+	pending []byte
+	scratch []byte
+}
+
+// NewPacker returns a packer for one worker.
+func (s *SetWriter) NewPacker() (*Packer, error) {
+	stream, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return nil, err
+	}
+	oneshot, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	return &Packer{s: s, stream: stream, oneshot: oneshot, content: sha256.New(), stored: sha256.New()}, nil
+}
+
+// ChunkRef locates a stored chunk and proves its content.
+type ChunkRef struct {
+	Pack   string // pack object key
+	Offset int64
+	Length int64
+	SHA256 string // of the stored bytes
+	Size   int64  // uncompressed
+	Digest string // SHA-256 of the uncompressed content
+	Reused bool
+}
+
+// ChunkWriter receives one chunk's uncompressed content.
+type ChunkWriter struct {
+	p       *Packer
+	start   int64 // offset in the pack where this chunk began
+	size    int64
+	started bool // compression into the pack has begun
+	w       io.Writer
+	err     error
+}
+
+// StartChunk begins a chunk. Only one chunk per packer is open at a time.
+func (p *Packer) StartChunk() *ChunkWriter {
+	p.content.Reset()
+	p.pending = p.pending[:0]
+	return &ChunkWriter{p: p}
+}
+
+func (p *Packer) open() error {
+	if p.f != nil {
+		return nil
+	}
+	if err := p.s.failed(); err != nil {
+		return err
+	}
+	n := p.s.seq.Add(1)
+	f, err := os.CreateTemp(p.s.opts.TempDir, "tenantvault-pack-*")
+	if err != nil {
+		return fmt.Errorf("create pack temp file: %w", err)
+	}
+	p.s.mu.Lock()
+	p.s.temps[f.Name()] = true
+	p.s.mu.Unlock()
+	p.f, p.key, p.size = f, fmt.Sprintf("%s%s/%06d.pack", PacksPrefix, p.s.setID, n), 0
+	if p.bw == nil {
+		p.bw = bufio.NewWriterSize(f, 1<<20)
+	} else {
+		p.bw.Reset(f)
+	}
+	return nil
+}
+
+// packOut counts and hashes what goes into the pack.
+type packOut struct{ p *Packer }
+
+func (o packOut) Write(b []byte) (int, error) {
+	o.p.stored.Write(b)
+	n, err := o.p.bw.Write(b)
+	o.p.size += int64(n)
+	return n, err
+}
+
+// Write adds uncompressed content.
+func (c *ChunkWriter) Write(b []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	p := c.p
+	p.content.Write(b)
+	c.size += int64(len(b))
+	if !c.started {
+		if len(p.pending)+len(b) <= deferLimit {
+			p.pending = append(p.pending, b...)
+			return len(b), nil
+		}
+		if c.err = c.begin(); c.err != nil {
+			return 0, c.err
+		}
+		if _, c.err = p.stream.Write(p.pending); c.err != nil {
+			return 0, c.err
+		}
+		p.pending = p.pending[:0]
+	}
+	if _, c.err = p.stream.Write(b); c.err != nil {
+		return 0, c.err
+	}
+	return len(b), nil
+}
+
+func (c *ChunkWriter) begin() error {
+	p := c.p
+	if err := p.open(); err != nil {
+		return err
+	}
+	c.start = p.size
+	c.started = true
+	p.stored.Reset()
+	out := packOut{p}
+	if _, err := out.Write([]byte{CodecZstd}); err != nil {
+		return err
+	}
+	p.stream.Reset(out)
+	return nil
+}
+
+// Finish ends the chunk. When prev is non-nil and holds the same content
+// (equal digest and size), nothing is stored and prev is returned marked
+// Reused; otherwise the chunk is compressed into the current pack.
+func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
+	if c.err != nil {
+		return ChunkRef{}, c.err
+	}
+	p := c.p
+	digest := hex.EncodeToString(p.content.Sum(nil))
+	if prev != nil && prev.Digest == digest && prev.Size == c.size {
+		if c.started {
+			// Drop what was already compressed into the pack.
+			if err := p.stream.Close(); err != nil {
+				return ChunkRef{}, err
+			}
+			if err := p.bw.Flush(); err != nil {
+				return ChunkRef{}, err
+			}
+			if err := p.f.Truncate(c.start); err != nil {
+				return ChunkRef{}, err
+			}
+			if _, err := p.f.Seek(c.start, io.SeekStart); err != nil {
+				return ChunkRef{}, err
+			}
+			p.size = c.start
+		}
+		r := *prev
+		r.Reused = true
+		return r, nil
+	}
+	if !c.started {
+		if err := c.begin(); err != nil {
+			return ChunkRef{}, err
+		}
+		p.scratch = p.oneshot.EncodeAll(p.pending, p.scratch[:0])
+		if _, err := (packOut{p}).Write(p.scratch); err != nil {
+			return ChunkRef{}, err
+		}
+	} else if err := p.stream.Close(); err != nil {
+		return ChunkRef{}, err
+	}
+	ref := ChunkRef{
+		Pack: p.key, Offset: c.start, Length: p.size - c.start,
+		SHA256: hex.EncodeToString(p.stored.Sum(nil)),
+		Size:   c.size, Digest: digest,
+	}
+	if p.size >= p.s.opts.PackSize {
+		if err := p.seal(); err != nil {
+			return ChunkRef{}, err
+		}
+	}
+	return ref, nil
+}
+
+func (p *Packer) seal() error {
+	if p.f == nil {
+		return nil
+	}
+	f := p.f
+	p.f = nil
+	if err := p.bw.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("write pack: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write pack: %w", err)
+	}
+	if p.size == 0 {
+		os.Remove(f.Name())
+		return nil
+	}
+	select {
+	case p.s.queue <- sealedPack{key: p.key, path: f.Name(), size: p.size}:
+		return nil
+	case <-p.s.ctx.Done():
+		if err := p.s.failed(); err != nil {
+			return err
+		}
+		return p.s.ctx.Err()
+	}
+}
+
+// Close seals the last pack. The packer must not be used afterwards.
+func (p *Packer) Close() error {
+	err := p.seal()
+	p.stream.Close()
+	p.oneshot.Close()
+	return err
+}
+
+// EmptyDigest is the content digest of a chunk with no rows.
+var EmptyDigest = hex.EncodeToString(sha256.New().Sum(nil))
