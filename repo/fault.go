@@ -38,6 +38,7 @@ type Fault struct {
 	// Op is the operation to interfere with; empty means every operation.
 	Op Op
 	// Match selects calls by key (List passes its prefix); nil matches all.
+	// It runs under the Faulty's lock, so it must not call the Faulty.
 	Match func(key string) bool
 	// After lets this many matching calls through before the fault fires.
 	After int

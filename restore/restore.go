@@ -330,19 +330,23 @@ func (r *runner) plan(ctx context.Context, items []Item) (*Plan, error) {
 	p.Model = newest.Tenancy.Model
 	p.SchemaSet = newest
 	tcfg := tenancy.Config{Model: p.Model}
-	if r.o.CreateSchema && p.Model == tenancy.ModelColumn {
+	if r.o.CreateSchema && p.Model != tenancy.ModelDatabase {
 		db, err := r.open(ctx, r.cfg.Database, tcfg)
 		if err != nil {
 			return nil, err
 		}
-		if len(db.cat.Tables) > 0 {
+		switch {
+		case len(db.cat.Tables) == 0:
+			p.CreateSchema = true
+			return p, nil // the schema comes from the set, so it matches
+		case p.Model == tenancy.ModelColumn:
 			return nil, &tenantvault.InputError{
 				Msg:  fmt.Sprintf("--create-schema needs an empty target database, but %s has tables (%s, ...)", p.Target, db.cat.Tables[0].QualifiedName()),
 				Hint: "nothing was written; restore into the existing schema without --create-schema, or into a new database",
 			}
 		}
-		p.CreateSchema = true
-		return p, nil // the schema comes from the set, so it matches
+		// Schema model into a live database: only missing tenant
+		// schemas are created, below.
 	}
 	var problems []string
 	var problemSet string
@@ -448,7 +452,21 @@ func (r *runner) createDatabase(ctx context.Context, p *Plan) error {
 	if err != nil {
 		return err
 	}
-	sql, err := renderSchema(ctx, r.o.PgRestore, archive, "")
+	// In the schema model, the schemas of tenants not being restored stay
+	// out: an empty schema would look like a tenant with no rows.
+	var exclude []string
+	if p.Model == tenancy.ModelSchema {
+		restoring := map[string]bool{}
+		for _, it := range p.Items {
+			restoring[it.Tenant] = true
+		}
+		for _, t := range set.Tenants {
+			if !restoring[t.ID] {
+				exclude = append(exclude, t.ID)
+			}
+		}
+	}
+	sql, err := renderSchema(ctx, r.o.PgRestore, archive, "", exclude)
 	if err != nil {
 		return err
 	}
@@ -528,7 +546,7 @@ func (r *runner) createTenantSchemas(ctx context.Context, p *Plan) error {
 		if p.Model == tenancy.ModelSchema {
 			filter = it.Tenant
 		}
-		sql, err := renderSchema(ctx, r.o.PgRestore, archive, filter)
+		sql, err := renderSchema(ctx, r.o.PgRestore, archive, filter, nil)
 		if err != nil {
 			return err
 		}
@@ -549,6 +567,11 @@ func (r *runner) createTenantSchemas(ctx context.Context, p *Plan) error {
 			return err
 		}
 		_, err = conn.Exec(ctx, "BEGIN")
+		if err == nil && p.Model == tenancy.ModelSchema {
+			// pg_restore --schema restores what is in the schema, not
+			// the schema itself.
+			_, err = conn.Exec(ctx, "CREATE SCHEMA "+tenancy.Ident(it.Tenant))
+		}
 		if err == nil {
 			err = execScript(ctx, conn, sql)
 		}

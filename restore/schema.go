@@ -62,8 +62,8 @@ func compareTable(s, t *manifest.Table) []string {
 
 // renderSchema turns a schema archive into SQL with pg_restore, leaving out
 // owners and privileges (the target's roles may differ). schema, when set,
-// limits it to one schema's objects.
-func renderSchema(ctx context.Context, pgRestore string, archive []byte, schema string) (string, error) {
+// limits it to one schema's objects; exclude leaves schemas out.
+func renderSchema(ctx context.Context, pgRestore string, archive []byte, schema string, exclude []string) (string, error) {
 	if pgRestore == "" {
 		pgRestore = "pg_restore"
 	}
@@ -87,6 +87,9 @@ func renderSchema(ctx context.Context, pgRestore string, archive []byte, schema 
 	args := []string{"--schema-only", "--no-owner", "--no-privileges", "--file=-"}
 	if schema != "" {
 		args = append(args, "--schema="+schema)
+	}
+	for _, x := range exclude {
+		args = append(args, "--exclude-schema="+x)
 	}
 	cmd := exec.CommandContext(ctx, path, append(args, f.Name())...)
 	var stdout, stderr bytes.Buffer

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"net"
+	"net/url"
 	"fmt"
 	"io"
 	"log/slog"
@@ -241,7 +244,13 @@ func (a *app) openVault(ctx context.Context, r *repoFlags, initialise bool) (*va
 	}
 	b, err := repo.Open(ctx, r.url, repo.Options{Create: r.init})
 	if err != nil {
-		return nil, nil, err
+		if isNetwork(err) {
+			return nil, nil, err // may work later: operational
+		}
+		// A repository that cannot be used as configured (missing
+		// directory or bucket, no permission, bad credentials) is bad
+		// input: retrying will not help.
+		return nil, nil, &tenantvault.InputError{Err: err}
 	}
 	b = repo.Retry(b, repo.RetryOptions{Logger: a.log})
 	v, err := vault.Open(ctx, b, vault.Options{Init: initialise, Logger: a.log})
@@ -250,6 +259,15 @@ func (a *app) openVault(ctx context.Context, r *repoFlags, initialise bool) (*va
 		return nil, nil, err
 	}
 	return v, func() { b.Close() }, nil
+}
+
+// isNetwork reports whether err comes from failing to reach a server.
+func isNetwork(err error) bool {
+	var op *net.OpError
+	var ue *url.Error
+	var dns *net.DNSError
+	return errors.As(err, &op) || errors.As(err, &ue) || errors.As(err, &dns) ||
+		errors.Is(err, context.DeadlineExceeded)
 }
 
 // notYet registers a command of DESIGN.md that this build does not have.

@@ -44,10 +44,12 @@ const (
 	// endpoint fails in seconds rather than after a storm of retries.
 	checkTimeout = 10 * time.Second
 
-	// dataRetries is minio-go's own retry count for one request. It stays
+	// dataRetries is how often minio-go tries one request. Its retries stay
 	// on below repo.Retry because only minio-go can retry a single part of
 	// a multipart upload, whose reader repo.Retry cannot rewind.
 	dataRetries = 3
+
+	maxParts = 10000 // the S3 limit of parts in one upload
 
 	awsEndpoint = "https://s3.amazonaws.com"
 )
@@ -466,7 +468,7 @@ func denied(code string) bool {
 // status.
 func transient(code string) bool {
 	switch code {
-	case "RequestTimeout", "RequestTimeTooSkewed", "SlowDown", "SlowDownRead", "SlowDownWrite",
+	case "RequestTimeout", "SlowDown", "SlowDownRead", "SlowDownWrite",
 		"InternalError", "ServiceUnavailable", "Throttling", "ThrottlingException",
 		"RequestLimitExceeded", "RequestThrottled", "TooManyRequests", "ExpiredToken",
 		"ExpiredTokenException", "OperationAborted", "RequestError":
@@ -523,6 +525,7 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, size int64) 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
+	partSize := partSizeFor(size, b.partSize)
 	src := &source{r: r, size: size}
 	if size == 0 {
 		// minio-go reads nothing for an empty object, so the check that
@@ -532,7 +535,7 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, size int64) 
 		}
 	}
 	_, err := b.client.PutObject(ctx, b.cfg.Bucket, b.object(key), src, size, minio.PutObjectOptions{
-		PartSize:       b.partSize,
+		PartSize:       partSize,
 		SendContentMd5: true,
 		ContentType:    "application/octet-stream",
 	})
@@ -543,6 +546,18 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, size int64) 
 		return b.fail(ctx, repo.OpPut, key, err)
 	}
 	return nil
+}
+
+// partSizeFor returns the part size for an object of size bytes: the
+// configured one, or for a known size too large for it, the smallest whole
+// MiB that fits the object into 10,000 parts, rather than failing.
+func partSizeFor(size int64, configured uint64) uint64 {
+	if size <= int64(configured)*maxParts {
+		return configured
+	}
+	const mib = 1 << 20
+	perPart := uint64((size + maxParts - 1) / maxParts)
+	return (perPart + mib - 1) / mib * mib
 }
 
 // source hands the caller's reader to minio-go. It hides io.Seeker and

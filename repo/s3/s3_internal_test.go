@@ -70,3 +70,24 @@ func TestNetReason(t *testing.T) {
 		}
 	}
 }
+
+func TestPartSizeFor(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct {
+		size int64
+		want uint64
+	}{
+		{-1, 16 * mib},
+		{0, 16 * mib},
+		{40 * mib, 16 * mib},
+		{16 * mib * maxParts, 16 * mib},
+		{16*mib*maxParts + 1, 17 * mib},
+		{200 << 30, 21 * mib},
+		{5 << 40, 525 * mib},
+	} {
+		got := partSizeFor(c.size, 16*mib)
+		if got != c.want || (c.size > 0 && int64(got)*maxParts < c.size) {
+			t.Errorf("partSizeFor(%d) = %d, want %d", c.size, got, c.want)
+		}
+	}
+}

@@ -21,13 +21,40 @@ import (
 
 func TestConformance(t *testing.T) {
 	repotest.TestBackend(t, func(t *testing.T) repo.Backend {
-		u := testenv.S3RepoURL(t, testenv.NewBucket(t), "repo/sub")
+		bucket := testenv.NewBucket(t)
+		t.Cleanup(func() { emptyBucket(t, bucket) })
+		u := testenv.S3RepoURL(t, bucket, "repo/sub")
 		b, err := repo.Open(testenv.Context(t, time.Minute), u, repo.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
 	})
+}
+
+// emptyBucket removes the objects of bucket in batches of a thousand, so
+// that the one-by-one clean-up of testenv.NewBucket finds little to do.
+func emptyBucket(t *testing.T, bucket string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	client := testenv.S3Client(t)
+	objects := make(chan minio.ObjectInfo)
+	go func() {
+		defer close(objects)
+		for obj := range client.ListObjects(ctx, bucket, minio.ListObjectsOptions{Recursive: true}) {
+			if obj.Err != nil {
+				continue
+			}
+			select {
+			case objects <- obj:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for res := range client.RemoveObjects(ctx, bucket, objects, minio.RemoveObjectsOptions{}) {
+		t.Logf("remove %s: %v", res.ObjectName, res.Err)
+	}
 }
 
 // env returns a Getenv that sees only vars.

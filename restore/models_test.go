@@ -1,0 +1,150 @@
+package restore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantvault/tenantvault/internal/testenv"
+	"github.com/tenantvault/tenantvault/restore"
+	"github.com/tenantvault/tenantvault/snapshot"
+	"github.com/tenantvault/tenantvault/tenancy"
+)
+
+const tenantSchema = `
+CREATE SCHEMA %[1]s;
+CREATE TABLE %[1]s.customers (id serial PRIMARY KEY, name text NOT NULL, tier shared.tier NOT NULL);
+CREATE TABLE %[1]s.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  customer_id int NOT NULL REFERENCES %[1]s.customers(id), total numeric(12,2), note text,
+  total_cents bigint GENERATED ALWAYS AS ((total * 100)::bigint) STORED);
+CREATE TABLE %[1]s.lines (order_id bigint REFERENCES %[1]s.orders(id), sku text, qty int);
+INSERT INTO %[1]s.customers (name, tier) SELECT 'customer ' || g || ' of %[2]d', 'gold' FROM generate_series(1, %[2]d) g;
+INSERT INTO %[1]s.orders (customer_id, total, note) SELECT c.id, c.id * 10.5, E'a\tb' FROM %[1]s.customers c, generate_series(1, 3);
+INSERT INTO %[1]s.lines SELECT o.id, 'sku-' || o.id, 2 FROM %[1]s.orders o;
+`
+
+// dumpSchemaRows reads every row of the tenant tables in a schema.
+func dumpSchemaRows(t *testing.T, ctx context.Context, db, schema string) string {
+	t.Helper()
+	conn := testenv.Connect(t, db)
+	var b strings.Builder
+	for _, table := range []string{"customers", "orders", "lines"} {
+		rows, err := conn.Query(ctx, fmt.Sprintf("SELECT t::text FROM %s t ORDER BY t::text", pgx.Identifier{schema, table}.Sanitize()))
+		if err != nil {
+			return "missing: " + err.Error()
+		}
+		vals, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s: %s\n", table, strings.Join(vals, "|"))
+	}
+	return b.String()
+}
+
+func TestSchemaModel(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, `CREATE SCHEMA shared; CREATE TYPE shared.tier AS ENUM ('free', 'gold');
+CREATE TABLE shared.settings (k text PRIMARY KEY, v text); INSERT INTO shared.settings VALUES ('a', 'b');`)
+	tenants := []string{"tenant_acme", "tenant_globex", "tenant_o'brien"}
+	for i, s := range tenants {
+		testenv.Exec(t, db, fmt.Sprintf(tenantSchema, pgx.Identifier{s}.Sanitize(), 3+i*5))
+	}
+	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	cfg := tenancy.Config{Model: tenancy.ModelSchema, SchemaPattern: `tenant\_%`}
+	set, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.Tenants) != 3 || set.Tenant("tenant_o'brien") == nil {
+		t.Fatalf("tenants: %+v", set.Tenants)
+	}
+	want := map[string]string{}
+	for _, s := range tenants {
+		want[s] = dumpSchemaRows(t, ctx, db, s)
+	}
+
+	// A tenant's schema dropped: restoring it needs --create-schema.
+	testenv.Exec(t, db, `DROP SCHEMA "tenant_o'brien" CASCADE; UPDATE tenant_globex.orders SET note = 'corrupted'`)
+	_, err = restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: []string{"tenant_o'brien"}})
+	if err == nil || !strings.Contains(err.Error(), `schema "tenant_o'brien" does not exist in the target`) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: []string{"tenant_o'brien"}, CreateSchema: true}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: []string{"tenant_globex"}, IfExists: restore.IfExistsReplace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.PreRestoreSet == "" {
+		t.Fatal("no pre-restore set")
+	}
+	for _, s := range tenants {
+		if got := dumpSchemaRows(t, ctx, db, s); got != want[s] {
+			t.Errorf("schema %s:\n got %s\nwant %s", s, got, want[s])
+		}
+	}
+	// Identity columns moved forward.
+	testenv.Exec(t, db, `INSERT INTO "tenant_o'brien".orders (customer_id, total) VALUES (1, 1)`)
+
+	// Into an empty database: the schemas come from the archive.
+	dst := testenv.NewDatabase(t)
+	if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: dst, Tenants: []string{"tenant_acme"}, CreateSchema: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dumpSchemaRows(t, ctx, dst, "tenant_acme"); got != want["tenant_acme"] {
+		t.Errorf("empty target:\n got %s\nwant %s", got, want["tenant_acme"])
+	}
+}
+
+func TestDatabaseModel(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	prefix := testenv.RandomName("tvdbm_")
+	admin := testenv.PostgresURL(t)
+	var dbs []string
+	for i, name := range []string{"a", "b"} {
+		dbName := prefix + "_" + name
+		testenv.Exec(t, admin, "CREATE DATABASE "+dbName)
+		dbs = append(dbs, dbName)
+		t.Cleanup(func() {
+			testenv.Exec(t, admin, "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)")
+		})
+		testenv.Exec(t, testenv.DatabaseURL(t, dbName), `CREATE SCHEMA shared; CREATE TYPE shared.tier AS ENUM ('free', 'gold');`+
+			fmt.Sprintf(tenantSchema, "app", 4+i))
+	}
+	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	cfg := tenancy.Config{Model: tenancy.ModelDatabase, DatabasePattern: prefix + `\_%`}
+	set, err := snapshot.Run(ctx, snapshot.Options{Source: admin, Vault: v, Tenancy: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.Tenants) != 2 || len(set.Schemas) != 2 {
+		t.Fatalf("set: %d tenants, %d schemas", len(set.Tenants), len(set.Schemas))
+	}
+	want := dumpSchemaRows(t, ctx, testenv.DatabaseURL(t, dbs[1]), "app")
+	testenv.Exec(t, admin, "DROP DATABASE "+dbs[1]+" WITH (FORCE)")
+	_, err = restore.Run(ctx, restore.Options{Vault: v, Target: admin, Tenants: []string{dbs[1]}})
+	if err == nil || !strings.Contains(err.Error(), "does not exist in the target") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: admin, Tenants: []string{dbs[1]}, CreateSchema: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dumpSchemaRows(t, ctx, testenv.DatabaseURL(t, dbs[1]), "app"); got != want {
+		t.Errorf("restored database:\n got %s\nwant %s", got, want)
+	}
+	// Restoring over the existing one replaces it.
+	testenv.Exec(t, testenv.DatabaseURL(t, dbs[1]), "DELETE FROM app.lines")
+	if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: admin, Tenants: []string{dbs[1]}, IfExists: restore.IfExistsReplace}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dumpSchemaRows(t, ctx, testenv.DatabaseURL(t, dbs[1]), "app"); got != want {
+		t.Errorf("replaced database:\n got %s\nwant %s", got, want)
+	}
+}
