@@ -3,6 +3,7 @@ package restore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/repo"
 	_ "github.com/tenantvault/tenantvault/repo/file"
+	_ "github.com/tenantvault/tenantvault/repo/s3"
 	"github.com/tenantvault/tenantvault/restore"
 	"github.com/tenantvault/tenantvault/snapshot"
 	"github.com/tenantvault/tenantvault/vault"
@@ -59,10 +61,22 @@ func count(t *testing.T, ctx context.Context, db, sql string) int64 {
 // several tenants and corrupts another while the rest keep working; restore
 // puts them back into the live database.
 func TestIncidentReplay(t *testing.T) {
+	for _, backend := range []string{"file", "s3"} {
+		t.Run(backend, func(t *testing.T) {
+			repoURL := "file://" + t.TempDir()
+			if backend == "s3" {
+				repoURL = testenv.NewS3Repo(t)
+			}
+			incidentReplay(t, repoURL)
+		})
+	}
+}
+
+func incidentReplay(t *testing.T, repoURL string) {
 	ctx := testenv.Context(t, 3*time.Minute)
 	db := testenv.NewDatabase(t)
 	fixture.Create(t, db)
-	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	v, _ := openVault(t, ctx, repoURL)
 	set, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v})
 	if err != nil {
 		t.Fatal(err)
@@ -203,5 +217,42 @@ INSERT INTO tasks (project_id, title) SELECT min(id), 'new' FROM projects;`)
 	_, err = restore.Run(ctx, restore.Options{Vault: v, Target: dst, Tenants: []string{"globex"}, CreateSchema: true})
 	if err == nil || !strings.Contains(err.Error(), "--create-schema needs an empty target database") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestShard(t *testing.T) {
+	for _, bad := range []string{"1", "2/2", "-1/3", "a/b", "0/0", "01/3"} {
+		if _, err := restore.ParseShard(bad); err == nil {
+			t.Errorf("ParseShard(%q) accepted", bad)
+		}
+	}
+	const n = 4
+	seen := map[string]int{}
+	counts := make([]int, n)
+	for i := range 2000 {
+		id := fmt.Sprintf("tenant-%d", i)
+		for s := range n {
+			sh, err := restore.ParseShard(fmt.Sprintf("%d/%d", s, n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sh.Has(id) {
+				seen[id]++
+				counts[s]++
+			}
+		}
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Fatalf("%s is in %d shards", id, c)
+		}
+	}
+	if len(seen) != 2000 {
+		t.Fatalf("%d of 2000 tenants in some shard", len(seen))
+	}
+	for s, c := range counts {
+		if c < 400 || c > 600 {
+			t.Errorf("shard %d has %d of 2000 tenants", s, c)
+		}
 	}
 }

@@ -26,15 +26,18 @@ var (
 	dayUS    = 24 * hourUS
 )
 
-// Share of TargetBytes per table, in percent. The remaining 5% go to the
-// tables whose size follows from these (users, projects, milestones,
-// issue_watchers, tenants).
+// Shares of TargetBytes of the five large tables, in percent. The other
+// tables' sizes follow from these (users, projects and milestones grow with
+// issues, watchers come with issues) and hold about derivedPermille of the
+// data: the five get the rest in proportion to their shares.
 const (
 	shareComments    = 40
 	shareIssues      = 20
 	shareAttachments = 15
 	shareEvents      = 10
 	shareAudit       = 10
+	sumShares        = shareComments + shareIssues + shareAttachments + shareEvents + shareAudit
+	derivedPermille  = 15
 )
 
 // Average stored bytes per row (heap and TOAST, tuple and page overhead
@@ -167,7 +170,7 @@ func newPlan(opts Options) *plan {
 		rank := ranks[i] + 1
 		t.index = i
 		t.id = ids[i]
-		t.weight = uint64(math.Pow(float64(rank), -opts.ZipfS)*(1<<40)) + 1
+		t.weight = zipfWeight(rank, opts.ZipfS)
 		sumW += t.weight
 		t.name = companyWords[r.IntN(len(companyWords))] + " " + companyWords[r.IntN(len(companyWords))] + " " +
 			companyKinds[r.IntN(len(companyKinds))]
@@ -192,7 +195,9 @@ func newPlan(opts Options) *plan {
 		t.created = epochUS + age
 	}
 
-	budget := func(share int64, perRow int64) int64 { return opts.TargetBytes * share / 100 / perRow }
+	budget := func(share, perRow int64) int64 {
+		return mulDiv(opts.TargetBytes, uint64(share*(1000-derivedPermille)), sumShares*1000) / perRow
+	}
 	nIssues := budget(shareIssues, bytesPerIssue)
 	nComments := budget(shareComments, bytesPerComment)
 	nAttach := budget(shareAttachments, bytesPerAttachment)
@@ -377,6 +382,35 @@ func (m *merge) next() (tenant int, at int64, ok bool) {
 		m.down(0)
 	}
 	return int(ti), at, true
+}
+
+// zipfWeight returns rank^-s scaled to 2^40, at least 1. It computes the
+// power with +, -, * and / only, each rounded on its own (the float64
+// conversions forbid fused multiply-adds), because math.Pow goes through
+// math.Exp, whose assembly on amd64 uses FMA instructions when the
+// processor has them: its last bit, and so a tenant's row counts, could
+// differ from machine to machine.
+func zipfWeight(rank int, s float64) uint64 {
+	// ln(rank) = e*ln(2) + ln(m), m in [0.5, 1), by the series of atanh.
+	m, e := math.Frexp(float64(rank))
+	z := float64((m - 1) / (m + 1))
+	z2 := float64(z * z)
+	var lnM float64
+	term := z
+	for i := 1; i < 60; i += 2 {
+		lnM = float64(lnM + float64(term/float64(i)))
+		term = float64(term * z2)
+	}
+	x := float64(-s * float64(float64(float64(e)*math.Ln2)+float64(2*lnM))) // ln(rank^-s) <= 0
+	// exp(x) = 2^n * exp(r), r in [0, ln 2), by Taylor's series.
+	n := math.Floor(x / math.Ln2)
+	r := float64(x - float64(n*math.Ln2))
+	sum, t := 1.0, 1.0
+	for i := 1; i < 30; i++ {
+		t = float64(float64(t*r) / float64(i))
+		sum = float64(sum + t)
+	}
+	return uint64(math.Ldexp(sum, int(n)+40)) + 1
 }
 
 // mulDiv returns a*b/c without overflow, for a, c > 0 and a*b/c < 2^63.

@@ -3,6 +3,7 @@ package datagen
 import (
 	"bytes"
 	"compress/flate"
+	"math"
 	"reflect"
 	"slices"
 	"strings"
@@ -29,6 +30,18 @@ func TestPlanIsDeterministic(t *testing.T) {
 	c := newPlan(o)
 	if reflect.DeepEqual(a.tenants[0].issueRows, c.tenants[0].issueRows) {
 		t.Fatal("another seed gave the same issues")
+	}
+}
+
+func TestZipfWeight(t *testing.T) {
+	for _, s := range []float64{0.5, 1, 1.1, 2, 3.7} {
+		for _, k := range []int{1, 2, 3, 10, 999, 123456} {
+			want := math.Pow(float64(k), -s) * (1 << 40)
+			got := float64(zipfWeight(k, s) - 1)
+			if math.Abs(got-want) > want*1e-12+1 {
+				t.Errorf("zipfWeight(%d, %g) = %g, want %g", k, s, got, want)
+			}
+		}
 	}
 }
 

@@ -1,5 +1,10 @@
 package datagen
 
+import (
+	"sort"
+	"strings"
+)
+
 // schemaDDL creates the tables without their keys, indexes and foreign
 // keys, which are added after the load (postLoadIndexes,
 // postLoadForeignKeys), as pg_restore does: building an index once is much
@@ -186,8 +191,34 @@ var postLoadIndexes = [][]string{
 		`CREATE INDEX tenants_plan_idx ON public.tenants (plan)`},
 }
 
-// postLoadForeignKeys run after the indexes, in order: adding a foreign key
-// checks every row, so a generator bug cannot go unnoticed.
+// A foreignKey is added after the indexes. Adding one checks every row, so
+// a generator bug cannot go unnoticed.
+type foreignKey struct {
+	table, column, references, action string
+}
+
+func (fk foreignKey) name() string { return fk.table + "_" + fk.column + "_fkey" }
+
+// add returns the statement that adds fk; NOT VALID adds it without
+// checking the rows, which validate then does without blocking the
+// checks of other tables.
+func (fk foreignKey) add(notValid bool) string {
+	s := "ALTER TABLE public." + fk.table + " ADD CONSTRAINT " + fk.name() + " FOREIGN KEY (" + fk.column +
+		") REFERENCES public." + fk.references
+	if fk.action != "" {
+		s += " " + fk.action
+	}
+	if notValid {
+		s += " NOT VALID"
+	}
+	return s
+}
+
+func (fk foreignKey) validate() string {
+	return "ALTER TABLE public." + fk.table + " VALIDATE CONSTRAINT " + fk.name()
+}
+
+// foreignKeys lists the foreign keys.
 //
 // The two references to users that neither cascade nor set null (an
 // author or reporter must not vanish) are checked at commit: checked at
@@ -195,28 +226,70 @@ var postLoadIndexes = [][]string{
 // to users, and so the check of comments.author_id, before the cascade
 // through issues has removed the comments; whether it does depends on
 // the order in which the constraints were created.
-var postLoadForeignKeys = []string{
-	`ALTER TABLE public.tenants ADD FOREIGN KEY (plan) REFERENCES public.plans (code)`,
-	`ALTER TABLE public.users ADD FOREIGN KEY (tenant_id) REFERENCES public.tenants (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.users ADD FOREIGN KEY (country) REFERENCES public.countries (code)`,
-	`ALTER TABLE public.projects ADD FOREIGN KEY (tenant_id) REFERENCES public.tenants (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.projects ADD FOREIGN KEY (lead_id) REFERENCES public.users (id) ON DELETE SET NULL`,
-	`ALTER TABLE public.milestones ADD FOREIGN KEY (tenant_id) REFERENCES public.tenants (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.milestones ADD FOREIGN KEY (project_id) REFERENCES public.projects (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.issues ADD FOREIGN KEY (tenant_id) REFERENCES public.tenants (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.issues ADD FOREIGN KEY (project_id) REFERENCES public.projects (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.issues ADD FOREIGN KEY (milestone_id) REFERENCES public.milestones (id) ON DELETE SET NULL`,
-	`ALTER TABLE public.issues ADD FOREIGN KEY (reporter_id) REFERENCES public.users (id) DEFERRABLE INITIALLY DEFERRED`,
-	`ALTER TABLE public.issues ADD FOREIGN KEY (assignee_id) REFERENCES public.users (id) ON DELETE SET NULL`,
-	`ALTER TABLE public.issues ADD FOREIGN KEY (parent_id) REFERENCES public.issues (id) ON DELETE SET NULL`,
-	`ALTER TABLE public.issue_watchers ADD FOREIGN KEY (issue_id) REFERENCES public.issues (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.issue_watchers ADD FOREIGN KEY (user_id) REFERENCES public.users (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.comments ADD FOREIGN KEY (issue_id) REFERENCES public.issues (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.comments ADD FOREIGN KEY (author_id) REFERENCES public.users (id) DEFERRABLE INITIALLY DEFERRED`,
-	`ALTER TABLE public.attachments ADD FOREIGN KEY (comment_id) REFERENCES public.comments (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.events ADD FOREIGN KEY (tenant_id) REFERENCES public.tenants (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.events ADD FOREIGN KEY (issue_id) REFERENCES public.issues (id) ON DELETE CASCADE`,
-	`ALTER TABLE public.audit_log ADD FOREIGN KEY (tenant_id) REFERENCES public.tenants (id) ON DELETE CASCADE`,
+var foreignKeys = []foreignKey{
+	{"tenants", "plan", "plans (code)", ""},
+	{"users", "tenant_id", "tenants (id)", "ON DELETE CASCADE"},
+	{"users", "country", "countries (code)", ""},
+	{"projects", "tenant_id", "tenants (id)", "ON DELETE CASCADE"},
+	{"projects", "lead_id", "users (id)", "ON DELETE SET NULL"},
+	{"milestones", "tenant_id", "tenants (id)", "ON DELETE CASCADE"},
+	{"milestones", "project_id", "projects (id)", "ON DELETE CASCADE"},
+	{"issues", "tenant_id", "tenants (id)", "ON DELETE CASCADE"},
+	{"issues", "project_id", "projects (id)", "ON DELETE CASCADE"},
+	{"issues", "milestone_id", "milestones (id)", "ON DELETE SET NULL"},
+	{"issues", "reporter_id", "users (id)", "DEFERRABLE INITIALLY DEFERRED"},
+	{"issues", "assignee_id", "users (id)", "ON DELETE SET NULL"},
+	{"issues", "parent_id", "issues (id)", "ON DELETE SET NULL"},
+	{"issue_watchers", "issue_id", "issues (id)", "ON DELETE CASCADE"},
+	{"issue_watchers", "user_id", "users (id)", "ON DELETE CASCADE"},
+	{"comments", "issue_id", "issues (id)", "ON DELETE CASCADE"},
+	{"comments", "author_id", "users (id)", "DEFERRABLE INITIALLY DEFERRED"},
+	{"attachments", "comment_id", "comments (id)", "ON DELETE CASCADE"},
+	{"events", "tenant_id", "tenants (id)", "ON DELETE CASCADE"},
+	{"events", "issue_id", "issues (id)", "ON DELETE CASCADE"},
+	{"audit_log", "tenant_id", "tenants (id)", "ON DELETE CASCADE"},
+}
+
+// foreignKeyJobs adds the foreign keys: first all of them NOT VALID, one
+// after the other (each takes a lock on both tables for an instant), then
+// one job per table that validates its keys; validations of different
+// tables do not block each other, so they can run at the same time.
+// PostgreSQL 15 cannot add a NOT VALID key to a partitioned table: events
+// adds its keys, checked, in its job.
+func foreignKeyJobs() (first []string, jobs [][]string) {
+	byTable := map[string]int{}
+	for _, fk := range foreignKeys {
+		var stmt string
+		if fk.table == "events" {
+			stmt = fk.add(false)
+		} else {
+			first = append(first, fk.add(true))
+			stmt = fk.validate()
+		}
+		i, ok := byTable[fk.table]
+		if !ok {
+			i = len(jobs)
+			byTable[fk.table] = i
+			jobs = append(jobs, nil)
+		}
+		jobs[i] = append(jobs[i], stmt)
+	}
+	// Longest jobs first, so that the workers finish together: issues has
+	// six keys to check.
+	order := map[string]int{"issues": 0, "comments": 1, "events": 2, "audit_log": 3, "issue_watchers": 4, "attachments": 5}
+	sort.SliceStable(jobs, func(i, j int) bool {
+		return rank(order, jobs[i][0]) < rank(order, jobs[j][0])
+	})
+	return first, jobs
+}
+
+// rank returns the place in order of the table a statement is about.
+func rank(order map[string]int, stmt string) int {
+	table := strings.TrimPrefix(strings.Fields(stmt)[2], "public.")
+	if r, ok := order[table]; ok {
+		return r
+	}
+	return len(order)
 }
 
 // resetSequences moves every sequence past the loaded IDs, so that rows

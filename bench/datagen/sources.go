@@ -1,6 +1,7 @@
 package datagen
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"net/netip"
@@ -503,23 +504,13 @@ func (s *watchersSource) Next() bool {
 				}
 			}
 		}
-		slices.SortFunc(s.pending, func(a, b entity) int { return cmpInt64(b.id, a.id) }) // popped from the end
+		slices.SortFunc(s.pending, func(a, b entity) int { return cmp.Compare(b.id, a.id) }) // popped from the end
 	}
 	w := s.pending[len(s.pending)-1]
 	s.pending = s.pending[:len(s.pending)-1]
 	s.user.v, s.created.us = w.id, w.at
 	s.n[w.aux]++
 	return true
-}
-
-func cmpInt64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // --- comments --------------------------------------------------------------

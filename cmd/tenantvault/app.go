@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,6 +38,8 @@ type app struct {
 	logLevel   string
 	logFormat  string
 	jsonOut    bool
+	cpuProfile string
+	profFile   *os.File
 	log        *slog.Logger
 }
 
@@ -63,6 +66,9 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 			if err := a.bind(cmd); err != nil {
 				return err
 			}
+			if err := a.startProfile(); err != nil {
+				return err
+			}
 			return a.setupLogging()
 		},
 	}
@@ -75,6 +81,8 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&a.logFormat, "log-format", "text", "log format on stderr: text or json")
 	pf.BoolVar(&a.jsonOut, "json", false, "print results as JSON on stdout")
+	pf.StringVar(&a.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the command to this file")
+	pf.MarkHidden("cpu-profile")
 	root.AddCommand(
 		a.snapshotCmd(), a.listCmd(), a.restoreCmd(), a.verifyCmd(),
 		a.drillCmd(), a.agentCmd(), a.pruneCmd(),
@@ -85,6 +93,7 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 
 func (a *app) execute(ctx context.Context, args []string) error {
 	a.root.SetArgs(args)
+	defer a.stopProfile()
 	cmd, err := a.root.ExecuteContextC(ctx)
 	if err != nil && cmd != nil && isCobraUsage(err) {
 		return &usageError{fmt.Sprintf("%s (see '%s --help')", err, cmd.CommandPath())}
@@ -303,4 +312,27 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+func (a *app) startProfile() error {
+	if a.cpuProfile == "" {
+		return nil
+	}
+	f, err := os.Create(a.cpuProfile)
+	if err != nil {
+		return tenantvault.Inputf("--cpu-profile: %v", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	a.profFile = f
+	return nil
+}
+
+func (a *app) stopProfile() {
+	if a.profFile != nil {
+		pprof.StopCPUProfile()
+		a.profFile.Close()
+	}
 }
