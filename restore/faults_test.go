@@ -191,3 +191,29 @@ ALTER TABLE task_notes ADD COLUMN must text NOT NULL DEFAULT 'x'; ALTER TABLE ta
 		t.Fatal("a refused restore changed the target")
 	}
 }
+
+// TestForeignKeysChecked restores a tenant whose rows reference a global
+// row that no longer exists in the target: with foreign-key triggers
+// suppressed, restore's own check must refuse it.
+func TestForeignKeysChecked(t *testing.T) {
+	ctx := testenv.Context(t, 2*time.Minute)
+	db := testenv.NewDatabase(t)
+	fixture.Create(t, db)
+	testenv.Exec(t, db, `INSERT INTO countries VALUES ('XX', 'Nowhere'); UPDATE tenants SET country = 'XX' WHERE id = 'acme'`)
+	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Exec(t, db, `DELETE FROM events WHERE tenant_id = 'acme'; DELETE FROM tenants WHERE id = 'acme'; DELETE FROM countries WHERE code = 'XX'`)
+	before := everything(t, ctx, db)
+	_, err := restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: []string{"acme"}})
+	if err == nil || !strings.Contains(err.Error(), "foreign key tenants_country_fkey on public.tenants would break: 1 row(s) reference missing rows of public.countries") {
+		t.Fatalf("err = %v", err)
+	}
+	if errors.Is(err, tenantvault.ErrIntegrity) {
+		t.Fatal("a broken reference is not damaged data")
+	}
+	if after := everything(t, ctx, db); after != before {
+		t.Fatal("the refused restore changed the target")
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,10 +20,9 @@ import (
 )
 
 // restoreTenant loads one tenant in one transaction: delete what it has
-// (replace), load every table in foreign-key order, move sequences forward,
-// check foreign keys and recompute every digest, and commit only if all of
-// it holds.
-func (r *runner) restoreTenant(ctx context.Context, p *Plan, it *Item) (res TenantResult) {
+// (replace), load every table in foreign-key order, check foreign keys and
+// recompute every digest, and commit only if all of it holds.
+func (r *runner) restoreTenant(ctx context.Context, p *Plan, it *Item, conns *connCache) (res TenantResult) {
 	start := time.Now()
 	res = TenantResult{Tenant: it.Tenant, Set: it.Set.ID}
 	defer func() {
@@ -33,16 +34,51 @@ func (r *runner) restoreTenant(ctx context.Context, p *Plan, it *Item) (res Tena
 			r.o.Logger.Info("tenant restored", "tenant", it.Tenant, "set", it.Set.ID, "rows", res.Rows, "seconds", res.Duration.Seconds())
 		}
 	}()
-	db := r.dbs[r.database(p.Model, it.Tenant)]
-	conn, err := tenancy.Connect(ctx, db.cfg)
+	dbName := r.database(p.Model, it.Tenant)
+	db := r.dbs[dbName]
+	conn, err := conns.get(ctx, dbName, db.cfg)
 	if err != nil {
 		res.Err = err
 		return res
 	}
-	defer conn.Close(context.Background())
 	res.Rows, res.Bytes, res.Deleted, res.Tables, res.Err = r.load(ctx, conn, db, it)
+	if res.Err != nil {
+		conns.drop(dbName) // its state after a failure is unknown
+	}
 	res.Verified = res.Err == nil
 	return res
+}
+
+// connCache keeps one connection per target database for a worker, so a
+// mass restore does not connect once per tenant.
+type connCache struct{ conns map[string]*pgx.Conn }
+
+func (c *connCache) get(ctx context.Context, name string, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+	if conn, ok := c.conns[name]; ok && !conn.IsClosed() {
+		return conn, nil
+	}
+	conn, err := tenancy.Connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if c.conns == nil {
+		c.conns = map[string]*pgx.Conn{}
+	}
+	c.conns[name] = conn
+	return conn, nil
+}
+
+func (c *connCache) drop(name string) {
+	if conn, ok := c.conns[name]; ok {
+		conn.Close(context.Background())
+		delete(c.conns, name)
+	}
+}
+
+func (c *connCache) close() {
+	for name := range c.conns {
+		c.drop(name)
+	}
 }
 
 func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Item) (rows, bytes, deleted int64, tables int, err error) {
@@ -89,18 +125,6 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 			}
 			deleted += tag.RowsAffected()
 		}
-	} else {
-		for _, ti := range order {
-			t := &set.Tables[ti]
-			var n int64
-			if err = conn.QueryRow(ctx, tenancy.CountSQL(t), it.Tenant).Scan(&n); err != nil {
-				return
-			}
-			if n > 0 {
-				err = tenantvault.Inputf("%d row(s) appeared in %s since the restore was planned; nothing of this tenant was written", n, t.QualifiedName())
-				return
-			}
-		}
 	}
 	for _, ti := range order {
 		c, ok := chunks[ti]
@@ -115,13 +139,6 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 		bytes += c.Size
 		tables++
 	}
-	var loaded []int
-	for _, ti := range order {
-		loaded = append(loaded, targetIdx[ti])
-	}
-	if err = moveSequences(ctx, conn, db.cat.Tables, loaded); err != nil {
-		return
-	}
 	if err = checkForeignKeys(ctx, conn, db, set, order, targetIdx, it.Tenant, replacing); err != nil {
 		return
 	}
@@ -131,9 +148,13 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 			c = manifest.Chunk{Table: ti, Digest: emptyDigest}
 		}
 		if err = verifyChunk(ctx, conn, &set.Tables[ti], c, it.Tenant, false); err != nil {
+			if !replacing {
+				err = concurrentWrites(ctx, conn, &set.Tables[ti], c, it.Tenant, err)
+			}
 			return
 		}
 	}
+	r.touch(db, order, targetIdx)
 	if _, err = conn.Exec(ctx, "COMMIT"); err != nil {
 		err = fmt.Errorf("commit: %w", err)
 	}
@@ -189,19 +210,39 @@ func suppressTriggers(ctx context.Context, conn *pgx.Conn) error {
 	return err
 }
 
-// errReader remembers the error its reader returned, because pgconn
-// reports a failed COPY FROM with the server's text only.
-type errReader struct {
-	r   io.Reader
-	err error
+// guardedReader remembers the error its reader returned, because pgconn
+// reports a failed COPY FROM with the server's text only, and can be
+// detached: when the connection fails, pgconn returns while its copying
+// goroutine may still be in Read, so the chunk reader must not be closed
+// (and its decoder reused) until that Read is over.
+type guardedReader struct {
+	mu       sync.Mutex
+	r        io.Reader
+	err      error
+	detached bool
 }
 
-func (e *errReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
+var errDetached = errors.New("reader detached")
+
+func (g *guardedReader) Read(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.detached {
+		return 0, errDetached
+	}
+	n, err := g.r.Read(p)
 	if err != nil && err != io.EOF {
-		e.err = err
+		g.err = err
 	}
 	return n, err
+}
+
+// detach waits for a Read in flight and returns the reader's error.
+func (g *guardedReader) detach() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.detached = true
+	return g.err
 }
 
 // loadChunk streams a chunk into its table with COPY FROM, checking the
@@ -212,11 +253,12 @@ func (r *runner) loadChunk(ctx context.Context, conn *pgx.Conn, set *manifest.Ma
 	if err != nil {
 		return 0, err
 	}
-	defer rc.Close()
-	er := &errReader{r: rc}
-	tag, err := conn.PgConn().CopyFrom(ctx, er, tenancy.CopyInSQL(t))
-	if er.err != nil {
-		return 0, er.err
+	g := &guardedReader{r: rc}
+	tag, err := conn.PgConn().CopyFrom(ctx, g, tenancy.CopyInSQL(t))
+	readErr := g.detach()
+	rc.Close()
+	if readErr != nil {
+		return 0, readErr
 	}
 	if err != nil {
 		return 0, fmt.Errorf("load %s: %w", t.QualifiedName(), err)
@@ -274,41 +316,108 @@ func moveSequences(ctx context.Context, conn *pgx.Conn, tables []manifest.Table,
 	return nil
 }
 
+// concurrentWrites explains a digest mismatch that comes from rows written
+// to the tenant in the target while it was being restored, which the plan
+// could not see: that is a conflict, not damaged data.
+func concurrentWrites(ctx context.Context, conn *pgx.Conn, t *manifest.Table, c manifest.Chunk, tenant string, verifyErr error) error {
+	var n int64
+	if err := conn.QueryRow(ctx, tenancy.CountSQL(t), tenant).Scan(&n); err != nil || n <= c.Rows {
+		return verifyErr
+	}
+	return fmt.Errorf("%d row(s) of this tenant were written to %s while it was being restored; nothing of it was committed", n-c.Rows, t.QualifiedName())
+}
+
 // checkForeignKeys proves what the suppressed foreign-key triggers would
 // have: every reference from the tenant's restored rows finds its row and,
-// after a replace, no global row points at a deleted one.
+// after a replace, no global row points at a deleted one. Each table's
+// references are checked in one pass; only a failure looks at them one by
+// one, to name the constraint.
 func checkForeignKeys(ctx context.Context, conn *pgx.Conn, db *targetDB, set *manifest.Manifest, order []int, targetIdx map[int]int, tenant string, replaced bool) error {
 	restored := map[int]int{} // target index -> set index
 	for _, si := range order {
 		restored[targetIdx[si]] = si
 	}
+	type check struct {
+		t    *manifest.Table
+		fks  []tenancy.ForeignKey
+		refs []tenancy.Ref
+	}
+	checks := map[int]*check{} // by target index of the referencing table
+	var keys []int
 	for _, fk := range db.cat.ForeignKeys {
-		si, from := restored[fk.From]
 		to := &db.cat.Tables[fk.To]
-		var sql string
-		switch {
-		case from:
-			sql = tenancy.DanglingRefsSQL(&set.Tables[si], fk.Columns, to.Schema, to.Name, fk.RefCols)
-		case replaced:
-			if _, into := restored[fk.To]; !into || isScoped(set, &db.cat.Tables[fk.From]) {
+		var t *manifest.Table
+		if si, from := restored[fk.From]; from {
+			t = &set.Tables[si]
+			if provenByScope(set, t, fk, to, tenant) {
 				continue
 			}
+		} else if _, into := restored[fk.To]; replaced && into && !isScoped(set, &db.cat.Tables[fk.From]) {
 			g := db.cat.Tables[fk.From]
 			g.Scope, g.Owner = nil, ""
-			sql = tenancy.DanglingRefsSQL(&g, fk.Columns, to.Schema, to.Name, fk.RefCols)
-		default:
+			t = &g
+		} else {
 			continue
 		}
-		var n int64
-		if err := conn.QueryRow(ctx, sql, tenant).Scan(&n); err != nil {
-			return fmt.Errorf("check foreign key %s: %w", fk.Name, err)
+		c := checks[fk.From]
+		if c == nil {
+			c = &check{t: t}
+			checks[fk.From] = c
+			keys = append(keys, fk.From)
 		}
-		if n > 0 {
-			return fmt.Errorf("foreign key %s on %s would break: %d row(s) reference missing rows of %s",
-				fk.Name, db.cat.Tables[fk.From].QualifiedName(), n, to.QualifiedName())
+		c.fks = append(c.fks, fk)
+		c.refs = append(c.refs, tenancy.Ref{Columns: fk.Columns, RefSchema: to.Schema, RefTable: to.Name, RefCols: fk.RefCols})
+	}
+	for _, k := range keys {
+		c := checks[k]
+		var n int64
+		if err := conn.QueryRow(ctx, tenancy.DanglingRefsSQL(c.t, c.refs...), tenant).Scan(&n); err != nil {
+			return fmt.Errorf("check foreign keys of %s: %w", c.t.QualifiedName(), err)
+		}
+		if n == 0 {
+			continue
+		}
+		for i, fk := range c.fks {
+			if err := conn.QueryRow(ctx, tenancy.DanglingRefsSQL(c.t, c.refs[i]), tenant).Scan(&n); err != nil {
+				return fmt.Errorf("check foreign key %s: %w", fk.Name, err)
+			}
+			if n > 0 {
+				return fmt.Errorf("foreign key %s on %s would break: %d row(s) reference missing rows of %s",
+					fk.Name, db.cat.Tables[fk.From].QualifiedName(), n, c.refs[i].RefSchema+"."+c.refs[i].RefTable)
+			}
 		}
 	}
 	return nil
+}
+
+// provenByScope reports whether the tenant's restored rows of t satisfy
+// foreign key fk by construction, so that checking it would only repeat the
+// snapshot: either fk is the first hop of t's scope path (every row of the
+// tenant's chunk was found by joining through it, so the row it references
+// is in the same tenant's chunk of the referenced table), or fk is t's tenant
+// key column referencing the tenants table, whose chunk for this tenant
+// holds that very row. The digests proved both chunks were restored exactly.
+func provenByScope(set *manifest.Manifest, t *manifest.Table, fk tenancy.ForeignKey, to *manifest.Table, tenant string) bool {
+	if t.Scope == nil {
+		return false
+	}
+	if len(t.Scope.Hops) > 0 {
+		h := t.Scope.Hops[0]
+		return h.RefSchema == to.Schema && h.RefTable == to.Name &&
+			slices.Equal(h.Columns, fk.Columns) && slices.Equal(h.RefCols, fk.RefCols)
+	}
+	if !slices.Equal(fk.Columns, []string{t.Scope.Column}) {
+		return false
+	}
+	tn := set.Tenant(tenant)
+	for _, c := range tn.Chunks {
+		root := &set.Tables[c.Table]
+		if root.Schema == to.Schema && root.Name == to.Name && root.Scope != nil && len(root.Scope.Hops) == 0 &&
+			slices.Equal(root.Key, []string{root.Scope.Column}) && slices.Equal(fk.RefCols, root.Key) && c.Rows > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func isScoped(set *manifest.Manifest, t *manifest.Table) bool {

@@ -78,7 +78,8 @@ func (e *UnknownTenantsError) Error() string {
 
 // Selector chooses the set each tenant is restored from.
 type Selector struct {
-	// SetID restores every tenant from this set (pre-restore sets too).
+	// SetID restores every tenant from this set (pre-restore sets and sets
+	// marked for deletion too).
 	SetID string
 	// At restores each tenant from the newest set taken at or before it.
 	At time.Time
@@ -113,6 +114,12 @@ func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selec
 	if len(ids) == 0 {
 		return nil, tenantvault.Inputf("repository %s holds no snapshot sets", v.Location())
 	}
+	// Sets marked for deletion are on their way out: like pre-restore sets
+	// they are restored only when asked for by ID (until purged).
+	marks, err := v.Marks(ctx)
+	if err != nil {
+		return nil, err
+	}
 	want := map[string]bool{}
 	for _, id := range tenants {
 		want[id] = true
@@ -126,6 +133,9 @@ func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selec
 			if started, err := time.Parse("20060102T150405.000Z", ids[i][:20]); err == nil && started.After(sel.At) {
 				continue
 			}
+		}
+		if _, marked := marks[ids[i]]; marked {
+			continue
 		}
 		m, err := v.ReadManifest(ctx, ids[i])
 		if err != nil {

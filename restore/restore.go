@@ -247,6 +247,9 @@ type targetDB struct {
 	exists bool
 	cat    *tenancy.Catalog
 	byName map[string]int
+
+	mu      sync.Mutex
+	touched map[int]bool // tables that received rows, by catalog index
 }
 
 func (r *runner) close() {
@@ -383,18 +386,13 @@ func (r *runner) plan(ctx context.Context, items []Item) (*Plan, error) {
 				problemSet = it.Set.ID
 			}
 		}
-		if len(problems) > 0 {
-			continue
-		}
-		existing, err := r.existing(ctx, db, it)
-		if err != nil {
-			return nil, err
-		}
-		it.Existing = existing
 	}
 	if len(problems) > 0 {
 		return nil, &tenantvault.InputError{Err: &SchemaMismatchError{Set: problemSet, Problems: dedupeKeepOrder(problems)},
 			Hint: "nothing was written; migrate the target to the snapshot's schema, or restore into an empty database with --create-schema"}
+	}
+	if err := r.countExisting(ctx, p); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
@@ -420,25 +418,103 @@ func (db *targetDB) hasSchema(name string) bool {
 	return false
 }
 
-// existing counts a tenant's rows already in the target, per table.
-func (r *runner) existing(ctx context.Context, db *targetDB, it *Item) (map[string]int64, error) {
-	conn, err := tenancy.Connect(ctx, db.cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(context.Background())
-	out := map[string]int64{}
-	for _, ti := range tenancy.TablesOf(it.Set.Tables, it.Tenant) {
-		t := &it.Set.Tables[ti]
-		var n int64
-		if err := conn.QueryRow(ctx, tenancy.CountSQL(t), it.Tenant).Scan(&n); err != nil {
-			return nil, fmt.Errorf("count rows of tenant %q in %s: %w", it.Tenant, t.QualifiedName(), err)
+// countExisting records the rows each tenant already has in the target.
+// Shared tables are counted with one grouped query per table for all
+// tenants, not one query per tenant and table: a mass restore plans in
+// seconds.
+func (r *runner) countExisting(ctx context.Context, p *Plan) error {
+	conns := map[string]*pgx.Conn{}
+	defer func() {
+		for _, c := range conns {
+			c.Close(context.Background())
 		}
-		if n > 0 {
-			out[t.QualifiedName()] = n
+	}()
+	conn := func(name string) (*pgx.Conn, error) {
+		if c, ok := conns[name]; ok {
+			return c, nil
+		}
+		c, err := tenancy.Connect(ctx, r.dbs[name].cfg)
+		if err == nil {
+			conns[name] = c
+		}
+		return c, err
+	}
+	// Shared tables, grouped by set so each table definition is the set's.
+	bySet := map[*manifest.Manifest][]*Item{}
+	for i := range p.Items {
+		if it := &p.Items[i]; !it.MissingSchema {
+			bySet[it.Set] = append(bySet[it.Set], it)
 		}
 	}
-	return out, nil
+	for set, items := range bySet {
+		for ti := range set.Tables {
+			t := &set.Tables[ti]
+			if t.Kind != manifest.TableScoped {
+				continue
+			}
+			if t.Owner != "" {
+				for _, it := range items {
+					if it.Tenant != t.Owner {
+						continue
+					}
+					c, err := conn(r.database(p.Model, it.Tenant))
+					if err != nil {
+						return err
+					}
+					var n int64
+					if err := c.QueryRow(ctx, tenancy.CountSQL(t), it.Tenant).Scan(&n); err != nil {
+						return fmt.Errorf("count rows of tenant %q in %s: %w", it.Tenant, t.QualifiedName(), err)
+					}
+					it.addExisting(t.QualifiedName(), n)
+				}
+				continue
+			}
+			c, err := conn(r.cfg.Database)
+			if err != nil {
+				return err
+			}
+			byID := map[string]*Item{}
+			var ids []string
+			for _, it := range items {
+				byID[it.Tenant] = it
+				ids = append(ids, it.Tenant)
+			}
+			for len(ids) > 0 {
+				batch := ids[:min(len(ids), 1000)]
+				ids = ids[len(batch):]
+				rows, err := c.Query(ctx, tenancy.CountByTenantSQL(t, batch))
+				if err != nil {
+					return fmt.Errorf("count existing rows in %s: %w", t.QualifiedName(), err)
+				}
+				for rows.Next() {
+					var id string
+					var n int64
+					if err := rows.Scan(&id, &n); err != nil {
+						rows.Close()
+						return err
+					}
+					if it := byID[id]; it != nil {
+						it.addExisting(t.QualifiedName(), n)
+					}
+				}
+				rows.Close()
+				if err := rows.Err(); err != nil {
+					return fmt.Errorf("count existing rows in %s: %w", t.QualifiedName(), err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (it *Item) addExisting(table string, n int64) {
+	if n == 0 {
+		return
+	}
+	if it.Existing == nil {
+		it.Existing = map[string]int64{}
+	}
+	it.Existing[table] += n
 }
 
 // createDatabase prepares an empty target (column model) from the newest
@@ -637,7 +713,8 @@ func tenancyConfig(t manifest.Tenancy) tenancy.Config {
 	return tenancy.Config{Model: t.Model, TenantColumn: t.TenantColumn, TenantTable: t.TenantTable, SchemaPattern: t.SchemaPattern, DatabasePattern: t.DatabasePattern}
 }
 
-// restoreAll restores tenants in parallel, each in its own transaction.
+// restoreAll restores tenants in parallel, each in its own transaction,
+// then moves the sequences of every table that received rows.
 func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
 	results := make([]TenantResult, len(p.Items))
 	jobs := make(chan int)
@@ -646,8 +723,10 @@ func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var conns connCache
+			defer conns.close()
 			for i := range jobs {
-				results[i] = r.restoreTenant(ctx, p, &p.Items[i])
+				results[i] = r.restoreTenant(ctx, p, &p.Items[i], &conns)
 				if r.o.Progress != nil {
 					r.o.Progress(results[i])
 				}
@@ -659,5 +738,48 @@ func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
 	}
 	close(jobs)
 	wg.Wait()
+	if err := r.moveTouchedSequences(ctx); err != nil {
+		// The rows are committed and verified; say what is left to do.
+		r.o.Logger.Error("restored rows are committed, but moving sequences past them failed; new rows may collide until they are moved", "err", err)
+	}
 	return results
+}
+
+// touch records the target tables a tenant's rows went into.
+func (r *runner) touch(db *targetDB, order []int, targetIdx map[int]int) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.touched == nil {
+		db.touched = map[int]bool{}
+	}
+	for _, si := range order {
+		db.touched[targetIdx[si]] = true
+	}
+}
+
+// moveTouchedSequences moves each owned sequence of the tables that
+// received rows past the largest value in the table. It runs once after all
+// tenants rather than in every tenant's transaction: sequences are not
+// transactional, and a live database's sequences are normally ahead of
+// every restored ID already.
+func (r *runner) moveTouchedSequences(ctx context.Context) error {
+	var errs []error
+	for _, db := range r.dbs {
+		if len(db.touched) == 0 {
+			continue
+		}
+		idx := make([]int, 0, len(db.touched))
+		for i := range db.touched {
+			idx = append(idx, i)
+		}
+		sort.Ints(idx)
+		conn, err := tenancy.Connect(ctx, db.cfg)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		errs = append(errs, moveSequences(ctx, conn, db.cat.Tables, idx))
+		conn.Close(context.Background())
+	}
+	return errors.Join(errs...)
 }

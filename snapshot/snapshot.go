@@ -463,7 +463,16 @@ func (r *run) loadPrevious(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A set marked for deletion may be purged while this one runs; its
+	// packs are no base to build on.
+	marks, err := r.o.Vault.Marks(ctx)
+	if err != nil {
+		return err
+	}
 	for i := len(ids) - 1; i >= 0 && i >= len(ids)-20; i-- {
+		if _, marked := marks[ids[i]]; marked {
+			continue
+		}
 		m, err := r.o.Vault.ReadManifest(ctx, ids[i])
 		if err != nil {
 			r.o.Logger.Warn("skipping unreadable earlier set for deduplication", "set", ids[i], "err", err)

@@ -258,6 +258,17 @@ func CountSQL(t *manifest.Table) string {
 	return fmt.Sprintf("SELECT count(*) FROM %s WHERE %s = $1", fromClause, key)
 }
 
+// CountByTenantSQL counts the rows of each listed tenant in a column-model
+// scoped table with one query: rows of (tenant ID as text, count).
+func CountByTenantSQL(t *manifest.Table, tenants []string) string {
+	fromClause, key := from(t, false)
+	lits := make([]string, len(tenants))
+	for i, id := range tenants {
+		lits[i] = Literal(id)
+	}
+	return fmt.Sprintf("SELECT %s::text, count(*) FROM %s WHERE %s IN (%s) GROUP BY 1", key, fromClause, key, strings.Join(lits, ", "))
+}
+
 // DeleteSQL deletes one tenant's rows of a table; $1 is the tenant ID
 // (unused for tables with a fixed owner).
 func DeleteSQL(t *manifest.Table) string {
@@ -278,20 +289,33 @@ func DeleteSQL(t *manifest.Table) string {
 	return fmt.Sprintf("DELETE FROM %s AS t0 USING %s WHERE %s", Ident(t.Schema, t.Name), strings.Join(using, ", "), strings.Join(conds, " AND "))
 }
 
-// DanglingRefsSQL counts one tenant's rows of t whose foreign key columns
-// (all non-null, as MATCH SIMPLE checks them) point at no row of the
-// referenced table; $1 is the tenant ID.
-func DanglingRefsSQL(t *manifest.Table, cols []string, refSchema, refTable string, refCols []string) string {
+// Ref is a foreign key's columns and what they reference.
+type Ref struct {
+	Columns   []string
+	RefSchema string
+	RefTable  string
+	RefCols   []string
+}
+
+// DanglingRefsSQL counts one tenant's rows of t that break any of refs: all
+// of a reference's columns are non-null (MATCH SIMPLE) and no row of the
+// referenced table matches. One pass over the tenant's rows checks every
+// reference; $1 is the tenant ID.
+func DanglingRefsSQL(t *manifest.Table, refs ...Ref) string {
 	fromClause, key := from(t, false)
-	var conds, match []string
-	for i, c := range cols {
-		conds = append(conds, fmt.Sprintf("t0.%s IS NOT NULL", Ident(c)))
-		match = append(match, fmt.Sprintf("r.%s = t0.%s", Ident(refCols[i]), Ident(c)))
+	var any []string
+	for _, r := range refs {
+		var conds, match []string
+		for i, c := range r.Columns {
+			conds = append(conds, fmt.Sprintf("t0.%s IS NOT NULL", Ident(c)))
+			match = append(match, fmt.Sprintf("r.%s = t0.%s", Ident(r.RefCols[i]), Ident(c)))
+		}
+		any = append(any, fmt.Sprintf("(%s AND NOT EXISTS (SELECT 1 FROM %s AS r WHERE %s))",
+			strings.Join(conds, " AND "), Ident(r.RefSchema, r.RefTable), strings.Join(match, " AND ")))
 	}
 	where := "$1::text IS NOT NULL"
 	if key != "" {
 		where = key + " = $1"
 	}
-	return fmt.Sprintf("SELECT count(*) FROM %s WHERE %s AND %s AND NOT EXISTS (SELECT 1 FROM %s AS r WHERE %s)",
-		fromClause, where, strings.Join(conds, " AND "), Ident(refSchema, refTable), strings.Join(match, " AND "))
+	return fmt.Sprintf("SELECT count(*) FROM %s WHERE %s AND (%s)", fromClause, where, strings.Join(any, " OR "))
 }

@@ -19,11 +19,10 @@ func (v *Vault) PutSchema(ctx context.Context, database string, data []byte) (ma
 	sum := sha256.Sum256(data)
 	d := manifest.SchemaDump{Database: database, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data))}
 	d.Key = SchemasPrefix + d.SHA256 + ".dump"
-	if info, err := v.b.Stat(ctx, d.Key); err == nil && info.Size == d.Size {
-		return d, nil
-	} else if err != nil && !errors.Is(err, repo.ErrNotFound) {
-		return d, fmt.Errorf("store schema: %w", err)
-	}
+	// Written even when an earlier set stored the same archive: rewriting
+	// identical content changes only its modification time, and that keeps
+	// GC (which never collects an object younger than its minimum age) away
+	// from an archive no manifest references yet but this set is about to.
 	if err := v.b.Put(ctx, d.Key, bytes.NewReader(data), d.Size); err != nil {
 		return d, fmt.Errorf("store schema: %w", err)
 	}

@@ -228,6 +228,9 @@ func (v *Vault) WriteManifest(ctx context.Context, m *manifest.Manifest) error {
 	} else if !errors.Is(err, repo.ErrNotFound) {
 		return fmt.Errorf("write manifest %s: %w", key, err)
 	}
+	if err := v.checkShared(ctx, m); err != nil {
+		return err
+	}
 	data, err := manifest.Encode(m)
 	if err != nil {
 		return err
@@ -236,5 +239,31 @@ func (v *Vault) WriteManifest(ctx context.Context, m *manifest.Manifest) error {
 		return fmt.Errorf("write manifest %s: %w", key, err)
 	}
 	v.mcache.Store(m.ID, m)
+	return nil
+}
+
+// checkShared makes sure the objects m shares with earlier sets (reused
+// packs, schema archives) still exist: a purge and GC may have collected
+// them while the snapshot ran, and a manifest must never point at nothing.
+func (v *Vault) checkShared(ctx context.Context, m *manifest.Manifest) error {
+	own := PacksPrefix + m.ID + "/"
+	var keys []string
+	for _, p := range m.Packs {
+		if !strings.HasPrefix(p, own) {
+			keys = append(keys, p)
+		}
+	}
+	for _, s := range m.Schemas {
+		keys = append(keys, s.Key)
+	}
+	for _, k := range keys {
+		_, err := v.b.Stat(ctx, k)
+		if errors.Is(err, repo.ErrNotFound) {
+			return fmt.Errorf("set %s shares %s with an earlier set, and it was deleted while the snapshot ran (a purge?); not writing the manifest, the next snapshot stores the data again", m.ID, k)
+		}
+		if err != nil {
+			return fmt.Errorf("write manifest %s: check %s: %w", ManifestKey(m.ID), k, err)
+		}
+	}
 	return nil
 }

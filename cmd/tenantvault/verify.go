@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/vault"
 )
 
 type verifyOptions struct {
@@ -51,6 +52,9 @@ func (a *app) runVerify(ctx context.Context, o *verifyOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := recordVerified(ctx, v, ids, res, o.readData); err != nil {
+		a.log.Warn("could not record which sets verified", "err", err)
+	}
 	if a.jsonOut {
 		if err := a.printJSON(res); err != nil {
 			return err
@@ -70,6 +74,30 @@ func (a *app) runVerify(ctx context.Context, o *verifyOptions) error {
 			return &silentError{code: exitIntegrity}
 		}
 		return tenantvault.Integrityf("%d problem(s) found", len(res.Problems))
+	}
+	return nil
+}
+
+// recordVerified notes every set that passed, so retention knows the
+// newest verified set of each source, whoever verified it.
+func recordVerified(ctx context.Context, v *vault.Vault, ids []string, res *vault.VerifyResult, readData bool) error {
+	if len(ids) == 0 {
+		var err error
+		if ids, err = v.ListSets(ctx); err != nil {
+			return err
+		}
+	}
+	bad := map[string]bool{}
+	for _, p := range res.Problems {
+		bad[p.Set] = true
+	}
+	for _, id := range ids {
+		if bad[id] {
+			continue
+		}
+		if err := v.RecordVerification(ctx, vault.Verification{Set: id, ReadData: readData, By: "tenantvault verify"}); err != nil {
+			return err
+		}
 	}
 	return nil
 }
