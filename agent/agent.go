@@ -74,10 +74,12 @@ type sourceJob struct {
 	*Source
 	running atomic.Bool
 
-	mu          sync.Mutex
-	lastSuccess time.Time
-	lastSet     string
-	lastErr     string
+	mu              sync.Mutex
+	lastSuccess     time.Time
+	lastSet         string
+	lastErr         string
+	captureErr      string
+	captureLagBytes int64
 }
 
 // New prepares an agent for a config Load accepted. It opens nothing yet.
@@ -128,7 +130,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	a.backend = repo.Retry(b, repo.RetryOptions{Logger: a.log})
 	if a.cfg.Init {
-		if _, err := vault.Open(ctx, a.backend, vault.Options{Init: true, Logger: a.log, Now: a.clock.Now}); err != nil {
+		if _, err := vault.Open(ctx, a.backend, vault.Options{Init: true, Logger: a.log, Now: a.clock.Now, Keys: a.cfg.keys}); err != nil {
 			a.backend.Close()
 			return err
 		}
@@ -155,6 +157,12 @@ func (a *Agent) Start(ctx context.Context) error {
 		go a.scheduleLoop(s)
 		a.log.Info("scheduled source", "source", s.Name, "schedule", s.Schedule, "timezone", s.loc.String(),
 			"next", s.schedule.Next(a.clock.Now()).Format(time.RFC3339), "retention", fmt.Sprintf("%+v", s.policy))
+	}
+	for _, s := range a.sources {
+		if s.Capture {
+			a.loops.Add(1)
+			go a.captureLoop(s)
+		}
 	}
 	a.loops.Add(1)
 	go a.purgeLoop()
@@ -317,7 +325,7 @@ func (a *Agent) attempt(parent context.Context, s *sourceJob, log *slog.Logger) 
 	defer a.m.running.WithLabelValues(s.Name).Set(0)
 
 	// A vault per run: its manifest cache then lives as long as the run.
-	v, err := vault.Open(ctx, a.backend, vault.Options{Init: true, Logger: log, Now: a.clock.Now})
+	v, err := vault.Open(ctx, a.backend, vault.Options{Init: true, Logger: log, Now: a.clock.Now, Keys: a.cfg.keys})
 	if err != nil {
 		return err
 	}
@@ -327,6 +335,7 @@ func (a *Agent) attempt(parent context.Context, s *sourceJob, log *slog.Logger) 
 		Source: s.url, Vault: v, Tenancy: s.tenancy, Parallel: s.Parallel, Level: s.CompressionLevel,
 		WorkMem: s.WorkMem, LockTimeout: s.LockTimeout.D, TempDir: a.cfg.TempDir, PgDump: a.cfg.PgDump,
 		Kind: manifest.KindScheduled, SourceName: s.Name, Logger: log, Now: a.clock.Now,
+		ExactLSN: s.Capture,
 	})
 	if err != nil {
 		if ctx.Err() != nil && parent.Err() == nil {
@@ -409,7 +418,7 @@ func (a *Agent) purgeLoop() {
 }
 
 func (a *Agent) purge(ctx context.Context) {
-	v, err := vault.Open(ctx, a.backend, vault.Options{Logger: a.log, Now: a.clock.Now})
+	v, err := vault.Open(ctx, a.backend, vault.Options{Logger: a.log, Now: a.clock.Now, Keys: a.cfg.keys})
 	if err != nil {
 		if errors.As(err, new(*tenantvault.InputError)) {
 			return // no repository yet: nothing to purge
@@ -448,7 +457,7 @@ func (a *Agent) purge(ctx context.Context) {
 func (a *Agent) seedLastSuccess(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	v, err := vault.Open(ctx, a.backend, vault.Options{Logger: a.log})
+	v, err := vault.Open(ctx, a.backend, vault.Options{Logger: a.log, Keys: a.cfg.keys})
 	if err != nil {
 		return
 	}
@@ -464,16 +473,18 @@ func (a *Agent) seedLastSuccess(ctx context.Context) {
 	// Newest first, and not forever: a source missing from the last 200
 	// sets is late anyway.
 	for i := len(ids) - 1; i >= 0 && i >= len(ids)-200 && len(want) > 0; i-- {
-		m, err := v.ReadManifest(ctx, ids[i])
+		// The index, not the manifest: the agent cannot decrypt
+		// encrypted manifests, and needs no more than this.
+		m, err := v.ReadIndex(ctx, ids[i])
 		if err != nil {
 			continue
 		}
-		if s := want[m.Source.Name]; s != nil && m.Kind == manifest.KindScheduled {
+		if s := want[m.SourceName]; s != nil && m.Kind == manifest.KindScheduled {
 			s.mu.Lock()
 			s.lastSuccess, s.lastSet = m.FinishedAt, m.ID
 			s.mu.Unlock()
 			a.m.lastSuccess.WithLabelValues(s.Name).Set(float64(m.FinishedAt.UnixNano()) / 1e9)
-			delete(want, m.Source.Name)
+			delete(want, m.SourceName)
 		}
 	}
 }

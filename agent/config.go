@@ -16,7 +16,9 @@ import (
 	"github.com/robfig/cron/v3"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tenantvault/tenantvault/capture"
 	"github.com/tenantvault/tenantvault/repo"
+	"github.com/tenantvault/tenantvault/snapshot"
 	"github.com/tenantvault/tenantvault/tenancy"
 	"github.com/tenantvault/tenantvault/vault"
 )
@@ -40,9 +42,52 @@ type Config struct {
 	PgDump          string    `yaml:"pg_dump"`
 	Retention       Retention `yaml:"retention"`
 	Sources         []Source  `yaml:"sources"`
+	// Encryption, when set, encrypts every set (docs/SECURITY.md).
+	Encryption *Encryption `yaml:"encryption"`
 
 	// Resolved by Load.
 	purge cron.Schedule
+	keys  *vault.Keys
+}
+
+// Encryption holds what the agent needs to write encrypted sets: the
+// recipients' public keys and the file with the signing key. It never
+// holds an identity: the agent cannot decrypt what it writes.
+type Encryption struct {
+	Recipients     []string `yaml:"recipients"`
+	RecipientsFile string   `yaml:"recipients_file"`
+	SigningKeyFile string   `yaml:"signing_key_file"`
+}
+
+// Keys are the resolved encryption keys; nil without an encryption section.
+func (cfg *Config) Keys() *vault.Keys { return cfg.keys }
+
+// checkEncryption resolves the encryption section's keys.
+func (cfg *Config) checkEncryption(c *checker) {
+	e := cfg.Encryption
+	if e == nil {
+		return
+	}
+	k, before := &vault.Keys{}, len(c.problems)
+	for i, r := range e.Recipients {
+		if err := k.AddRecipient(r); err != nil {
+			c.at(fmt.Sprintf("encryption.recipients[%d]", i), "%v", err)
+		}
+	}
+	if e.RecipientsFile != "" {
+		if err := k.LoadRecipientsFile(e.RecipientsFile); err != nil {
+			c.at("encryption.recipients_file", "%v", err)
+		}
+	}
+	if e.SigningKeyFile == "" {
+		c.at("encryption.signing_key_file", "missing: encrypted sets are signed (tenantvault keygen writes the file)")
+	} else if _, err := k.LoadSigningKeyFile(e.SigningKeyFile); err != nil {
+		c.at("encryption.signing_key_file", "%v", err)
+	}
+	if len(k.Recipients) == 0 && len(c.problems) == before {
+		c.at("encryption", "no recipients: list age public keys in recipients or recipients_file (or keep them in the signing key file)")
+	}
+	cfg.keys = k
 }
 
 // Retention is the keep_* policy and the deletion timings.
@@ -86,6 +131,16 @@ type Source struct {
 	WorkMem          string   `yaml:"work_mem"`
 	LockTimeout      Duration `yaml:"lock_timeout"`
 	VerifyReadData   bool     `yaml:"verify_read_data"`
+	// Capture archives every committed change for point-in-time restores
+	// (docs/CHANGE-CAPTURE.md); snapshots are then taken at exact LSNs.
+	Capture              bool     `yaml:"capture"`
+	CaptureSlot          string   `yaml:"capture_slot"`
+	CaptureFlushInterval Duration `yaml:"capture_flush_interval"`
+	// CaptureLagAlert makes /readyz fail while the slot holds more WAL
+	// than this; CaptureMaxLag drops the slot to protect the source.
+	CaptureLagAlert    int64 `yaml:"capture_lag_alert"`
+	CaptureMaxLag      int64 `yaml:"capture_max_lag"`
+	SetReplicaIdentity bool  `yaml:"set_replica_identity"`
 	// Retention, when given, replaces the top-level keep rules for this
 	// source's sets.
 	Retention *Retention `yaml:"retention"`
@@ -515,6 +570,7 @@ func (cfg *Config) check(c *checker, getenv func(string) string) {
 		c.at("gc_min_age", "%s is shorter than 1h: GC could collect the packs of a snapshot that is still running", cfg.GCMinAge.raw)
 	}
 	cfg.checkRetention(c, &cfg.Retention, "retention", true, nil)
+	cfg.checkEncryption(c)
 	if len(cfg.Sources) == 0 {
 		c.at("sources", "no sources: list at least one database to snapshot")
 	}
@@ -661,11 +717,24 @@ func (cfg *Config) checkSource(c *checker, s *Source, path string, defLoc *time.
 		c.at(path+".parallel", "%d is out of range 1..64", s.Parallel)
 	}
 	if s.CompressionLevel == 0 {
-		s.CompressionLevel = 1
+		s.CompressionLevel = snapshot.DefaultLevel
 	} else if s.CompressionLevel < 1 || s.CompressionLevel > 4 {
 		c.at(path+".compression_level", "%d is out of range 1 (fastest) .. 4 (smallest)", s.CompressionLevel)
 	}
 	c.duration(&s.LockTimeout, path+".lock_timeout", 30*time.Second)
+	c.duration(&s.CaptureFlushInterval, path+".capture_flush_interval", capture.DefaultFlushInterval)
+	if s.Capture && s.tenancy.Model == tenancy.ModelDatabase {
+		c.at(path+".capture", "change capture supports the column and schema tenancy models, not database")
+	}
+	if s.CaptureMaxLag == 0 {
+		s.CaptureMaxLag = capture.DefaultMaxLag
+	}
+	if s.CaptureLagAlert == 0 {
+		s.CaptureLagAlert = s.CaptureMaxLag / 2
+	}
+	if s.CaptureLagAlert < 0 || s.CaptureMaxLag < 0 || s.CaptureLagAlert > s.CaptureMaxLag {
+		c.at(path+".capture_lag_alert", "must be between 0 and capture_max_lag (%d bytes)", s.CaptureMaxLag)
+	}
 	r := &cfg.Retention
 	if s.Retention != nil {
 		cfg.checkRetention(c, s.Retention, path+".retention", false, &cfg.Retention)
@@ -720,5 +789,9 @@ func (cfg *Config) Summary() string {
 	for _, s := range cfg.Sources {
 		parts = append(parts, fmt.Sprintf("%s (%s)", s.Name, s.Schedule))
 	}
-	return fmt.Sprintf("config OK: %d source(s): %s; repository %s; listen %s", len(cfg.Sources), strings.Join(parts, ", "), repo.Redact(cfg.Repository), cfg.Listen)
+	enc := ""
+	if cfg.keys != nil {
+		enc = fmt.Sprintf("; encrypted to %d recipient(s)", len(cfg.keys.RecipientStrings()))
+	}
+	return fmt.Sprintf("config OK: %d source(s): %s; repository %s%s; listen %s", len(cfg.Sources), strings.Join(parts, ", "), repo.Redact(cfg.Repository), enc, cfg.Listen)
 }

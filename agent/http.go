@@ -34,6 +34,11 @@ type SourceStatus struct {
 	LastError   string     `json:"last_error,omitempty"`
 	Deadline    time.Time  `json:"deadline"`
 	Late        bool       `json:"late"`
+	// CaptureLag is the WAL the source keeps for the change capture; past
+	// capture_lag_alert the agent is not ready.
+	CaptureLag   int64  `json:"capture_lag_bytes,omitempty"`
+	CaptureError string `json:"capture_error,omitempty"`
+	CaptureAlert bool   `json:"capture_lag_alert,omitempty"`
 }
 
 // Readiness is the /readyz document.
@@ -65,7 +70,7 @@ func (a *Agent) Ready(ctx context.Context) Readiness {
 		statuses = a.sourceStatuses(now)
 	}
 	for _, st := range statuses {
-		if st.Late {
+		if st.Late || st.CaptureAlert {
 			r.Ready = false
 			r.Late = append(r.Late, st.Name)
 		}
@@ -78,7 +83,9 @@ func (a *Agent) sourceStatuses(now time.Time) []SourceStatus {
 	var out []SourceStatus
 	for _, s := range a.sources {
 		s.mu.Lock()
-		st := SourceStatus{Name: s.Name, Running: s.running.Load(), LastSet: s.lastSet, LastError: s.lastErr}
+		st := SourceStatus{Name: s.Name, Running: s.running.Load(), LastSet: s.lastSet, LastError: s.lastErr,
+			CaptureLag: s.captureLagBytes, CaptureError: s.captureErr}
+		st.CaptureAlert = s.Capture && s.captureLagBytes > s.CaptureLagAlert
 		from := a.started
 		if !s.lastSuccess.IsZero() {
 			t := s.lastSuccess.UTC()

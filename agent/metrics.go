@@ -32,6 +32,13 @@ type metrics struct {
 	purgeFail     prometheus.Counter
 	purgeLastDone prometheus.Gauge
 	webhookFail   prometheus.Counter
+
+	captureRunning  *prometheus.GaugeVec
+	captureRecords  *prometheus.GaugeVec
+	captureSegments *prometheus.GaugeVec
+	captureLag      *prometheus.GaugeVec
+	captureArchived *prometheus.GaugeVec
+	captureFailures *prometheus.CounterVec
 }
 
 const ns = "tenantvault"
@@ -78,6 +85,18 @@ func newMetrics(version string) *metrics {
 			Help: "When the last purge and garbage collection run finished (Unix time)."}),
 		webhookFail: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "webhook_failures_total",
 			Help: "Failure notifications that could not be delivered (or were dropped)."}),
+		captureRunning: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "capture_running",
+			Help: "1 while the source's change capture runs."}, src),
+		captureRecords: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "capture_records",
+			Help: "Changes archived by the source's capture since the agent started."}, src),
+		captureSegments: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "capture_segments",
+			Help: "Change segments written by the source's capture since the agent started."}, src),
+		captureLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "capture_slot_lag_bytes",
+			Help: "WAL the source keeps for the capture's replication slot; alert well before capture_max_lag, where the slot is dropped."}, src),
+		captureArchived: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "capture_archived_until_timestamp_seconds",
+			Help: "Every change committed before this time (Unix) is archived: restore --at reaches it. now() minus this is the recovery point."}, src),
+		captureFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "capture_failures_total",
+			Help: "Times the source's change capture stopped with an error and was restarted."}, src),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
 		Help: "Always 1; the labels tell the build."}, []string{"version", "goversion"})
@@ -87,6 +106,7 @@ func newMetrics(version string) *metrics {
 		m.lastSuccess, m.lastDuration, m.written, m.reused, m.tenants, m.rows, m.snapshots, m.failures,
 		m.skipped, m.running, m.verifyFail, m.marked,
 		m.purged, m.gcObjects, m.gcBytes, m.deleteFail, m.purgeFail, m.purgeLastDone, m.webhookFail,
+		m.captureRunning, m.captureRecords, m.captureSegments, m.captureLag, m.captureArchived, m.captureFailures,
 	)
 	return m
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"sort"
 	"strings"
 	"sync"
@@ -365,7 +364,7 @@ func (d *drill) run(ctx context.Context) error {
 	defer d.cleanup(ctx)
 	o.Logger.Info("drill started", "set", d.set.ID, "tenants", len(d.tenants), "database", rep.Database, "scratch", rep.Scratch, "seed", rep.Seed)
 
-	target, err := withDatabase(o.Scratch, rep.Database)
+	target, err := tenancy.URLWithDatabase(o.Scratch, rep.Database)
 	if err != nil {
 		return err
 	}
@@ -651,25 +650,6 @@ func (f *failure) Unwrap() []error {
 		return []error{ErrFailed, f.integrity}
 	}
 	return []error{ErrFailed}
-}
-
-// withDatabase points a database URL or keyword/value string at another
-// database on the same server, keeping every other setting.
-func withDatabase(dsn, name string) (string, error) {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			return "", tenantvault.Inputf("bad scratch URL %s: %v", tenancy.RedactURL(dsn), err)
-		}
-		u.Path, u.RawPath = "/"+name, ""
-		q := u.Query()
-		q.Del("dbname")
-		q.Del("database")
-		u.RawQuery = q.Encode()
-		return u.String(), nil
-	}
-	// In a keyword/value string the last setting of a keyword wins.
-	return dsn + " dbname=" + tenancy.Literal(name), nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {

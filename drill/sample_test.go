@@ -93,21 +93,3 @@ func TestDrillSeedIsNeverZero(t *testing.T) {
 		}
 	}
 }
-
-func TestDrillWithDatabase(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"postgres://u:p@h:5433/postgres?sslmode=disable", "postgres://u:p@h:5433/tenantvault_drill_x?sslmode=disable"},
-		{"postgresql://h/postgres?dbname=other&application_name=a", "postgresql://h/tenantvault_drill_x?application_name=a"},
-		{"postgres://h", "postgres://h/tenantvault_drill_x"},
-		{"host=h user=u dbname=postgres", "host=h user=u dbname=postgres dbname='tenantvault_drill_x'"},
-	}
-	for _, c := range cases {
-		got, err := withDatabase(c.in, "tenantvault_drill_x")
-		if err != nil || got != c.want {
-			t.Errorf("withDatabase(%q) = %q, %v; want %q", c.in, got, err, c.want)
-		}
-	}
-	if _, err := withDatabase("postgres://h/%zz", "x"); err == nil {
-		t.Error("a malformed URL was accepted")
-	}
-}

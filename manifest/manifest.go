@@ -50,6 +50,10 @@ type Manifest struct {
 	FinishedAt   time.Time `json:"finished_at"`
 	// LSN is the source's WAL position at the consistent instant.
 	LSN string `json:"lsn,omitempty"`
+	// LSNExact means the set's instant is exactly LSN: every transaction
+	// that committed before it is in the set, none after (the snapshot
+	// came from a replication slot), so the change log can continue it.
+	LSNExact bool `json:"lsn_exact,omitempty"`
 
 	// Partial is true when only some tenants were captured (RequestedTenants).
 	Partial bool `json:"partial,omitempty"`
@@ -290,7 +294,9 @@ var ErrNewerVersion = fmt.Errorf("written by a newer tenantvault")
 func Decode(data []byte) (*Manifest, error) {
 	dec, err := zstd.NewReader(bytes.NewReader(data), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxManifest))
 	if err != nil {
-		return nil, err
+		// The options are fixed: only the data (its frame header, which
+		// NewReader reads at once) can make this fail.
+		return nil, tenantvault.Integrityf("manifest is damaged: %v", err)
 	}
 	defer dec.Close()
 	var probe struct {

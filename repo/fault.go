@@ -52,6 +52,10 @@ type Fault struct {
 	// Permanent to simulate an error that retrying cannot fix; a bare error
 	// is transient.
 	Err error
+	// Lost makes Err an error the caller sees after the call did reach
+	// the backend and succeed there (for Put and Delete): the answer was
+	// lost, as when a connection resets after the last byte of an upload.
+	Lost bool
 	// Read damages what Get returns; it is ignored for other operations.
 	// See FailReadAfter, CutAfter and FlipBit.
 	Read ReadFault
@@ -153,6 +157,7 @@ func (f *Faulty) Calls(op Op) int {
 type plan struct {
 	delay time.Duration
 	err   error
+	lost  bool // err comes after the call reached the backend
 	reads []ReadFault
 }
 
@@ -176,7 +181,7 @@ func (f *Faulty) plan(op Op, key string) plan {
 		ft.fired++
 		p.delay += ft.Delay
 		if p.err == nil && ft.Err != nil {
-			p.err = ft.Err
+			p.err, p.lost = ft.Err, ft.Lost
 		}
 		if ft.Read != nil && op == OpGet {
 			p.reads = append(p.reads, ft.Read)
@@ -185,7 +190,8 @@ func (f *Faulty) plan(op Op, key string) plan {
 	return p
 }
 
-// begin applies the delay and error of a call's plan.
+// begin applies the delay and error of a call's plan. An error to return
+// after the call (Lost) is left in the plan.
 func (f *Faulty) begin(ctx context.Context, op Op, key string) (plan, error) {
 	p := f.plan(op, key)
 	if p.delay > 0 {
@@ -197,15 +203,22 @@ func (f *Faulty) begin(ctx context.Context, op Op, key string) (plan, error) {
 			return p, fmt.Errorf("%s %s: %w", op, key, ctx.Err())
 		}
 	}
+	if p.lost && (op == OpPut || op == OpDelete) {
+		return p, nil
+	}
 	return p, p.err
 }
 
 // Put implements Backend.
 func (f *Faulty) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	if _, err := f.begin(ctx, OpPut, key); err != nil {
+	p, err := f.begin(ctx, OpPut, key)
+	if err != nil {
 		return err
 	}
-	return f.b.Put(ctx, key, r, size)
+	if err := f.b.Put(ctx, key, r, size); err != nil || !p.lost {
+		return err
+	}
+	return p.err
 }
 
 // Get implements Backend.
@@ -243,14 +256,21 @@ func (f *Faulty) List(ctx context.Context, prefix string, fn func(ObjectInfo) er
 
 // Delete implements Backend.
 func (f *Faulty) Delete(ctx context.Context, key string) error {
-	if _, err := f.begin(ctx, OpDelete, key); err != nil {
+	p, err := f.begin(ctx, OpDelete, key)
+	if err != nil {
 		return err
 	}
-	return f.b.Delete(ctx, key)
+	if err := f.b.Delete(ctx, key); err != nil || !p.lost {
+		return err
+	}
+	return p.err
 }
 
 // Location implements Backend.
 func (f *Faulty) Location() string { return f.b.Location() }
+
+// Unwrap implements Unwrapper.
+func (f *Faulty) Unwrap() Backend { return f.b }
 
 // Close implements Backend.
 func (f *Faulty) Close() error { return f.b.Close() }

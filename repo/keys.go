@@ -60,6 +60,11 @@ func DecodeKeyPart(part string) (string, error) {
 	if part == "" {
 		return "", fmt.Errorf("decode key part: empty")
 	}
+	if len(part) > maxKeyPart {
+		// The encoder cuts (and hashes) anything longer, so such a part
+		// would decode to an ID whose encoding is another part.
+		return "", fmt.Errorf("decode key part: longer than %d bytes", maxKeyPart)
+	}
 	var b strings.Builder
 	for i := 0; i < len(part); i++ {
 		c := part[i]

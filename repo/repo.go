@@ -30,6 +30,8 @@ import (
 //   - List calls fn for every object whose key starts with prefix, in
 //     lexical key order; an error from fn stops the listing and is returned.
 //   - Delete removes the object; deleting a missing object is not an error.
+//     An object the storage keeps immutable (S3 Object Lock) is not
+//     deleted and gives an error that errors.Is(err, ErrLocked).
 //   - Errors that retrying cannot fix (not found, access denied, missing
 //     bucket, invalid key, cancelled context) satisfy IsPermanent; all other
 //     errors may be transient and are retried by the Retry wrapper.
@@ -55,6 +57,10 @@ type ObjectInfo struct {
 	Key     string
 	Size    int64
 	ModTime time.Time
+	// RetainUntil is, when the storage keeps the object immutable (S3
+	// Object Lock), the end of its retention period; zero otherwise. Only
+	// Stat reports it (List leaves it zero).
+	RetainUntil time.Time
 }
 
 // ErrNotFound is returned (wrapped) when an object does not exist.
@@ -62,6 +68,60 @@ var ErrNotFound = errors.New("object not found")
 
 // ErrBucketNotFound is returned (wrapped) when an S3 bucket does not exist.
 var ErrBucketNotFound = errors.New("bucket does not exist")
+
+// ErrLocked is returned (wrapped) by Delete when the storage keeps the
+// object immutable for a while yet (S3 Object Lock retention or legal
+// hold). It is permanent: retrying before the retention ends cannot help.
+var ErrLocked = errors.New("object is locked against deletion")
+
+// Retainer is implemented by a Backend that keeps the objects it stores
+// immutable for a while (S3 Object Lock). A set that reuses an older set's
+// pack must keep that pack as long as itself: the vault extends its
+// retention.
+type Retainer interface {
+	// Retention is how long a new object is kept; zero means none.
+	Retention() time.Duration
+	// ExtendRetention keeps key (its current version) at least until t.
+	// It never shortens a retention.
+	ExtendRetention(ctx context.Context, key string, until time.Time) error
+}
+
+// Unwrapper is implemented by wrappers (Retry, Faulty) to reach the
+// Backend they wrap.
+type Unwrapper interface {
+	Unwrap() Backend
+}
+
+// AsRetainer finds a Retainer in b or the backends it wraps.
+func AsRetainer(b Backend) (Retainer, bool) {
+	for b != nil {
+		if r, ok := b.(Retainer); ok && r.Retention() > 0 {
+			return r, true
+		}
+		u, ok := b.(Unwrapper)
+		if !ok {
+			return nil, false
+		}
+		b = u.Unwrap()
+	}
+	return nil, false
+}
+
+type noRetentionKey struct{}
+
+// WithoutRetention marks the Puts made with ctx as writing objects that
+// must stay deletable (deletion markers, verification records), so a
+// backend with object retention configured does not lock them. Everything
+// else a backend locks.
+func WithoutRetention(ctx context.Context) context.Context {
+	return context.WithValue(ctx, noRetentionKey{}, true)
+}
+
+// RetentionWanted reports whether a Put made with ctx may be locked.
+func RetentionWanted(ctx context.Context) bool {
+	v, _ := ctx.Value(noRetentionKey{}).(bool)
+	return !v
+}
 
 // PermanentError marks an error that retrying will not fix.
 type PermanentError struct{ Err error }
@@ -92,6 +152,7 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p) ||
 		errors.Is(err, ErrNotFound) ||
 		errors.Is(err, ErrBucketNotFound) ||
+		errors.Is(err, ErrLocked) ||
 		errors.Is(err, context.Canceled) ||
 		errors.Is(err, context.DeadlineExceeded)
 }

@@ -355,5 +355,8 @@ func (r *retrying) Delete(ctx context.Context, key string) error {
 // Location implements Backend.
 func (r *retrying) Location() string { return r.b.Location() }
 
+// Unwrap implements Unwrapper.
+func (r *retrying) Unwrap() Backend { return r.b }
+
 // Close implements Backend.
 func (r *retrying) Close() error { return r.b.Close() }

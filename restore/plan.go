@@ -25,6 +25,9 @@ type Item struct {
 	// MissingSchema is set when the tenant's schema or database does not
 	// exist in the target (schema and database models).
 	MissingSchema bool
+	// Replay, when set, takes the tenant from the set's instant to the
+	// requested time through the change log.
+	Replay *Replay
 }
 
 // ExistingRows sums Existing.

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -48,6 +49,9 @@ type Options struct {
 	// Announce is told the ID of the pre-restore set as soon as it exists.
 	Announce  func(setID string)
 	PgRestore string
+	// Replay, when set, is applied to every tenant instead of one planned
+	// from Select.At (verify --replay uses it to replay up to a set's LSN).
+	Replay *Replay
 	// Snapshot configures the pre-restore set taken before replacing.
 	Snapshot snapshot.Options
 	Logger   *slog.Logger
@@ -133,6 +137,24 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	items, err := selectSets(ctx, o.Vault, tenants, o.Select)
 	if err != nil {
 		return nil, err
+	}
+	if o.Replay != nil {
+		for i := range items {
+			items[i].Replay = o.Replay
+		}
+	} else if !o.Select.At.IsZero() {
+		replays := map[string]*Replay{}
+		for i := range items {
+			set := items[i].Set
+			rp, ok := replays[set.ID]
+			if !ok {
+				if rp, err = planReplay(ctx, o.Vault, set, o.Select.At); err != nil {
+					return nil, err
+				}
+				replays[set.ID] = rp
+			}
+			items[i].Replay = rp
+		}
 	}
 	if o.Shard.Of > 1 {
 		kept := items[:0]
@@ -719,6 +741,15 @@ func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
 	results := make([]TenantResult, len(p.Items))
 	jobs := make(chan int)
 	var wg sync.WaitGroup
+	// Tables created empty have no statistics: once the first tenants are
+	// in, ANALYZE them so the rest are planned from real numbers (the
+	// plans otherwise shift whenever autovacuum gets there).
+	analyzeAfter := int64(-1)
+	if p.CreateSchema {
+		analyzeAfter = int64(max(5, len(p.Items)/20))
+	}
+	var done atomic.Int64
+	var analyze sync.Once
 	for range min(r.o.Parallel, len(p.Items)) {
 		wg.Add(1)
 		go func() {
@@ -729,6 +760,9 @@ func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
 				results[i] = r.restoreTenant(ctx, p, &p.Items[i], &conns)
 				if r.o.Progress != nil {
 					r.o.Progress(results[i])
+				}
+				if done.Add(1) == analyzeAfter && len(p.Items) > int(analyzeAfter) {
+					analyze.Do(func() { r.analyzeTouched(ctx) })
 				}
 			}
 		}()
@@ -743,6 +777,32 @@ func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
 		r.o.Logger.Error("restored rows are committed, but moving sequences past them failed; new rows may collide until they are moved", "err", err)
 	}
 	return results
+}
+
+// analyzeTouched refreshes the planner statistics of the tables that
+// received rows so far.
+func (r *runner) analyzeTouched(ctx context.Context) {
+	for _, db := range r.dbs {
+		db.mu.Lock()
+		var names []string
+		for i := range db.touched {
+			t := &db.cat.Tables[i]
+			names = append(names, tenancy.Ident(t.Schema, t.Name))
+		}
+		db.mu.Unlock()
+		if len(names) == 0 {
+			continue
+		}
+		conn, err := tenancy.Connect(ctx, db.cfg)
+		if err != nil {
+			r.o.Logger.Warn("could not analyze restored tables", "err", err)
+			continue
+		}
+		if _, err := conn.Exec(ctx, "ANALYZE "+strings.Join(names, ", ")); err != nil {
+			r.o.Logger.Warn("could not analyze restored tables", "err", err)
+		}
+		conn.Close(context.Background())
+	}
 }
 
 // touch records the target tables a tenant's rows went into.

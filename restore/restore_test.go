@@ -20,7 +20,7 @@ import (
 	"github.com/tenantvault/tenantvault/vault"
 )
 
-func openVault(t *testing.T, ctx context.Context, url string) (*vault.Vault, repo.Backend) {
+func openVault(t testing.TB, ctx context.Context, url string) (*vault.Vault, repo.Backend) {
 	t.Helper()
 	b, err := repo.Open(ctx, url, repo.Options{Create: true})
 	if err != nil {

@@ -110,7 +110,7 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 	if err := dumpSchema(ctx, r.o.PgDump, cfg, r.ssl, snap.name, &schema); err != nil {
 		return fmt.Errorf("database %s: %w", db, err)
 	}
-	d, err := r.o.Vault.PutSchema(ctx, db, schema.Bytes())
+	d, err := r.w.PutSchema(ctx, db, schema.Bytes())
 	if err != nil {
 		return err
 	}

@@ -132,6 +132,8 @@ func (s *splitter) finishChunk() error {
 	var prev *vault.ChunkRef
 	if p, ok := s.r.prev[prevKey{tc.tenant, tc.global, s.t.Signature}]; ok {
 		prev = &p
+	} else {
+		prev = s.r.reuse.Lookup(tc.tenant, tc.global, s.t.Signature)
 	}
 	ref, err := s.cw.Finish(prev)
 	if err != nil {

@@ -120,3 +120,21 @@ func WithDatabase(cfg *pgx.ConnConfig, name string) *pgx.ConnConfig {
 	c.Database = name
 	return c
 }
+
+// URLWithDatabase returns dbURL naming another database on the same server.
+func URLWithDatabase(dbURL, name string) (string, error) {
+	if strings.HasPrefix(dbURL, "postgres://") || strings.HasPrefix(dbURL, "postgresql://") {
+		u, err := url.Parse(dbURL)
+		if err != nil {
+			return "", tenantvault.Inputf("bad database URL %s: %v", RedactURL(dbURL), err)
+		}
+		u.Path, u.RawPath = "/"+name, ""
+		q := u.Query()
+		q.Del("dbname")
+		q.Del("database")
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	// In a keyword/value string the last setting of a keyword wins.
+	return dbURL + " dbname=" + Literal(name), nil
+}

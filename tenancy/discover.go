@@ -36,6 +36,9 @@ type ForeignKey struct {
 	To      int
 	RefCols []string
 	NotNull bool // every referencing column is NOT NULL
+	// Cascade is ON DELETE CASCADE: the referencing row belongs to the
+	// referenced one, the strongest sign of which tenant owns it.
+	Cascade bool
 }
 
 type relInfo struct {
@@ -165,7 +168,8 @@ SELECT con.conname, con.contype::text, con.conrelid, con.confrelid,
        coalesce(array(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, o)
              JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o), '{}'),
        coalesce((SELECT bool_and(a.attnotnull) FROM unnest(con.conkey) k(n)
-             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n), false)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n), false),
+       con.confdeltype = 'c'
 FROM pg_constraint con
 WHERE con.contype IN ('p', 'f') AND con.conrelid = ANY($1) AND con.conparentid = 0
 ORDER BY con.conrelid, con.conname`, oids)
@@ -177,8 +181,8 @@ ORDER BY con.conrelid, con.conname`, oids)
 		var name, typ string
 		var rel, ref uint32
 		var cols, refCols []string
-		var notNull bool
-		if err := rows.Scan(&name, &typ, &rel, &ref, &cols, &refCols, &notNull); err != nil {
+		var notNull, cascade bool
+		if err := rows.Scan(&name, &typ, &rel, &ref, &cols, &refCols, &notNull, &cascade); err != nil {
 			return fmt.Errorf("list constraints: %w", err)
 		}
 		from := index[rel]
@@ -190,7 +194,7 @@ ORDER BY con.conrelid, con.conname`, oids)
 		if !ok {
 			continue // references a table we do not capture (an extension's)
 		}
-		cat.ForeignKeys = append(cat.ForeignKeys, ForeignKey{Name: name, From: from, Columns: cols, To: to, RefCols: refCols, NotNull: notNull})
+		cat.ForeignKeys = append(cat.ForeignKeys, ForeignKey{Name: name, From: from, Columns: cols, To: to, RefCols: refCols, NotNull: notNull, Cascade: cascade})
 	}
 	return rows.Err()
 }
@@ -317,12 +321,17 @@ func (cat *Catalog) implicitTenantTable(column string, scopes []*manifest.Scope)
 	return found
 }
 
-// better prefers the shorter path, then NOT NULL references (fewer rows
-// without a tenant), then the constraint name, so the choice is stable.
+// better prefers the shorter path, then a cascading reference (a comment
+// belongs to its issue, not to its author), then NOT NULL references
+// (fewer rows without a tenant), then the constraint name, so the choice
+// is stable.
 func better(a, b ForeignKey, scopes []*manifest.Scope) bool {
 	la, lb := len(scopes[a.To].Hops), len(scopes[b.To].Hops)
 	if la != lb {
 		return la < lb
+	}
+	if a.Cascade != b.Cascade {
+		return a.Cascade
 	}
 	if a.NotNull != b.NotNull {
 		return a.NotNull

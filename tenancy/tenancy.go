@@ -319,3 +319,29 @@ func DanglingRefsSQL(t *manifest.Table, refs ...Ref) string {
 	}
 	return fmt.Sprintf("SELECT count(*) FROM %s WHERE %s AND (%s)", fromClause, where, strings.Join(any, " OR "))
 }
+
+// TenantByKeySQL reads the tenant of the row of t whose cols equal $1..$n
+// (text parameters): the tenant key expression as text, at most one row.
+func TenantByKeySQL(t *manifest.Table, cols []string) string {
+	fromClause, key := from(t, false)
+	conds := make([]string, len(cols))
+	for i, c := range cols {
+		conds[i] = fmt.Sprintf("t0.%s = $%d", Ident(c), i+1)
+	}
+	if key == "" {
+		key = Literal(t.Owner)
+	}
+	return fmt.Sprintf("SELECT %s::text FROM %s WHERE %s LIMIT 1", key, fromClause, strings.Join(conds, " AND "))
+}
+
+// ParentScope returns the table a chain-scoped table's first hop reaches,
+// with the rest of the path as its scope: what TenantByKeySQL needs to find
+// the tenant of a referenced row.
+func ParentScope(t *manifest.Table) *manifest.Table {
+	if t.Scope == nil || len(t.Scope.Hops) == 0 {
+		return nil
+	}
+	h := t.Scope.Hops[0]
+	return &manifest.Table{Schema: h.RefSchema, Name: h.RefTable, Kind: manifest.TableScoped,
+		Scope: &manifest.Scope{Column: t.Scope.Column, Hops: t.Scope.Hops[1:]}}
+}

@@ -45,15 +45,51 @@ func (v *Vault) OpenChunk(ctx context.Context, m *manifest.Manifest, c manifest.
 	var codec [1]byte
 	if _, err := io.ReadFull(r.limited, codec[:]); err != nil {
 		rc.Close()
+		if r.readErr != nil && r.readErr != io.EOF {
+			return nil, fmt.Errorf("%s: read pack %s: %w", what, key, r.readErr)
+		}
 		return nil, r.integrity("cannot read codec byte: %v", err)
 	}
-	if codec[0] != CodecZstd {
+	payload := r.limited
+	switch {
+	case codec[0] == CodecZstd && !v.cfg.Encrypted():
+	case codec[0] == CodecSealed && v.cfg.Encrypted():
+		// A plaintext chunk in an encrypted repository (or the reverse)
+		// is refused above: the manifest's checksum would not match it
+		// anyway, and no reader ever downgrades.
+		dk, err := v.objectKey(ctx, m.ID, key)
+		if err != nil {
+			rc.Close()
+			return nil, err
+		}
+		if r.opener, err = newOpenReader(r.limited, dk); err != nil {
+			rc.Close()
+			return nil, r.readFailure(err)
+		}
+		if _, err := io.ReadFull(r.opener, codec[:]); err != nil {
+			r.opener.release()
+			rc.Close()
+			return nil, r.readFailure(err)
+		}
+		if codec[0] != CodecZstd {
+			r.opener.release()
+			rc.Close()
+			return nil, r.integrity("unknown codec %d inside the sealed chunk", codec[0])
+		}
+		payload = r.opener
+	case codec[0] == CodecZstd || codec[0] == CodecSealed:
+		rc.Close()
+		return nil, r.integrity("codec %d does not belong in a repository that is %s", codec[0], map[bool]string{true: "encrypted", false: "not encrypted"}[v.cfg.Encrypted()])
+	default:
 		rc.Close()
 		return nil, r.integrity("unknown codec %d", codec[0])
 	}
 	dec := decoders.Get().(*zstd.Decoder)
-	if err := dec.Reset(r.limited); err != nil {
+	if err := dec.Reset(payload); err != nil {
 		decoders.Put(dec)
+		if r.opener != nil {
+			r.opener.release()
+		}
 		rc.Close()
 		return nil, r.integrity("%v", err)
 	}
@@ -86,6 +122,7 @@ type chunkReader struct {
 	c        manifest.Chunk
 	body     io.ReadCloser
 	limited  io.Reader
+	opener   *openReader // decrypts a sealed chunk; nil for a plaintext one
 	dec      *zstd.Decoder
 	stored   hash.Hash
 	content  hash.Hash
@@ -93,6 +130,19 @@ type chunkReader struct {
 	contentN int64
 	readErr  error
 	done     error
+}
+
+// readFailure classifies an error met while reading the stored bytes: the
+// storage's own read error is operational, anything else (a short object,
+// failed authentication) means damaged data.
+func (r *chunkReader) readFailure(err error) error {
+	if r.readErr != nil && r.readErr != io.EOF {
+		return fmt.Errorf("%s: read pack: %w", r.what, r.readErr)
+	}
+	if r.readErr == io.EOF && r.storedN < r.c.Length {
+		return r.integrity("object ended %d bytes short of the chunk", r.c.Length-r.storedN)
+	}
+	return r.integrity("%v", err)
 }
 
 func (r *chunkReader) integrity(format string, args ...any) error {
@@ -119,13 +169,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	case err != nil:
 		// The decoder passes on the storage's read errors; only an error
 		// the stored bytes themselves caused means damaged data.
-		if r.readErr != nil && r.readErr != io.EOF {
-			r.done = fmt.Errorf("%s: read pack: %w", r.what, r.readErr)
-		} else if r.readErr == io.EOF && r.storedN < r.c.Length {
-			r.done = r.integrity("object ended %d bytes short of the chunk", r.c.Length-r.storedN)
-		} else {
-			r.done = r.integrity("%v", err)
-		}
+		r.done = r.readFailure(err)
 		return n, r.done
 	}
 	return n, nil
@@ -135,7 +179,13 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 // integrity error.
 func (r *chunkReader) finish() error {
 	// Drain anything after the zstd frame so the stored checksum covers
-	// every byte of the chunk.
+	// every byte of the chunk (and, sealed, so the last segment is
+	// authenticated as the last).
+	if r.opener != nil {
+		if _, err := io.Copy(io.Discard, r.opener); err != nil {
+			return r.readFailure(err)
+		}
+	}
 	if _, err := io.Copy(io.Discard, r.limited); err != nil {
 		return fmt.Errorf("%s: read pack: %w", r.what, err)
 	}
@@ -167,7 +217,38 @@ func (r *chunkReader) Close() error {
 		decoders.Put(r.dec)
 		r.dec = nil
 	}
+	if r.opener != nil {
+		r.opener.release()
+	}
 	return r.body.Close()
+}
+
+// VerifyStored reads the stored bytes of chunk c of set x and checks
+// their checksum, without decrypting or decompressing them: what verify
+// does without an identity. A mismatch or a short object is an integrity
+// error.
+func (v *Vault) VerifyStored(ctx context.Context, x *SetIndex, c IndexChunk) error {
+	key := x.Packs[c.Pack]
+	rc, err := v.b.Get(ctx, key, c.Offset, c.Length)
+	if errors.Is(err, repo.ErrNotFound) {
+		return tenantvault.Integrityf("set %s: pack %s is missing", x.ID, key)
+	}
+	if err != nil {
+		return fmt.Errorf("set %s: read pack %s: %w", x.ID, key, err)
+	}
+	defer rc.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(rc, c.Length+1))
+	if err != nil {
+		return fmt.Errorf("set %s: read pack %s: %w", x.ID, key, err)
+	}
+	if n != c.Length {
+		return tenantvault.Integrityf("set %s: chunk at %s:%d+%d: object ended %d bytes short of the chunk", x.ID, key, c.Offset, c.Length, c.Length-n)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != c.SHA256 {
+		return tenantvault.Integrityf("set %s: chunk at %s:%d+%d: stored bytes checksum %s, manifest says %s", x.ID, key, c.Offset, c.Length, short(got), short(c.SHA256))
+	}
+	return nil
 }
 
 // VerifyChunk checks one chunk: that its pack holds the recorded bytes and,

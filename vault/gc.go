@@ -73,7 +73,7 @@ func (v *Vault) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			liveIDs = append(liveIDs, id)
 		}
 	}
-	sets, err := v.ReadManifests(ctx, liveIDs)
+	sets, err := v.ReadIndexes(ctx, liveIDs)
 	if err != nil {
 		return nil, fmt.Errorf("garbage collection needs every manifest, and one cannot be read (nothing was deleted): %w", err)
 	}
@@ -146,7 +146,7 @@ func (v *Vault) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 				if ctx.Err() != nil {
 					return res, ctx.Err()
 				}
-				res.Failed = append(res.Failed, DeleteFailure{Key: g.Key, Err: err.Error()})
+				res.Failed = append(res.Failed, deleteFailure(g.Key, err))
 				v.log.Warn("cannot delete unreferenced object", "key", g.Key, "err", err)
 				continue
 			}

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +15,8 @@ import (
 	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/tenantvault/tenantvault/manifest"
 )
 
 // Codec IDs start every stored chunk. IDs are never reused once retired, so
@@ -61,6 +64,10 @@ type SetWriter struct {
 	uploaded []string
 	temps    map[string]bool
 	written  atomic.Int64
+
+	// key seals every chunk and schema archive of an encrypted set; nil
+	// in a plaintext repository.
+	key *setKey
 }
 
 type sealedPack struct {
@@ -86,12 +93,20 @@ func (v *Vault) NewSetWriter(ctx context.Context, setID string, opts WriterOptio
 	if opts.TempDir == "" {
 		opts.TempDir = os.TempDir()
 	}
+	var key *setKey
+	if v.cfg.Encrypted() {
+		var err error
+		if key, err = v.newSetKey(setID); err != nil {
+			return nil, err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &SetWriter{
 		v: v, setID: setID, opts: opts, level: zstd.EncoderLevel(opts.Level),
 		ctx: ctx, cancel: cancel,
 		queue: make(chan sealedPack, opts.Uploads),
 		temps: map[string]bool{},
+		key:   key,
 	}
 	for range opts.Uploads {
 		s.wg.Add(1)
@@ -160,7 +175,8 @@ func (s *SetWriter) Close() error {
 }
 
 // Abort stops uploading, removes temp files and deletes the packs already
-// uploaded (best effort: prune collects anything left).
+// uploaded (best effort: prune collects anything left), unless the set's
+// manifest upload was attempted: it may exist, and then it needs them.
 func (s *SetWriter) Abort() {
 	s.fail(errors.New("aborted"))
 	func() {
@@ -174,11 +190,37 @@ func (s *SetWriter) Abort() {
 	for p := range temps {
 		os.Remove(p)
 	}
+	s.v.forgetSetKey(s.setID)
+	if s.v.ManifestAttempted(s.setID) {
+		s.v.log.Warn("keeping the packs of a set whose manifest upload failed: it may exist; prune collects them if not", "set", s.setID, "packs", len(uploaded))
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30e9)
 	defer cancel()
 	for _, k := range uploaded {
 		_ = s.v.b.Delete(ctx, k)
 	}
+}
+
+// PutSchema stores a schema archive of this set. In a plaintext repository
+// it is named by its SHA-256 and shared by every set with that schema (see
+// Vault.PutSchema). In an encrypted one it is sealed with the set's data
+// key and named by the SHA-256 of the sealed bytes, so it is the set's own:
+// sharing it would need a key every sharing set's readers hold.
+func (s *SetWriter) PutSchema(ctx context.Context, database string, data []byte) (manifest.SchemaDump, error) {
+	if s.key == nil {
+		return s.v.PutSchema(ctx, database, data)
+	}
+	sealed, err := sealBytes(s.key.dk, data)
+	if err != nil {
+		return manifest.SchemaDump{}, err
+	}
+	d := s.v.schemaDump(database, sealed)
+	if err := s.v.b.Put(ctx, d.Key, bytes.NewReader(sealed), d.Size); err != nil {
+		return d, fmt.Errorf("store schema: %w", err)
+	}
+	s.v.schemas.Store(d.Key, s.setID)
+	return d, nil
 }
 
 // Packer appends chunks to packs. Each worker goroutine uses its own.
@@ -194,6 +236,7 @@ type Packer struct {
 	stored  hash.Hash
 	pending []byte
 	scratch []byte
+	sealer  *sealWriter // of the current chunk, in an encrypted set
 }
 
 // NewPacker returns a packer for one worker.
@@ -218,6 +261,20 @@ type ChunkRef struct {
 	Size   int64  // uncompressed
 	Digest string // SHA-256 of the uncompressed content
 	Reused bool
+
+	// find, in a reference that ReuseIndex.Lookup returns for an
+	// encrypted set, looks for an earlier chunk by its content: such sets
+	// do not reveal digests, only tags the writer can compute.
+	find func(digest string, size int64) (ChunkRef, bool)
+}
+
+// reusable returns the earlier chunk that holds exactly the content with
+// this digest and size, if r is one.
+func (r *ChunkRef) reusable(digest string, size int64) (ChunkRef, bool) {
+	if r.find != nil {
+		return r.find(digest, size)
+	}
+	return *r, r.Digest == digest && r.Size == size
 }
 
 // ChunkWriter receives one chunk's uncompressed content.
@@ -306,12 +363,27 @@ func (c *ChunkWriter) begin() error {
 	c.start = p.size
 	c.started = true
 	p.stored.Reset()
-	out := packOut{p}
+	var out io.Writer = packOut{p}
+	if k := p.s.key; k != nil {
+		seal, err := newSealWriter(out, k.dk, p.sealer)
+		if err != nil {
+			return err
+		}
+		p.sealer, out = seal, seal
+	}
 	if _, err := out.Write([]byte{CodecZstd}); err != nil {
 		return err
 	}
 	p.stream.Reset(out)
 	return nil
+}
+
+// chunkOut is where a started chunk's compressed bytes go.
+func (p *Packer) chunkOut() io.Writer {
+	if p.s.key != nil {
+		return p.sealer
+	}
+	return packOut{p}
 }
 
 // Finish ends the chunk. When prev is non-nil and holds the same content
@@ -323,7 +395,12 @@ func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
 	}
 	p := c.p
 	digest := hex.EncodeToString(p.content.Sum(nil))
-	if prev != nil && prev.Digest == digest && prev.Size == c.size {
+	var r ChunkRef
+	reuse := false
+	if prev != nil {
+		r, reuse = prev.reusable(digest, c.size)
+	}
+	if reuse {
 		if c.started {
 			// Drop what was already compressed into the pack.
 			if err := p.stream.Close(); err != nil {
@@ -340,8 +417,8 @@ func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
 			}
 			p.size = c.start
 		}
-		r := *prev
-		r.Reused = true
+		r.Reused, r.find = true, nil
+		r.Digest, r.Size = digest, c.size
 		return r, nil
 	}
 	if !c.started {
@@ -349,11 +426,16 @@ func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
 			return ChunkRef{}, err
 		}
 		p.scratch = p.oneshot.EncodeAll(p.pending, p.scratch[:0])
-		if _, err := (packOut{p}).Write(p.scratch); err != nil {
+		if _, err := p.chunkOut().Write(p.scratch); err != nil {
 			return ChunkRef{}, err
 		}
 	} else if err := p.stream.Close(); err != nil {
 		return ChunkRef{}, err
+	}
+	if p.s.key != nil {
+		if err := p.sealer.Close(); err != nil {
+			return ChunkRef{}, err
+		}
 	}
 	ref := ChunkRef{
 		Pack: p.key, Offset: c.start, Length: p.size - c.start,

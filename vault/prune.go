@@ -80,7 +80,7 @@ func (m Mark) DueAt(grace time.Duration) time.Time {
 // MarkSet marks set id for deletion. Marking a set that is already marked
 // keeps the first mark (its time is what the grace period counts from).
 func (v *Vault) MarkSet(ctx context.Context, id, reason, by string, grace time.Duration) (Mark, error) {
-	if _, err := v.ReadManifest(ctx, id); err != nil {
+	if _, err := v.ReadIndex(ctx, id); err != nil {
 		return Mark{}, err
 	}
 	if old, err := v.readMark(ctx, id); err == nil {
@@ -238,13 +238,16 @@ func (v *Vault) listRecords(ctx context.Context, prefix string, fn func(id strin
 	return nil
 }
 
+// putJSON stores a record (a deletion marker, a verification record).
+// Records are never locked by object retention: unmarking a set and
+// collecting the records of purged sets must stay possible.
 func (v *Vault) putJSON(ctx context.Context, key string, x any) error {
 	data, err := json.MarshalIndent(x, "", "  ")
 	if err != nil {
 		return err
 	}
 	data = append(data, '\n')
-	return v.b.Put(ctx, key, bytes.NewReader(data), int64(len(data)))
+	return v.b.Put(repo.WithoutRetention(ctx), key, bytes.NewReader(data), int64(len(data)))
 }
 
 func (v *Vault) getJSON(ctx context.Context, key string, x any) error {
@@ -264,6 +267,14 @@ func (v *Vault) getJSON(ctx context.Context, key string, x any) error {
 type DeleteFailure struct {
 	Key string `json:"key"`
 	Err string `json:"error"`
+	// Locked is set when the storage keeps the object immutable for a
+	// while yet (repo.ErrLocked): expected under S3 Object Lock, and the
+	// delete succeeds once the retention ends.
+	Locked bool `json:"locked,omitempty"`
+}
+
+func deleteFailure(key string, err error) DeleteFailure {
+	return DeleteFailure{Key: key, Err: err.Error(), Locked: errors.Is(err, repo.ErrLocked)}
 }
 
 // PurgeOptions tune Purge.
@@ -281,12 +292,22 @@ type PurgeOptions struct {
 	GC GCOptions
 }
 
+// LockedSet is a set due for purging that object retention still protects.
+type LockedSet struct {
+	Mark
+	Until time.Time `json:"retain_until"`
+}
+
 // PurgeResult is what Purge did (or, dry, would do).
 type PurgeResult struct {
 	// Purged are the sets whose manifest was deleted.
 	Purged []Mark `json:"purged"`
 	// Waiting are marked sets whose grace period has not passed.
 	Waiting []Mark `json:"waiting"`
+	// Locked are marked sets past their grace period whose manifest the
+	// storage still keeps immutable (S3 Object Lock): they are purged
+	// once the retention ends.
+	Locked []LockedSet `json:"locked,omitempty"`
 	// Failed lists deletes that failed; their sets stay marked.
 	Failed []DeleteFailure `json:"failed,omitempty"`
 	GC     *GCResult       `json:"gc"`
@@ -323,6 +344,20 @@ func (v *Vault) Purge(ctx context.Context, opts PurgeOptions) (*PurgeResult, err
 			res.Waiting = append(res.Waiting, m)
 			continue
 		}
+		// A manifest under object retention cannot be deleted yet: rather
+		// than fail on it (and on every pack it holds) each run, the set
+		// waits, still marked, until the retention ends.
+		if info, err := v.b.Stat(ctx, ManifestKey(id)); err == nil && info.RetainUntil.After(now) {
+			res.Locked = append(res.Locked, LockedSet{Mark: m, Until: info.RetainUntil})
+			v.log.Info("marked set is due but locked by object retention; it is purged once the lock expires", "set", id, "retain_until", info.RetainUntil)
+			continue
+		} else if err != nil && !errors.Is(err, repo.ErrNotFound) {
+			if ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			res.Failed = append(res.Failed, DeleteFailure{Key: ManifestKey(id), Err: err.Error()})
+			continue
+		}
 		if opts.DryRun {
 			res.Purged = append(res.Purged, m)
 			continue
@@ -333,17 +368,18 @@ func (v *Vault) Purge(ctx context.Context, opts PurgeOptions) (*PurgeResult, err
 			if ctx.Err() != nil {
 				return res, ctx.Err()
 			}
-			res.Failed = append(res.Failed, DeleteFailure{Key: ManifestKey(id), Err: err.Error()})
+			res.Failed = append(res.Failed, deleteFailure(ManifestKey(id), err))
 			v.log.Warn("cannot delete manifest of marked set; it stays marked", "set", id, "err", err)
 			continue
 		}
 		v.mcache.Delete(id)
+		v.icache.Delete(id)
 		live[id] = false
 		res.Purged = append(res.Purged, m)
 		v.log.Info("purged snapshot set", "set", id, "marked_at", m.MarkedAt, "reason", m.Reason)
 		for _, k := range []string{MarkKey(id), VerifiedKey(id)} {
 			if err := v.b.Delete(ctx, k); err != nil {
-				res.Failed = append(res.Failed, DeleteFailure{Key: k, Err: err.Error()})
+				res.Failed = append(res.Failed, deleteFailure(k, err))
 			}
 		}
 	}
@@ -585,7 +621,13 @@ func durationText(d time.Duration) string {
 
 // RetentionPlan loads every set with its marks and verification records
 // and applies p to each group. When only is non-empty, just the groups of
-// those keys are planned.
+// those keys (GroupKey) are planned.
+//
+// In an encrypted repository, when this side trusts some signers, a set
+// whose manifest is signed by none of them is left out of retention
+// altogether: it is neither counted as a kept set (a forged "newest" set
+// must not push genuine ones out) nor marked (what is not proven forged is
+// not deleted either). It is logged.
 func (v *Vault) RetentionPlan(ctx context.Context, p Policy, only map[string]bool) ([]GroupPlan, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -594,7 +636,7 @@ func (v *Vault) RetentionPlan(ctx context.Context, p Policy, only map[string]boo
 	if err != nil {
 		return nil, err
 	}
-	sets, err := v.ReadManifests(ctx, ids)
+	sets, err := v.ReadIndexes(ctx, ids)
 	if err != nil {
 		return nil, fmt.Errorf("retention needs every manifest: %w", err)
 	}
@@ -606,15 +648,23 @@ func (v *Vault) RetentionPlan(ctx context.Context, p Policy, only map[string]boo
 	if err != nil {
 		return nil, err
 	}
+	wanted := map[string]bool{}
+	for g := range only {
+		wanted[g], wanted[groupHashOf(g)] = true, true
+	}
 	groups := map[string][]SetInfo{}
-	for _, m := range sets {
-		g := GroupKey(m)
-		if len(only) > 0 && !only[g] {
+	for _, x := range sets {
+		g := x.Group
+		if len(only) > 0 && !wanted[g] {
 			continue
 		}
-		_, ver := verified[m.ID]
-		_, marked := marks[m.ID]
-		groups[g] = append(groups[g], SetInfo{ID: m.ID, Group: g, Kind: m.Kind, Partial: m.Partial, At: m.ConsistentAt, Verified: ver, Marked: marked})
+		if x.Encrypted() && v.keys.hasTrust() && !x.Authenticated() {
+			v.log.Warn("leaving out of retention a set signed by an untrusted signer", "set", x.ID, "signer", x.Signer)
+			continue
+		}
+		_, ver := verified[x.ID]
+		_, marked := marks[x.ID]
+		groups[g] = append(groups[g], SetInfo{ID: x.ID, Group: g, Kind: x.Kind, Partial: x.Partial, At: x.ConsistentAt, Verified: ver, Marked: marked})
 	}
 	now := v.now()
 	var out []GroupPlan

@@ -2,6 +2,8 @@ package vault
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -38,13 +40,23 @@ type VerifyResult struct {
 	Packs     int       `json:"packs"`
 	BytesRead int64     `json:"bytes_read"`
 	Problems  []Problem `json:"problems"`
+	// StoredOnly is set when the sets are encrypted and no identity was
+	// given: every stored byte was checked against its checksum, but
+	// nothing was decrypted, so content digests were not recomputed.
+	StoredOnly bool `json:"stored_only,omitempty"`
+	// Unpinned lists encrypted sets whose signature verified, but by a
+	// signer this side does not trust (no identity or signing key file
+	// names it): they are intact, and who wrote them is not proven.
+	Unpinned []string `json:"unpinned_signer,omitempty"`
 }
 
-// Verify checks sets (all when ids is empty): each manifest decodes and is
-// consistent, every schema archive and pack it references exists and is
-// large enough, and with readData every chunk reads back to its checksum and
-// content digest. Problems are collected, not returned as errors; an error
-// means the check itself could not run.
+// Verify checks sets (all when ids is empty): each manifest decodes, its
+// signature verifies (encrypted sets) and it is consistent, every schema
+// archive and pack it references exists and is large enough, and with
+// readData every chunk and schema archive reads back to its checksum and,
+// when the vault can decrypt, every chunk to its content digest. Problems
+// are collected, not returned as errors; an error means the check itself
+// could not run.
 func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progress func(done, total int64)) (*VerifyResult, error) {
 	if len(ids) == 0 {
 		var err error
@@ -52,37 +64,58 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 			return nil, err
 		}
 	}
-	res := &VerifyResult{}
+	res := &VerifyResult{StoredOnly: !v.CanDecrypt()}
 	var mu sync.Mutex
 	add := func(p Problem) {
 		mu.Lock()
 		res.Problems = append(res.Problems, p)
 		mu.Unlock()
 	}
+	unreadable := func(id string, err error) bool {
+		if errors.Is(err, tenantvault.ErrIntegrity) || errors.As(err, new(*tenantvault.InputError)) {
+			add(Problem{Set: id, Problem: err.Error()})
+			return true
+		}
+		return false
+	}
 	packSizes := map[string]int64{} // -1: missing
-	var sets []*manifest.Manifest
+	type set struct {
+		x *SetIndex
+		m *manifest.Manifest // nil when the set cannot be decrypted here
+	}
+	var sets []set
 	for _, id := range ids {
-		m, err := v.ReadManifest(ctx, id)
+		x, err := v.ReadIndex(ctx, id)
 		if err != nil {
-			if errors.Is(err, tenantvault.ErrIntegrity) || errors.As(err, new(*tenantvault.InputError)) {
-				add(Problem{Set: id, Problem: err.Error()})
+			if unreadable(id, err) {
 				continue
 			}
 			return nil, err
 		}
-		sets = append(sets, m)
-		for _, d := range m.Schemas {
-			info, err := v.b.Stat(ctx, d.Key)
-			switch {
-			case errors.Is(err, repo.ErrNotFound):
-				add(Problem{Set: id, Problem: "schema archive " + d.Key + " is missing"})
-			case err != nil:
+		var m *manifest.Manifest
+		if v.CanDecrypt() {
+			if m, err = v.ReadManifest(ctx, id); err != nil {
+				if unreadable(id, err) {
+					continue
+				}
 				return nil, err
-			case info.Size != d.Size:
-				add(Problem{Set: id, Problem: fmt.Sprintf("schema archive %s is %d bytes, the manifest says %d", d.Key, info.Size, d.Size)})
+			}
+		} else if x.Encrypted() && !x.Authenticated() {
+			res.Unpinned = append(res.Unpinned, id)
+		}
+		sets = append(sets, set{x, m})
+		for _, d := range x.Schemas {
+			if problem, err := v.verifyObject(ctx, d, readData); err != nil {
+				return nil, err
+			} else if problem != "" {
+				add(Problem{Set: id, Problem: problem})
+			} else if readData {
+				mu.Lock()
+				res.BytesRead += d.Size
+				mu.Unlock()
 			}
 		}
-		for _, p := range m.Packs {
+		for _, p := range x.Packs {
 			if _, seen := packSizes[p]; seen {
 				continue
 			}
@@ -101,20 +134,26 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 	res.Packs = len(packSizes)
 
 	type job struct {
+		x      *SetIndex
 		m      *manifest.Manifest
 		tenant string
+		table  string
+		ic     IndexChunk
 		c      manifest.Chunk
 	}
 	var jobs []job
-	for _, m := range sets {
-		for _, c := range m.Global {
-			jobs = append(jobs, job{m, "", c})
-		}
-		for _, t := range m.Tenants {
-			for _, c := range t.Chunks {
-				jobs = append(jobs, job{m, t.ID, c})
+	for _, s := range sets {
+		if s.m == nil {
+			for _, ic := range s.x.Chunks {
+				jobs = append(jobs, job{x: s.x, ic: ic})
 			}
+			continue
 		}
+		i := 0
+		eachChunk(s.m, func(tenant string, _ bool, c manifest.Chunk) {
+			jobs = append(jobs, job{x: s.x, m: s.m, tenant: tenant, table: s.m.Tables[c.Table].QualifiedName(), ic: s.x.Chunks[i], c: c})
+			i++
+		})
 	}
 	res.Chunks = int64(len(jobs))
 	var done atomic.Int64
@@ -127,22 +166,33 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		go func() {
 			defer wg.Done()
 			for j := range work {
-				table := j.m.Tables[j.c.Table].QualifiedName()
-				key := j.m.Packs[j.c.Pack]
+				key := j.x.Packs[j.ic.Pack]
+				problem := func(text string) {
+					add(Problem{Set: j.x.ID, Tenant: j.tenant, Table: j.table, Problem: text})
+				}
 				switch size := packSizes[key]; {
 				case size < 0:
-					add(Problem{Set: j.m.ID, Tenant: j.tenant, Table: table, Problem: "pack " + key + " is missing"})
-				case size < j.c.Offset+j.c.Length:
-					add(Problem{Set: j.m.ID, Tenant: j.tenant, Table: table, Problem: fmt.Sprintf("pack %s is %d bytes, too short for the chunk at %d+%d", key, size, j.c.Offset, j.c.Length)})
+					problem("pack " + key + " is missing")
+				case size < j.ic.Offset+j.ic.Length:
+					problem(fmt.Sprintf("pack %s is %d bytes, too short for the chunk at %d+%d", key, size, j.ic.Offset, j.ic.Length))
 				case readData:
-					err := v.VerifyChunk(ctx, j.m, j.c, true)
+					var err error
+					if j.m != nil {
+						err = v.VerifyChunk(ctx, j.m, j.c, true)
+					} else {
+						err = v.VerifyStored(ctx, j.x, j.ic)
+					}
 					if err != nil && errors.Is(err, tenantvault.ErrIntegrity) {
-						add(Problem{Set: j.m.ID, Tenant: j.tenant, Table: table, Problem: err.Error()})
+						problem(err.Error())
+					} else if err != nil && errors.As(err, new(*tenantvault.InputError)) {
+						// A chunk of an earlier set encrypted to keys
+						// this identity file lacks.
+						problem(err.Error())
 					} else if err != nil {
 						fatalOnce.Do(func() { fatal = err })
 					} else {
 						mu.Lock()
-						res.BytesRead += j.c.Length
+						res.BytesRead += j.ic.Length
 						mu.Unlock()
 					}
 				}
@@ -167,4 +217,33 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		return nil, err
 	}
 	return res, nil
+}
+
+// verifyObject checks that a schema archive exists with its recorded size
+// and, with readData, its recorded checksum. It returns the problem found.
+func (v *Vault) verifyObject(ctx context.Context, d ObjectRef, readData bool) (string, error) {
+	if !readData {
+		info, err := v.b.Stat(ctx, d.Key)
+		switch {
+		case errors.Is(err, repo.ErrNotFound):
+			return "schema archive " + d.Key + " is missing", nil
+		case err != nil:
+			return "", err
+		case info.Size != d.Size:
+			return fmt.Sprintf("schema archive %s is %d bytes, the manifest says %d", d.Key, info.Size, d.Size), nil
+		}
+		return "", nil
+	}
+	data, err := repo.ReadAll(ctx, v.b, d.Key)
+	switch {
+	case errors.Is(err, repo.ErrNotFound):
+		return "schema archive " + d.Key + " is missing", nil
+	case err != nil:
+		return "", err
+	}
+	sum := sha256.Sum256(data)
+	if int64(len(data)) != d.Size || hex.EncodeToString(sum[:]) != d.SHA256 {
+		return "schema archive " + d.Key + " is damaged (checksum mismatch)", nil
+	}
+	return "", nil
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/repo"
+	"github.com/tenantvault/tenantvault/tenancy"
 	"github.com/tenantvault/tenantvault/vault"
 )
 
@@ -41,6 +42,7 @@ type app struct {
 	cpuProfile string
 	profFile   *os.File
 	log        *slog.Logger
+	args       []string
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *app {
@@ -69,7 +71,11 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 			if err := a.startProfile(); err != nil {
 				return err
 			}
-			return a.setupLogging()
+			if err := a.setupLogging(); err != nil {
+				return err
+			}
+			a.warnPasswordInArgs()
+			return nil
 		},
 	}
 	root.SetIn(stdin)
@@ -85,13 +91,14 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 	pf.MarkHidden("cpu-profile")
 	root.AddCommand(
 		a.snapshotCmd(), a.listCmd(), a.restoreCmd(), a.verifyCmd(),
-		a.drillCmd(), a.agentCmd(), a.pruneCmd(),
+		a.drillCmd(), a.agentCmd(), a.pruneCmd(), a.captureCmd(), a.keygenCmd(),
 	)
 	a.root = root
 	return a
 }
 
 func (a *app) execute(ctx context.Context, args []string) error {
+	a.args = args
 	a.root.SetArgs(args)
 	defer a.stopProfile()
 	cmd, err := a.root.ExecuteContextC(ctx)
@@ -99,6 +106,24 @@ func (a *app) execute(ctx context.Context, args []string) error {
 		return &usageError{fmt.Sprintf("%s (see '%s --help')", err, cmd.CommandPath())}
 	}
 	return err
+}
+
+// warnPasswordInArgs warns when a database URL on the command line holds a
+// password: every user of the machine can read a process's arguments (ps,
+// /proc), and shells keep them in their history. The command still runs:
+// refusing would break scripts in the middle of an incident.
+func (a *app) warnPasswordInArgs() {
+	for _, arg := range a.args {
+		if strings.HasPrefix(arg, "-") {
+			if _, v, ok := strings.Cut(arg, "="); ok {
+				arg = v // --source=postgres://...
+			}
+		}
+		if tenancy.RedactURL(arg) != arg {
+			a.log.Warn("a database URL on the command line holds a password, which other users of this machine can read; put it in PGPASSWORD or ~/.pgpass (or the URL in TENANTVAULT_SOURCE/TARGET) instead")
+			return
+		}
+	}
 }
 
 // isCobraUsage recognises cobra's own argument errors.
@@ -236,6 +261,72 @@ func (a *app) printJSON(v any) error {
 type repoFlags struct {
 	url  string
 	init bool
+	keys keyFlags
+}
+
+// keyFlags are the encryption flags (docs/SECURITY.md). Keys come from
+// files only: a secret on the command line would be visible to every user
+// of the machine, so the flags name files, and recipients are public keys.
+type keyFlags struct {
+	identity       string
+	recipients     []string
+	recipientsFile string
+	signingKey     string
+}
+
+// addReader adds --identity, for commands that decrypt.
+func (k *keyFlags) addReader(fs *pflag.FlagSet) {
+	fs.StringVar(&k.identity, "identity", "", "identity file that decrypts an encrypted repository (written by tenantvault keygen; it also names the trusted signers)")
+}
+
+// addWriter adds the flags of commands that write encrypted sets.
+func (k *keyFlags) addWriter(fs *pflag.FlagSet) {
+	fs.StringArrayVar(&k.recipients, "recipient", nil, "encrypt to this age public key, age1... (repeatable); --init with it creates an encrypted repository")
+	fs.StringVar(&k.recipientsFile, "recipients-file", "", "file of recipients (age1...), one per line")
+	fs.StringVar(&k.signingKey, "signing-key", "", "signing key file that signs the manifests of encrypted sets (tenantvault keygen --signing-output)")
+}
+
+// load reads the keys the flags name; nil when none is given.
+func (k *keyFlags) load(log *slog.Logger) (*vault.Keys, error) {
+	if k.identity == "" && len(k.recipients) == 0 && k.recipientsFile == "" && k.signingKey == "" {
+		return nil, nil
+	}
+	keys := &vault.Keys{}
+	bad := func(flag string, err error) error {
+		return &tenantvault.InputError{Msg: fmt.Sprintf("%s: %v", flag, err)}
+	}
+	var warns []vault.KeyFileWarning
+	if k.identity != "" {
+		w, err := keys.LoadKeyFile(k.identity)
+		if err != nil {
+			return nil, bad("--identity", err)
+		}
+		if len(keys.Identities) == 0 {
+			return nil, bad("--identity", fmt.Errorf("%s holds no age identity (AGE-SECRET-KEY-1...)", k.identity))
+		}
+		warns = append(warns, w...)
+	}
+	if k.signingKey != "" {
+		w, err := keys.LoadSigningKeyFile(k.signingKey)
+		if err != nil {
+			return nil, bad("--signing-key", err)
+		}
+		warns = append(warns, w...)
+	}
+	for _, r := range k.recipients {
+		if err := keys.AddRecipient(r); err != nil {
+			return nil, bad("--recipient", err)
+		}
+	}
+	if k.recipientsFile != "" {
+		if err := keys.LoadRecipientsFile(k.recipientsFile); err != nil {
+			return nil, bad("--recipients-file", err)
+		}
+	}
+	for _, w := range warns {
+		log.Warn(string(w))
+	}
+	return keys, nil
 }
 
 func (r *repoFlags) add(fs *pflag.FlagSet, withInit bool) {
@@ -251,6 +342,10 @@ func (a *app) openVault(ctx context.Context, r *repoFlags, initialise bool) (*va
 	if r.url == "" {
 		return nil, nil, &usageError{"--repo is required (or TENANTVAULT_REPO)"}
 	}
+	keys, err := r.keys.load(a.log)
+	if err != nil {
+		return nil, nil, err
+	}
 	b, err := repo.Open(ctx, r.url, repo.Options{Create: r.init})
 	if err != nil {
 		if isNetwork(err) {
@@ -262,7 +357,7 @@ func (a *app) openVault(ctx context.Context, r *repoFlags, initialise bool) (*va
 		return nil, nil, &tenantvault.InputError{Err: err}
 	}
 	b = repo.Retry(b, repo.RetryOptions{Logger: a.log})
-	v, err := vault.Open(ctx, b, vault.Options{Init: initialise, Logger: a.log})
+	v, err := vault.Open(ctx, b, vault.Options{Init: initialise, Logger: a.log, Keys: keys})
 	if err != nil {
 		b.Close()
 		return nil, nil, err

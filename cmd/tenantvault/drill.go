@@ -63,6 +63,7 @@ it on the scratch server; the drill refuses a server that already has one.`,
 	}
 	fs := cmd.Flags()
 	o.repo.add(fs, false)
+	o.repo.keys.addReader(fs)
 	fs.StringVar(&o.scratch, "scratch", "", "database URL on a scratch server (never the live one); the drill creates and drops its own database there (a superuser is simplest)")
 	fs.IntVar(&o.count, "tenants", drill.DefaultCount, "how many tenants to sample")
 	fs.StringArrayVar(&o.tenants, "tenant", nil, "drill this tenant instead of a sample (repeatable)")

@@ -9,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/vault"
 )
 
 type listOptions struct {
@@ -25,6 +27,7 @@ func (a *app) listCmd() *cobra.Command {
 		RunE:  func(cmd *cobra.Command, _ []string) error { return a.runList(cmd.Context(), &o) },
 	}
 	o.repo.add(cmd.Flags(), false)
+	o.repo.keys.addReader(cmd.Flags())
 	cmd.Flags().StringVar(&o.tenant, "tenant", "", "show this tenant's snapshots (time, rows, bytes, set)")
 	return cmd
 }
@@ -63,6 +66,9 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 	ids, err := v.ListSets(ctx)
 	if err != nil {
 		return err
+	}
+	if !v.CanDecrypt() && o.tenant == "" {
+		return a.listSealed(ctx, v, ids)
 	}
 	sets, err := v.ReadManifests(ctx, ids)
 	if err != nil {
@@ -114,8 +120,18 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 	if len(hist) == 0 {
 		return tenantvault.Inputf("tenant %q is in no snapshot set of %s", o.tenant, v.Location())
 	}
+	rng, err := restorableRange(ctx, v, sets, o.tenant)
+	if err != nil {
+		return err
+	}
 	if a.jsonOut {
-		return a.printJSON(hist)
+		rng.Sets = hist
+		return a.printJSON(rng)
+	}
+	if rng.ChangeLog {
+		fmt.Fprintf(a.stdout, "restorable to any second from %s to %s (snapshot sets plus the change log)\n\n", rng.From.Format(time.RFC3339), rng.Until.Format(time.RFC3339))
+	} else {
+		fmt.Fprintf(a.stdout, "restorable as of each set below, %s to %s (no change log: --at picks the newest set before the time)\n\n", rng.From.Format(time.RFC3339), rng.Until.Format(time.RFC3339))
 	}
 	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CONSISTENT AT\tSET\tKIND\tTABLES\tROWS\tDATA\tSTORED\tSTATUS")
@@ -123,4 +139,87 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", h.ConsistentAt.Format(time.RFC3339), h.Set, h.Kind, h.Tables, h.Rows, humanBytes(h.Bytes), humanBytes(h.Stored), h.Status)
 	}
 	return tw.Flush()
+}
+
+// listSealed lists the sets of an encrypted repository without an
+// identity: what their signed headers tell, which is no tenant's data.
+func (a *app) listSealed(ctx context.Context, v *vault.Vault, ids []string) error {
+	sets, err := v.ReadIndexes(ctx, ids)
+	if err != nil {
+		return err
+	}
+	marks, err := v.Marks(ctx)
+	if err != nil {
+		return err
+	}
+	if a.jsonOut {
+		out := make([]listSetJSON, len(sets))
+		for i, x := range sets {
+			out[i] = listSetJSON{setJSON: setJSON{ID: x.ID, Kind: x.Kind, Source: manifest.Source{Name: x.SourceName}, ConsistentAt: x.ConsistentAt, Partial: x.Partial,
+				Stats: manifest.Stats{Chunks: x.Stats.Chunks, Stored: x.Stats.Stored, Written: x.Stats.Written}}}
+			if mk, ok := marks[x.ID]; ok {
+				out[i].Marked = &markJSON{MarkedAt: mk.MarkedAt, PurgeAfter: mk.DueAt(0), Reason: mk.Reason, By: mk.By}
+			}
+		}
+		return a.printJSON(out)
+	}
+	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SET\tKIND\tCONSISTENT AT\tCHUNKS\tSTORED\tWRITTEN\tSTATUS")
+	for _, x := range sets {
+		kind := x.Kind
+		if x.Partial {
+			kind += " (partial)"
+		}
+		status := ""
+		if m, ok := marks[x.ID]; ok {
+			status = "marked, purge after " + m.DueAt(0).UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", x.ID, kind, x.ConsistentAt.Format(time.RFC3339), x.Stats.Chunks, humanBytes(x.Stats.Stored), humanBytes(x.Stats.Written), status)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stderr, "note: the repository is encrypted; give --identity to see tenants, rows and sizes")
+	return nil
+}
+
+// tenantRangeJSON is a tenant's restorable range and history.
+type tenantRangeJSON struct {
+	Tenant    string              `json:"tenant"`
+	From      time.Time           `json:"restorable_from"`
+	Until     time.Time           `json:"restorable_until"`
+	ChangeLog bool                `json:"change_log"`
+	Sets      []tenantHistoryJSON `json:"sets"`
+}
+
+// restorableRange spans from the tenant's oldest set to the newest archived
+// change after its newest exact set, or to its newest set without a log.
+func restorableRange(ctx context.Context, v *vault.Vault, sets []*manifest.Manifest, tenant string) (tenantRangeJSON, error) {
+	r := tenantRangeJSON{Tenant: tenant}
+	var newestExact *manifest.Manifest
+	for _, m := range sets {
+		if m.Tenant(tenant) == nil || m.Kind == manifest.KindPreRestore {
+			continue
+		}
+		if r.From.IsZero() || m.ConsistentAt.Before(r.From) {
+			r.From = m.ConsistentAt
+		}
+		if m.ConsistentAt.After(r.Until) {
+			r.Until = m.ConsistentAt
+		}
+		if m.LSNExact && (newestExact == nil || m.ConsistentAt.After(newestExact.ConsistentAt)) {
+			newestExact = m
+		}
+	}
+	if newestExact != nil {
+		_, until, err := v.ArchivedUntil(ctx, vault.StreamName(newestExact.Source.SystemID, newestExact.Source.Database))
+		if err != nil {
+			return r, err
+		}
+		if until.After(r.Until) {
+			r.Until, r.ChangeLog = until, true
+		}
+	}
+	r.From, r.Until = r.From.UTC(), r.Until.UTC()
+	return r, nil
 }

@@ -56,6 +56,7 @@ pre-restore snapshot set (its ID is printed), so the replace can be undone.`,
 	}
 	fs := cmd.Flags()
 	o.repo.add(fs, false)
+	o.repo.keys.addReader(fs)
 	fs.StringVar(&o.target, "target", "", "target database URL (the live database or a scratch one)")
 	fs.StringArrayVar(&o.tenants, "tenant", nil, "tenant to restore (repeatable; any characters)")
 	fs.StringVar(&o.tenantsFile, "tenants-file", "", "file with one tenant ID per line")

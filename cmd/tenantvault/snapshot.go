@@ -26,6 +26,7 @@ type snapshotOptions struct {
 	tempDir     string
 	pgDump      string
 	full        bool
+	exactLSN    bool
 	dryRun      bool
 	name        string
 }
@@ -46,6 +47,7 @@ set's are referenced instead of stored again.`,
 	}
 	fs := cmd.Flags()
 	o.repo.add(fs, true)
+	o.repo.keys.addWriter(fs)
 	fs.StringVar(&o.source, "source", "", "source database URL (prefer PGPASSWORD or ~/.pgpass for the password)")
 	fs.StringArrayVar(&o.tenants, "tenant", nil, "capture only this tenant (repeatable; any characters)")
 	fs.StringVar(&o.tenancy.Model, "tenancy", "", "tenancy model: column (default), schema or database")
@@ -54,12 +56,13 @@ set's are referenced instead of stored again.`,
 	fs.StringVar(&o.tenancy.SchemaPattern, "schema-pattern", "", "schema model: LIKE pattern of tenant schemas, e.g. tenant_%")
 	fs.StringVar(&o.tenancy.DatabasePattern, "database-pattern", "", "database model: LIKE pattern of tenant databases")
 	fs.IntVar(&o.parallel, "parallel", 2, "tables exported at once")
-	fs.IntVar(&o.level, "compression-level", 1, "zstd level: 1 fastest .. 4 smallest")
+	fs.IntVar(&o.level, "compression-level", snapshot.DefaultLevel, "zstd level: 1 fastest .. 4 smallest")
 	fs.StringVar(&o.workMem, "work-mem", "64MB", "sort memory of each export session")
 	fs.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "longest wait for the ACCESS SHARE table locks")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for packs while they fill (default: the system temp dir)")
 	fs.StringVar(&o.pgDump, "pg-dump", "pg_dump", "pg_dump binary for the schema")
 	fs.BoolVar(&o.full, "full", false, "store every chunk, even those equal to the previous set's")
+	fs.BoolVar(&o.exactLSN, "exact-lsn", false, "take the set at a replication slot's consistent point, so the change log (capture) continues it exactly")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print what would be captured, and write nothing")
 	fs.StringVar(&o.name, "name", "", "source name recorded in the manifest")
 	return cmd
@@ -72,7 +75,7 @@ func (a *app) runSnapshot(ctx context.Context, o *snapshotOptions) error {
 	so := snapshot.Options{
 		Source: o.source, Tenancy: o.tenancy, Tenants: o.tenants, Parallel: o.parallel, Level: o.level,
 		WorkMem: o.workMem, LockTimeout: o.lockTimeout, TempDir: o.tempDir, PgDump: o.pgDump,
-		Full: o.full, SourceName: o.name, Logger: a.log,
+		Full: o.full, ExactLSN: o.exactLSN, SourceName: o.name, Logger: a.log,
 	}
 	if o.dryRun {
 		p, err := snapshot.Explain(ctx, so)

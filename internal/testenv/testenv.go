@@ -202,3 +202,72 @@ func NewS3Repo(t testing.TB) string {
 	t.Helper()
 	return S3RepoURL(t, NewBucket(t), "repo")
 }
+
+// NewLockedBucket creates a bucket with S3 Object Lock enabled (and so
+// versioning), and removes it when the test ends: every version, bypassing
+// governance-mode retention (tests lock objects in governance mode, or in
+// compliance mode for a few seconds only, which cannot be bypassed).
+func NewLockedBucket(t testing.TB) string {
+	t.Helper()
+	c := S3Client(t)
+	name := RandomName("tvtest-lock-")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.MakeBucket(ctx, name, minio.MakeBucketOptions{Region: Region, ObjectLocking: true}); err != nil {
+		t.Fatalf("make bucket %s with object lock: %v", name, err)
+	}
+	t.Cleanup(func() { RemoveLockedBucket(t, name) })
+	return name
+}
+
+// RemoveLockedBucket removes every version of every object of a
+// lock-enabled bucket, bypassing governance retention, then the bucket.
+func RemoveLockedBucket(t testing.TB, name string) {
+	t.Helper()
+	c := S3Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for obj := range c.ListObjects(ctx, name, minio.ListObjectsOptions{Recursive: true, WithVersions: true}) {
+		if obj.Err != nil {
+			continue
+		}
+		err := c.RemoveObject(ctx, name, obj.Key, minio.RemoveObjectOptions{VersionID: obj.VersionID, GovernanceBypass: true})
+		if err != nil {
+			t.Logf("remove %s version %s: %v", obj.Key, obj.VersionID, err)
+		}
+	}
+	if err := c.RemoveBucket(ctx, name); err != nil {
+		t.Logf("remove bucket %s: %v", name, err)
+	}
+}
+
+// LockedRepoURL returns a repository URL in a fresh lock-enabled bucket
+// whose objects are locked in mode for retention.
+func LockedRepoURL(t testing.TB, mode string, retention time.Duration) string {
+	t.Helper()
+	return S3RepoURL(t, NewLockedBucket(t), "repo") + "&object-lock=" + mode + "&retention=" + retention.String()
+}
+
+// EnvReport names a file that Report appends to: scripts/test.sh sets it
+// and prints the file after the tests, because go test shows nothing of a
+// passing package's output.
+const EnvReport = "TENANTVAULT_TEST_REPORT"
+
+// Report logs a summary line (fault-injection counts, for instance) and
+// appends it to the file named by TENANTVAULT_TEST_REPORT, if set.
+func Report(t testing.TB, format string, args ...any) {
+	t.Helper()
+	line := fmt.Sprintf(format, args...)
+	t.Log(line)
+	path := os.Getenv(EnvReport)
+	if path == "" {
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Logf("report: %v", err)
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s: %s\n", t.Name(), line)
+}

@@ -72,6 +72,12 @@ type Config struct {
 	// PartSize is the part size of multipart uploads; 0 means
 	// DefaultPartSize.
 	PartSize uint64
+	// LockMode, when set, puts every object under S3 Object Lock
+	// retention (minio.Governance or minio.Compliance) for LockRetention
+	// from its upload, except those written with repo.WithoutRetention.
+	// The bucket must have Object Lock enabled.
+	LockMode      minio.RetentionMode
+	LockRetention time.Duration
 }
 
 // String returns the repository URL of c, which never holds credentials.
@@ -94,6 +100,9 @@ func (c Config) String() string {
 	if c.PartSize != 0 && c.PartSize != DefaultPartSize {
 		q = append(q, "part-size="+strconv.FormatUint(c.PartSize, 10))
 	}
+	if c.LockMode != "" {
+		q = append(q, "object-lock="+strings.ToLower(string(c.LockMode)), "retention="+c.LockRetention.String())
+	}
 	if len(q) > 0 {
 		b.WriteString("?" + strings.Join(q, "&"))
 	}
@@ -107,14 +116,17 @@ func (c Config) endpoint() string {
 	return c.Endpoint.String()
 }
 
-var knownParams = []string{"endpoint", "region", "path-style", "part-size"}
+var knownParams = []string{"endpoint", "region", "path-style", "part-size", "object-lock", "retention"}
 
-// ParseURL reads s3://BUCKET/PREFIX?endpoint=URL&region=R&path-style=BOOL&part-size=SIZE.
+// ParseURL reads s3://BUCKET/PREFIX?endpoint=URL&region=R&path-style=BOOL&part-size=SIZE
+// &object-lock=governance|compliance&retention=DURATION.
 // Without endpoint the bucket is on AWS S3. path-style defaults to true
 // with an endpoint (what MinIO and most servers expect) and to virtual-host
 // style on AWS. part-size takes bytes or a size such as 64MiB, from 5MiB to
-// 5GiB. Any other parameter is an error, so that a typo is not silently
-// ignored. Errors are *repo.URLError.
+// 5GiB. object-lock and retention (Go duration syntax or whole days, 30d)
+// come together: every object is uploaded under that Object Lock mode,
+// retained for that long. Any other parameter is an error, so that a typo
+// is not silently ignored. Errors are *repo.URLError.
 func ParseURL(u *url.URL) (Config, error) {
 	bad := func(format string, args ...any) error {
 		return &repo.URLError{URL: redact(u), Reason: fmt.Sprintf(format, args...)}
@@ -184,7 +196,48 @@ func ParseURL(u *url.URL) (Config, error) {
 		}
 		c.PartSize = n
 	}
+	mode, retention := q.Get("object-lock"), q.Get("retention")
+	switch {
+	case mode == "" && retention == "":
+	case mode == "" || retention == "":
+		return Config{}, bad("object-lock and retention go together, e.g. ?object-lock=governance&retention=30d")
+	default:
+		switch strings.ToLower(mode) {
+		case "governance":
+			c.LockMode = minio.Governance
+		case "compliance":
+			c.LockMode = minio.Compliance
+		default:
+			return Config{}, bad("object-lock %q must be governance or compliance", mode)
+		}
+		d, ok := parseRetention(retention)
+		if !ok || d < time.Second {
+			return Config{}, bad("retention %q must be a duration of at least 1s, such as 720h or 30d", retention)
+		}
+		c.LockRetention = d
+	}
 	return c, nil
+}
+
+// parseRetention reads Go duration syntax with an optional leading number
+// of days ("30d", "1d12h", "720h").
+func parseRetention(s string) (time.Duration, bool) {
+	var days time.Duration
+	if i := strings.IndexByte(s, 'd'); i > 0 {
+		n, err := strconv.Atoi(s[:i])
+		if err != nil || n < 0 || n > 36500 {
+			return 0, false
+		}
+		days, s = time.Duration(n)*24*time.Hour, s[i+1:]
+		if s == "" {
+			return days, true
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, false
+	}
+	return days + d, true
 }
 
 // parseSize reads "1048576", "16MiB" or "1GiB".
@@ -364,7 +417,7 @@ func (b *Backend) checkBucket(ctx context.Context, check *minio.Client, create b
 		return b.openFailure(ctx, err)
 	}
 	if exists {
-		return nil
+		return b.checkLock(cctx)
 	}
 	if !create {
 		return repo.Permanent(&openError{
@@ -379,7 +432,7 @@ func (b *Backend) checkBucket(ctx context.Context, check *minio.Client, create b
 	}
 	mctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	err = check.MakeBucket(mctx, b.cfg.Bucket, minio.MakeBucketOptions{Region: region})
+	err = check.MakeBucket(mctx, b.cfg.Bucket, minio.MakeBucketOptions{Region: region, ObjectLocking: b.cfg.LockMode != ""})
 	if err != nil && minio.ToErrorResponse(err).Code != minio.BucketAlreadyOwnedByYou {
 		if er := minio.ToErrorResponse(err); er.Code != "" && er.StatusCode != 0 {
 			return repo.Permanent(&openError{
@@ -388,6 +441,27 @@ func (b *Backend) checkBucket(ctx context.Context, check *minio.Client, create b
 			})
 		}
 		return b.openFailure(ctx, err)
+	}
+	return nil
+}
+
+// checkLock makes sure that a bucket that is to lock objects can: Object
+// Lock must be enabled on it (which also turns versioning on). Without
+// this check every upload would fail with a less helpful message.
+func (b *Backend) checkLock(ctx context.Context) error {
+	if b.cfg.LockMode == "" {
+		return nil
+	}
+	enabled, _, _, _, err := b.client.GetObjectLockConfig(ctx, b.cfg.Bucket)
+	if err != nil && minio.ToErrorResponse(err).Code != "ObjectLockConfigurationNotFoundError" {
+		return b.openFailure(ctx, err)
+	}
+	if enabled != "Enabled" {
+		return repo.Permanent(&openError{
+			msg: fmt.Sprintf("bucket %q at %s does not have S3 Object Lock enabled, which object-lock=%s needs (create a bucket with it: --init does, or `mc mb --with-lock`, or `aws s3api create-bucket --object-lock-enabled-for-bucket`)",
+				b.cfg.Bucket, b.cfg.endpoint(), strings.ToLower(string(b.cfg.LockMode))),
+			err: err,
+		})
 	}
 	return nil
 }
@@ -534,11 +608,17 @@ func (b *Backend) Put(ctx context.Context, key string, r io.Reader, size int64) 
 			return fmt.Errorf("put %s: %w", key, err)
 		}
 	}
-	_, err := b.client.PutObject(ctx, b.cfg.Bucket, b.object(key), src, size, minio.PutObjectOptions{
+	opts := minio.PutObjectOptions{
 		PartSize:       partSize,
 		SendContentMd5: true,
 		ContentType:    "application/octet-stream",
-	})
+	}
+	if b.cfg.LockMode != "" && repo.RetentionWanted(ctx) {
+		// Counted from now, not from the end of the upload: the lock
+		// may end a little early, never late.
+		opts.Mode, opts.RetainUntilDate = b.cfg.LockMode, time.Now().Add(b.cfg.LockRetention)
+	}
+	_, err := b.client.PutObject(ctx, b.cfg.Bucket, b.object(key), src, size, opts)
 	if err != nil {
 		if src.err != nil && ctx.Err() == nil {
 			return fmt.Errorf("put %s: %w", key, src.err)
@@ -705,7 +785,11 @@ func (b *Backend) Stat(ctx context.Context, key string) (repo.ObjectInfo, error)
 	if err != nil {
 		return repo.ObjectInfo{}, b.fail(ctx, repo.OpStat, key, err)
 	}
-	return repo.ObjectInfo{Key: key, Size: info.Size, ModTime: info.LastModified}, nil
+	out := repo.ObjectInfo{Key: key, Size: info.Size, ModTime: info.LastModified}
+	if until, err := time.Parse(time.RFC3339, info.Metadata.Get("X-Amz-Object-Lock-Retain-Until-Date")); err == nil {
+		out.RetainUntil = until
+	}
+	return out, nil
 }
 
 // List implements repo.Backend. S3 lists keys in UTF-8 binary order, which
@@ -745,6 +829,12 @@ func (b *Backend) List(ctx context.Context, prefix string, fn func(repo.ObjectIn
 }
 
 // Delete implements repo.Backend.
+//
+// With object-lock configured the bucket is versioned, and a plain DELETE
+// only adds a delete marker: the object would look gone while its locked
+// version stays. So Delete removes every version of the key one by one,
+// which S3 refuses for a version under retention: that is reported as
+// repo.ErrLocked, naming the end of the retention.
 func (b *Backend) Delete(ctx context.Context, key string) error {
 	if err := repo.ValidKey(key); err != nil {
 		return err
@@ -752,9 +842,96 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
+	if b.cfg.LockMode != "" {
+		return b.deleteVersions(ctx, key)
+	}
 	err := b.client.RemoveObject(ctx, b.cfg.Bucket, b.object(key), minio.RemoveObjectOptions{})
 	if err != nil && minio.ToErrorResponse(err).Code != minio.NoSuchKey {
 		return b.fail(ctx, repo.OpDelete, key, err)
 	}
 	return nil
+}
+
+func (b *Backend) deleteVersions(ctx context.Context, key string) error {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	name := b.object(key)
+	var versions []minio.ObjectInfo
+	for obj := range b.client.ListObjects(lctx, b.cfg.Bucket, minio.ListObjectsOptions{Prefix: name, WithVersions: true}) {
+		if obj.Err != nil {
+			return b.fail(ctx, repo.OpDelete, key, obj.Err)
+		}
+		if obj.Key == name {
+			versions = append(versions, obj)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	var first error
+	for _, o := range versions {
+		err := b.client.RemoveObject(ctx, b.cfg.Bucket, name, minio.RemoveObjectOptions{VersionID: o.VersionID})
+		if err == nil || minio.ToErrorResponse(err).Code == minio.NoSuchKey || minio.ToErrorResponse(err).Code == "NoSuchVersion" {
+			continue
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("delete %s: %w", key, ctx.Err())
+		}
+		if until, locked := b.retained(ctx, name, o.VersionID); locked {
+			err = repo.Permanent(fmt.Errorf("delete %s: %w: S3 Object Lock retains it until %s (%s)", key, repo.ErrLocked, until.UTC().Format(time.RFC3339), minio.ToErrorResponse(err).Message))
+		} else {
+			err = b.fail(ctx, repo.OpDelete, key, err)
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Retention implements repo.Retainer: how long new objects are locked.
+func (b *Backend) Retention() time.Duration {
+	if b.cfg.LockMode == "" {
+		return 0
+	}
+	return b.cfg.LockRetention
+}
+
+var _ repo.Retainer = (*Backend)(nil)
+
+// ExtendRetention implements repo.Retainer. S3 lets anyone who may put
+// retention extend it (shortening a governance lock needs a bypass
+// permission tenantvault never asks for; a compliance lock cannot be
+// shortened at all).
+func (b *Backend) ExtendRetention(ctx context.Context, key string, until time.Time) error {
+	if b.cfg.LockMode == "" {
+		return nil
+	}
+	info, err := b.Stat(ctx, key)
+	if err != nil {
+		return err
+	}
+	if !info.RetainUntil.Before(until) {
+		return nil
+	}
+	mode := b.cfg.LockMode
+	until = until.UTC().Truncate(time.Second).Add(time.Second)
+	err = b.client.PutObjectRetention(ctx, b.cfg.Bucket, b.object(key), minio.PutObjectRetentionOptions{Mode: &mode, RetainUntilDate: &until})
+	if err != nil {
+		return b.fail(ctx, repo.OpPut, key, err)
+	}
+	return nil
+}
+
+// retained reports whether a version of an object is under retention or
+// legal hold now, and until when.
+func (b *Backend) retained(ctx context.Context, name, version string) (time.Time, bool) {
+	_, until, err := b.client.GetObjectRetention(ctx, b.cfg.Bucket, name, version)
+	if err == nil && until != nil && until.After(time.Now()) {
+		return *until, true
+	}
+	if hold, err := b.client.GetObjectLegalHold(ctx, b.cfg.Bucket, name, minio.GetObjectLegalHoldOptions{VersionID: version}); err == nil && hold != nil && *hold == minio.LegalHoldEnabled {
+		return time.Time{}, true
+	}
+	return time.Time{}, false
 }

@@ -109,8 +109,8 @@ func TestParseURL(t *testing.T) {
 func TestURLErrors(t *testing.T) {
 	for _, c := range []struct{ url, msg string }{
 		{"s3:///prefix", `repository URL "s3:///prefix": missing bucket name: use s3://BUCKET/PREFIX`},
-		{"s3://bucket/p?foo=1&bar=2", `repository URL "s3://bucket/p?foo=1&bar=2": unknown query parameter(s) bar, foo (known: endpoint, region, path-style, part-size)`},
-		{"s3://bucket/p?endpoint=http://127.0.0.1:9000&tls-skip-verify=true", `repository URL "s3://bucket/p?endpoint=http://127.0.0.1:9000&tls-skip-verify=true": unknown query parameter(s) tls-skip-verify (known: endpoint, region, path-style, part-size)`},
+		{"s3://bucket/p?foo=1&bar=2", `repository URL "s3://bucket/p?foo=1&bar=2": unknown query parameter(s) bar, foo (known: endpoint, region, path-style, part-size, object-lock, retention)`},
+		{"s3://bucket/p?endpoint=http://127.0.0.1:9000&tls-skip-verify=true", `repository URL "s3://bucket/p?endpoint=http://127.0.0.1:9000&tls-skip-verify=true": unknown query parameter(s) tls-skip-verify (known: endpoint, region, path-style, part-size, object-lock, retention)`},
 		{"s3://bucket:9000/p", `repository URL "s3://bucket:9000/p": "bucket:9000" is not a bucket name: give the server as ?endpoint=http://HOST:PORT`},
 		{"s3://b/p", `repository URL "s3://b/p": invalid bucket name "b": Bucket name cannot be shorter than 3 characters`},
 		{"s3://bucket/a/../b", `repository URL "s3://bucket/a/../b": invalid prefix "a/../b": use /-separated segments of printable ASCII, without . or ..`},

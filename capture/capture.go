@@ -1,0 +1,659 @@
+// Package capture streams committed row changes from a source through logical replication, tags each with its tenant, and archives them in checksummed segments that continue the snapshot sets without gap or overlap.
+package capture
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/tenancy"
+	"github.com/tenantvault/tenantvault/vault"
+)
+
+// Options configure a capture.
+type Options struct {
+	Source  string
+	Vault   *vault.Vault
+	Tenancy tenancy.Config
+	// Slot is the replication slot the capture owns; "" derives one from
+	// the database name.
+	Slot string
+	// Publication is created FOR ALL TABLES when missing.
+	Publication string
+	// FlushInterval bounds how long a committed change waits before it is
+	// archived (the recovery point objective).
+	FlushInterval time.Duration
+	// FlushBytes archives a segment early once this much is buffered.
+	FlushBytes int
+	// Heartbeat is how often a segment without changes is written while
+	// the source is idle, to record that the log is complete up to then:
+	// restore --at a time later than the last one waits for the next.
+	Heartbeat time.Duration
+	// MaxLag drops the slot when the source holds more WAL than this for
+	// it, so the capture never fills the source's disk.
+	MaxLag int64
+	// SetReplicaIdentity runs ALTER TABLE ... REPLICA IDENTITY FULL on the
+	// scoped tables whose deletes would otherwise not carry their tenant.
+	SetReplicaIdentity bool
+	Logger             *slog.Logger
+	// Stats, when set, is kept up to date for metrics.
+	Stats *Stats
+}
+
+// Stats are the capture's counters, for metrics.
+type Stats struct {
+	Segments   atomic.Int64
+	Records    atomic.Int64
+	Shared     atomic.Int64 // records not attributed at capture time
+	LagBytes   atomic.Int64 // WAL the source holds for the slot
+	ArchivedAt atomic.Int64 // unix seconds of the newest archived position
+	CommitLag  atomic.Int64 // milliseconds from commit to archive, last segment
+}
+
+// Defaults.
+const (
+	DefaultPublication   = "tenantvault"
+	DefaultFlushInterval = 5 * time.Second
+	DefaultFlushBytes    = 16 << 20
+	DefaultMaxLag        = 16 << 30
+	DefaultHeartbeat     = 30 * time.Second
+	statusEvery          = 10 * time.Second
+)
+
+func (o *Options) normalize() error {
+	if o.Vault == nil {
+		return errors.New("capture: no repository")
+	}
+	if err := o.Tenancy.Normalize(); err != nil {
+		return err
+	}
+	if o.Tenancy.Model == tenancy.ModelDatabase {
+		return tenantvault.Inputf("change capture supports the column and schema tenancy models; the database model would need a slot per tenant database")
+	}
+	if o.Publication == "" {
+		o.Publication = DefaultPublication
+	}
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = DefaultFlushInterval
+	}
+	if o.FlushBytes <= 0 {
+		o.FlushBytes = DefaultFlushBytes
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = DefaultHeartbeat
+	}
+	if o.MaxLag <= 0 {
+		o.MaxLag = DefaultMaxLag
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Stats == nil {
+		o.Stats = &Stats{}
+	}
+	return nil
+}
+
+// SlotName derives the default slot name of a database.
+func SlotName(database string) string {
+	sum := sha256.Sum256([]byte(database))
+	return "tenantvault_" + hex.EncodeToString(sum[:6])
+}
+
+// ErrLagExceeded is returned when the capture fell so far behind that it
+// dropped its slot to protect the source.
+var ErrLagExceeded = errors.New("capture fell too far behind")
+
+// Run captures changes until ctx ends, then archives what is complete and
+// returns nil. An error means the capture stopped; run it again to resume
+// from the last archived position.
+func Run(ctx context.Context, o Options) error {
+	if err := o.normalize(); err != nil {
+		return err
+	}
+	cfg, err := tenancy.ParseURL(o.Source)
+	if err != nil {
+		return err
+	}
+	c := &capturer{o: o, cfg: cfg}
+	defer c.close()
+	if err := c.prepare(ctx); err != nil {
+		return err
+	}
+	return c.receive(ctx)
+}
+
+type capturer struct {
+	o      Options
+	cfg    *pgx.ConnConfig
+	conn   *pgx.Conn      // ordinary connection: catalog, lookups, slot status
+	repl   *pgconn.PgConn // replication connection
+	stream string
+	epoch  string
+	start  uint64 // where the next segment starts
+	res    *resolver
+	rels   map[uint32]*relInfo
+}
+
+type relInfo struct {
+	rel   vault.Relation
+	table *manifest.Table // nil: not a tenant table, not captured
+	key   []int           // positions of the table's key columns
+	tcol  int             // position of the tenant column (direct scope), or -1
+	hop   []int           // positions of the first hop's columns (chain scope)
+}
+
+func (c *capturer) close() {
+	if c.repl != nil {
+		c.repl.Close(context.Background())
+	}
+	if c.conn != nil {
+		c.conn.Close(context.Background())
+	}
+}
+
+// prepare checks the source, creates the publication and slot when
+// missing, and finds where the archived chain ends.
+func (c *capturer) prepare(ctx context.Context) error {
+	o := &c.o
+	conn, err := tenancy.Connect(ctx, c.cfg)
+	if err != nil {
+		return err
+	}
+	c.conn = conn
+	var walLevel, sysID string
+	if err := conn.QueryRow(ctx, `SELECT current_setting('wal_level'), coalesce((SELECT system_identifier::text FROM pg_control_system()), '')`).Scan(&walLevel, &sysID); err != nil {
+		return fmt.Errorf("read source settings: %w", err)
+	}
+	if walLevel != "logical" {
+		return tenantvault.WithHint(fmt.Sprintf("the source has wal_level=%s; change capture needs wal_level=logical", walLevel),
+			"set wal_level = logical in postgresql.conf and restart the server")
+	}
+	if o.Slot == "" {
+		o.Slot = SlotName(c.cfg.Database)
+	}
+	c.stream = vault.StreamName(sysID, c.cfg.Database)
+	cat, err := tenancy.Discover(ctx, conn, o.Tenancy, "")
+	if err != nil {
+		return err
+	}
+	c.res = newResolver(conn, cat.Tables, o.Tenancy)
+	if err := c.checkIdentity(ctx, cat.Tables); err != nil {
+		return err
+	}
+	if err := c.ensurePublication(ctx); err != nil {
+		return err
+	}
+	replCfg := c.cfg.Config.Copy()
+	replCfg.RuntimeParams["replication"] = "database"
+	c.repl, err = pgconn.ConnectConfig(ctx, replCfg)
+	if err != nil {
+		return fmt.Errorf("open replication connection to %s (the role needs the REPLICATION attribute): %w", tenancy.Describe(c.cfg), err)
+	}
+	return c.ensureSlot(ctx)
+}
+
+func (c *capturer) ensurePublication(ctx context.Context) error {
+	var n int
+	if err := c.conn.QueryRow(ctx, `SELECT count(*) FROM pg_publication WHERE pubname = $1`, c.o.Publication).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := c.conn.Exec(ctx, "CREATE PUBLICATION "+tenancy.Ident(c.o.Publication)+" FOR ALL TABLES WITH (publish_via_partition_root = true)"); err != nil {
+		return &tenantvault.InputError{Msg: fmt.Sprintf("create publication %s: %v", c.o.Publication, err),
+			Hint: "create it as a superuser: CREATE PUBLICATION " + c.o.Publication + " FOR ALL TABLES (or FOR TABLE with every tenant table)"}
+	}
+	c.o.Logger.Info("created publication", "publication", c.o.Publication)
+	return nil
+}
+
+// ensureSlot resumes the archived chain of this slot, or starts a new one.
+// A chain is only continued when the slot still exists and has not moved
+// past what was archived; otherwise a new epoch begins (a gap that restore
+// will not cross).
+func (c *capturer) ensureSlot(ctx context.Context) error {
+	segs, err := c.o.Vault.ListSegments(ctx, c.stream)
+	if err != nil {
+		return err
+	}
+	var confirmed *string
+	err = c.conn.QueryRow(ctx, `SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()`, c.o.Slot).Scan(&confirmed)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("read replication slot %s: %w", c.o.Slot, err)
+	}
+	slotExists := err == nil
+	if slotExists && len(segs) > 0 {
+		last, err := c.o.Vault.ReadSegmentIndex(ctx, segs[len(segs)-1])
+		if err != nil {
+			return err
+		}
+		conf, _ := vault.ParseLSN(deref(confirmed))
+		if strings.HasPrefix(last.Epoch, c.o.Slot+"@") && conf <= last.End {
+			c.epoch, c.start = last.Epoch, last.End
+			c.o.Logger.Info("resuming change capture", "slot", c.o.Slot, "from", vault.LSNString(c.start), "epoch", c.epoch)
+			return nil
+		}
+		c.o.Logger.Warn("replication slot does not continue the archived change log; starting a new chain", "slot", c.o.Slot)
+	}
+	if slotExists {
+		if err := pglogrepl.DropReplicationSlot(ctx, c.repl, c.o.Slot, pglogrepl.DropReplicationSlotOptions{}); err != nil {
+			return fmt.Errorf("drop stale replication slot %s: %w", c.o.Slot, err)
+		}
+	}
+	res, err := pglogrepl.CreateReplicationSlot(ctx, c.repl, c.o.Slot, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if err != nil {
+		return fmt.Errorf("create replication slot %s: %w", c.o.Slot, err)
+	}
+	start, err := vault.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return err
+	}
+	c.epoch, c.start = fmt.Sprintf("%s@%s", c.o.Slot, res.ConsistentPoint), start
+	// An empty first segment records where the chain begins, durably,
+	// before any change is acknowledged.
+	if _, err := c.o.Vault.WriteSegment(ctx, vault.NewSegmentBuilder(c.stream, c.epoch, start), start, time.Now()); err != nil {
+		return err
+	}
+	c.o.Logger.Info("created replication slot; change log starts", "slot", c.o.Slot, "lsn", res.ConsistentPoint)
+	return nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// txn is the transaction being received.
+type txn struct {
+	lsn  uint64
+	time time.Time
+	seq  uint32
+}
+
+// receive receives changes and archives them every FlushInterval.
+func (c *capturer) receive(ctx context.Context) error {
+	o := &c.o
+	err := pglogrepl.StartReplication(ctx, c.repl, o.Slot, pglogrepl.LSN(c.start), pglogrepl.StartReplicationOptions{
+		Mode:       pglogrepl.LogicalReplication,
+		PluginArgs: []string{"proto_version '1'", "publication_names " + tenancy.Literal(o.Publication)},
+	})
+	if err != nil {
+		return fmt.Errorf("start replication from slot %s: %w", o.Slot, err)
+	}
+	c.rels = map[uint32]*relInfo{}
+	b := vault.NewSegmentBuilder(c.stream, c.epoch, c.start)
+	var cur *txn
+	var committed uint64 = c.start // end of the last complete transaction
+	// until is how far in time the archive is complete. A watermark is a
+	// WAL position and the server's clock read together: once everything
+	// before the position is archived, so is every transaction that
+	// committed before the clock reading (minus a margin for a commit
+	// stamped before its record reached the WAL).
+	var until time.Time
+	var wm, nextWM watermark
+	lastFlush, lastStatus := time.Now(), time.Now()
+	var lastLagCheck time.Time
+
+	var lastHead time.Time
+	headDirty := false
+	flush := func(force bool) error {
+		if cur != nil {
+			return nil // only whole transactions are archived
+		}
+		if wm.lsn != 0 && committed >= wm.lsn {
+			if wm.at.After(until) {
+				until, headDirty = wm.at, true
+			}
+			if !nextWM.at.IsZero() {
+				wm, nextWM = nextWM, watermark{}
+			}
+		}
+		// A segment holds new records, or, every Heartbeat, only moves the
+		// archived position forward (the WAL moved, nothing of ours in it).
+		moved := committed > b.Index.Start
+		if b.Records() > 0 || moved && (force || time.Since(lastFlush) >= o.Heartbeat) {
+			idx, err := o.Vault.WriteSegment(ctx, b, committed, until)
+			if err != nil {
+				return err
+			}
+			if err := pglogrepl.SendStandbyStatusUpdate(ctx, c.repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(committed)}); err != nil {
+				return fmt.Errorf("acknowledge %s: %w", vault.LSNString(committed), err)
+			}
+			o.Stats.Segments.Add(1)
+			o.Stats.ArchivedAt.Store(until.Unix())
+			if !idx.Last.IsZero() {
+				o.Stats.CommitLag.Store(time.Since(idx.Last).Milliseconds())
+			}
+			o.Logger.Debug("archived change segment", "start", vault.LSNString(idx.Start), "end", vault.LSNString(idx.End), "records", idx.Records)
+			c.start = committed
+			b = vault.NewSegmentBuilder(c.stream, c.epoch, committed)
+			lastFlush, lastStatus = time.Now(), time.Now()
+			headDirty = false
+			return nil
+		}
+		// Nothing to archive: the head alone says the log is complete
+		// up to now.
+		if headDirty && (force || time.Since(lastHead) >= o.Heartbeat) {
+			if err := o.Vault.WriteHead(ctx, vault.Head{Stream: c.stream, Epoch: c.epoch, End: c.start, Until: until}); err != nil {
+				return err
+			}
+			o.Stats.ArchivedAt.Store(until.Unix())
+			lastHead, headDirty = time.Now(), false
+		}
+		return nil
+	}
+
+	for {
+		if ctx.Err() != nil {
+			// Archive what is complete with a fresh context, then stop.
+			fctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx = fctx
+			err := flush(true)
+			cancel()
+			return err
+		}
+		if time.Since(lastFlush) >= o.FlushInterval || b.Size() >= o.FlushBytes {
+			if nextWM.at.IsZero() {
+				if nextWM, err = c.watermark(ctx); err != nil {
+					return err
+				}
+				if wm.at.IsZero() {
+					wm, nextWM = nextWM, watermark{}
+				}
+			}
+			if err := flush(false); err != nil {
+				return err
+			}
+			// Behind the watermark and nothing arriving: ask the server
+			// where it is, so an idle database's log keeps up too.
+			if cur == nil && committed < wm.lsn {
+				if err := pglogrepl.SendStandbyStatusUpdate(ctx, c.repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(c.start), ReplyRequested: true}); err != nil {
+					return fmt.Errorf("send status: %w", err)
+				}
+				lastStatus = time.Now()
+			}
+		}
+		if time.Since(lastStatus) >= statusEvery {
+			if err := pglogrepl.SendStandbyStatusUpdate(ctx, c.repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: pglogrepl.LSN(c.start)}); err != nil {
+				return fmt.Errorf("send status: %w", err)
+			}
+			lastStatus = time.Now()
+		}
+		if time.Since(lastLagCheck) >= statusEvery {
+			lastLagCheck = time.Now()
+			if err := c.checkLag(ctx); err != nil {
+				return err
+			}
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		msg, err := c.repl.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) && ctx.Err() == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				continue
+			}
+			return fmt.Errorf("receive changes: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("replication: %w", pgconn.ErrorResponseToPgError(msg))
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return err
+				}
+				// Between transactions the server has sent everything up
+				// to its WAL end: that position is archived once the
+				// records before it are.
+				if cur == nil && uint64(ka.ServerWALEnd) > committed {
+					committed = uint64(ka.ServerWALEnd)
+				}
+				if ka.ReplyRequested {
+					lastStatus = time.Time{}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return err
+				}
+				if err := c.handle(ctx, b, &cur, &committed, xld.WALData); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+type watermark struct {
+	lsn uint64
+	at  time.Time
+}
+
+// commitMargin covers a transaction stamped with its commit time just
+// before its commit record was flushed (asynchronous commits reach the disk
+// within a few wal_writer_delay periods). The watermark uses the flush
+// position: that is as far as logical decoding reads.
+const commitMargin = time.Second
+
+func (c *capturer) watermark(ctx context.Context) (watermark, error) {
+	var lsn string
+	var at time.Time
+	if err := c.conn.QueryRow(ctx, `SELECT pg_current_wal_flush_lsn()::text, clock_timestamp()`).Scan(&lsn, &at); err != nil {
+		return watermark{}, fmt.Errorf("read WAL position: %w", err)
+	}
+	l, err := vault.ParseLSN(lsn)
+	return watermark{lsn: l, at: at.Add(-commitMargin).UTC()}, err
+}
+
+// handle decodes one logical replication message into the segment.
+func (c *capturer) handle(ctx context.Context, b *vault.SegmentBuilder, cur **txn, committed *uint64, data []byte) error {
+	m, err := pglogrepl.Parse(data)
+	if err != nil {
+		return fmt.Errorf("decode replication message: %w", err)
+	}
+	switch m := m.(type) {
+	case *pglogrepl.RelationMessage:
+		ri, err := c.relation(ctx, m)
+		if err != nil {
+			return err
+		}
+		c.rels[m.RelationID] = ri
+	case *pglogrepl.BeginMessage:
+		*cur = &txn{lsn: uint64(m.FinalLSN), time: m.CommitTime.UTC()}
+		c.res.beginTxn()
+	case *pglogrepl.CommitMessage:
+		if *cur != nil && uint64(m.TransactionEndLSN) > *committed {
+			*committed = uint64(m.TransactionEndLSN)
+		}
+		*cur = nil
+	case *pglogrepl.InsertMessage:
+		return c.change(ctx, b, *cur, m.RelationID, vault.OpInsert, m.Tuple, 0, nil)
+	case *pglogrepl.UpdateMessage:
+		return c.change(ctx, b, *cur, m.RelationID, vault.OpUpdate, m.NewTuple, m.OldTupleType, m.OldTuple)
+	case *pglogrepl.DeleteMessage:
+		return c.change(ctx, b, *cur, m.RelationID, vault.OpDelete, nil, m.OldTupleType, m.OldTuple)
+	case *pglogrepl.TruncateMessage:
+		if *cur == nil {
+			return nil
+		}
+		var rels []uint32
+		for _, id := range m.RelationIDs {
+			if ri := c.rels[id]; ri != nil && ri.table != nil {
+				rels = append(rels, id)
+				b.AddRelation(ri.rel)
+			}
+		}
+		if len(rels) > 0 {
+			(*cur).seq++
+			b.Add("", true, &vault.Change{LSN: (*cur).lsn, Seq: (*cur).seq, Time: (*cur).time, Op: vault.OpTruncate, Rels: rels})
+			c.o.Stats.Records.Add(1)
+		}
+	}
+	return nil
+}
+
+// relation learns a relation's shape and whether it holds tenant rows.
+func (c *capturer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (*relInfo, error) {
+	ri := &relInfo{rel: vault.Relation{OID: m.RelationID, Schema: m.Namespace, Name: m.RelationName}, tcol: -1}
+	for _, col := range m.Columns {
+		var typ string
+		if err := c.conn.QueryRow(ctx, `SELECT format_type($1::oid, $2)`, col.DataType, col.TypeModifier).Scan(&typ); err != nil {
+			return nil, fmt.Errorf("read type of %s.%s: %w", m.RelationName, col.Name, err)
+		}
+		ri.rel.Columns = append(ri.rel.Columns, col.Name)
+		ri.rel.Types = append(ri.rel.Types, typ)
+	}
+	ri.table = c.res.table(m.Namespace, m.RelationName)
+	if ri.table == nil {
+		return ri, nil
+	}
+	pos := map[string]int{}
+	for i, n := range ri.rel.Columns {
+		pos[n] = i
+	}
+	for _, k := range ri.table.Key {
+		if p, ok := pos[k]; ok {
+			ri.key = append(ri.key, p)
+		}
+	}
+	if s := ri.table.Scope; s != nil {
+		if len(s.Hops) == 0 {
+			if p, ok := pos[s.Column]; ok {
+				ri.tcol = p
+			}
+		} else {
+			for _, h := range s.Hops[0].Columns {
+				if p, ok := pos[h]; ok {
+					ri.hop = append(ri.hop, p)
+				}
+			}
+		}
+	}
+	return ri, nil
+}
+
+// change attributes a row change to its tenant and buffers it.
+func (c *capturer) change(ctx context.Context, b *vault.SegmentBuilder, cur *txn, relID uint32, op byte, newT *pglogrepl.TupleData, oldType uint8, oldT *pglogrepl.TupleData) error {
+	ri := c.rels[relID]
+	if cur == nil || ri == nil || ri.table == nil {
+		return nil
+	}
+	// The server describes a relation once per connection; every segment
+	// carries the description of the relations its records use.
+	b.AddRelation(ri.rel)
+	ch := &vault.Change{LSN: cur.lsn, Time: cur.time, Rel: relID, Op: op, New: values(newT), Old: values(oldT)}
+	tenants, shared, err := c.res.tenantsOf(ctx, ri, ch)
+	if err != nil {
+		return err
+	}
+	if shared {
+		cur.seq++
+		ch.Seq = cur.seq
+		b.Add("", true, ch)
+		c.o.Stats.Records.Add(1)
+		c.o.Stats.Shared.Add(1)
+		return nil
+	}
+	for _, tc := range tenants {
+		cur.seq++
+		tc.change.Seq = cur.seq
+		b.Add(tc.tenant, false, tc.change)
+		c.o.Stats.Records.Add(1)
+	}
+	return nil
+}
+
+func values(t *pglogrepl.TupleData) []vault.Value {
+	if t == nil {
+		return nil
+	}
+	out := make([]vault.Value, len(t.Columns))
+	for i, col := range t.Columns {
+		switch col.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			out[i] = vault.Value{Kind: vault.ValueNull}
+		case pglogrepl.TupleDataTypeToast:
+			out[i] = vault.Value{Kind: vault.ValueUnchanged}
+		default:
+			out[i] = vault.Value{Kind: vault.ValueText, Data: append([]byte(nil), col.Data...)}
+		}
+	}
+	return out
+}
+
+// checkLag measures the WAL the source keeps for the slot, and drops the
+// slot when it passes MaxLag.
+func (c *capturer) checkLag(ctx context.Context) error {
+	var lag *int64
+	err := c.conn.QueryRow(ctx, `SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1`, c.o.Slot).Scan(&lag)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("replication slot %s was removed: the change log stops here", c.o.Slot)
+	}
+	if err != nil || lag == nil {
+		return err
+	}
+	c.o.Stats.LagBytes.Store(*lag)
+	if *lag <= c.o.MaxLag {
+		return nil
+	}
+	c.o.Logger.Error("capture is too far behind; dropping its slot so the source keeps its disk", "slot", c.o.Slot, "lag_bytes", *lag, "max", c.o.MaxLag)
+	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c.repl.Close(dctx)
+	c.repl = nil
+	if _, err := c.conn.Exec(dctx, `SELECT pg_drop_replication_slot($1)`, c.o.Slot); err != nil {
+		return fmt.Errorf("%w (%d bytes) and dropping slot %s failed: %v", ErrLagExceeded, *lag, c.o.Slot, err)
+	}
+	return fmt.Errorf("%w (%d bytes of WAL held, limit %d): slot %s dropped; the change log has a gap until the next snapshot", ErrLagExceeded, *lag, c.o.MaxLag, c.o.Slot)
+}
+
+// DropSlot removes the capture's slot (and nothing else), for a source
+// whose capture is turned off.
+func DropSlot(ctx context.Context, source, slot string) error {
+	cfg, err := tenancy.ParseURL(source)
+	if err != nil {
+		return err
+	}
+	if slot == "" {
+		slot = SlotName(cfg.Database)
+	}
+	conn, err := tenancy.Connect(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	tag, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+	if err != nil {
+		return fmt.Errorf("drop replication slot %s: %w", slot, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return tenantvault.Inputf("no replication slot %s on %s", slot, tenancy.Describe(cfg))
+	}
+	return nil
+}

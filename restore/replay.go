@@ -1,0 +1,527 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/tenancy"
+	"github.com/tenantvault/tenantvault/vault"
+)
+
+// Replay is the part of the change log a tenant's restore applies on top
+// of its set: changes committed at or after the set's exact LSN and no
+// later than At.
+type Replay struct {
+	From uint64 // the set's LSN
+	At   time.Time
+	// To, when set, ends the replay at a WAL position instead: changes
+	// with commit LSN < To (verify --replay stops at the next set's LSN).
+	To       uint64
+	Segments []*vault.SegmentIndex
+}
+
+// replayStats counts what a replay did; delta is the change in each
+// table's rows (by table), to check the counts afterwards.
+type replayStats struct {
+	applied, skipped int
+	delta            map[*manifest.Table]int64
+	truncated        map[*manifest.Table]bool
+}
+
+// planReplay finds the change-log segments that take a set to time at, or
+// nil when the source has no change log (the set alone is restored, as of
+// its instant). It refuses, before anything is written, when the log has a
+// gap, does not reach at yet, or a table changed shape in between.
+func planReplay(ctx context.Context, v *vault.Vault, set *manifest.Manifest, at time.Time) (*Replay, error) {
+	return planReplayTo(ctx, v, set, at, 0)
+}
+
+// planReplayTo plans a replay that ends at time at, or, when to is set, at
+// that WAL position (exclusive).
+func planReplayTo(ctx context.Context, v *vault.Vault, set *manifest.Manifest, at time.Time, to uint64) (*Replay, error) {
+	stream := vault.StreamName(set.Source.SystemID, set.Source.Database)
+	refs, err := v.ListSegments(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	if len(refs) == 0 || !set.ConsistentAt.Before(at) {
+		return nil, nil
+	}
+	if !set.LSNExact {
+		return nil, tenantvault.WithHint(fmt.Sprintf("snapshot set %s was not taken at an exact LSN, so the change log cannot continue it to %s", set.ID, at.UTC().Format(time.RFC3339)),
+			"sets taken by an agent with capture enabled (or snapshot --exact-lsn) can be continued; restore this one as of its own instant with --snapshot "+set.ID)
+	}
+	from, err := vault.ParseLSN(set.LSN)
+	if err != nil {
+		return nil, tenantvault.Integrityf("snapshot set %s has a bad LSN %q", set.ID, set.LSN)
+	}
+	rp := &Replay{From: from, At: at, To: to}
+	var prev *vault.SegmentIndex
+	for _, ref := range refs {
+		if ref.End <= from && ref.Start != ref.End {
+			continue
+		}
+		if ref.End < from {
+			continue
+		}
+		idx, err := v.ReadSegmentIndex(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case prev == nil && idx.Start > from:
+			return nil, tenantvault.Inputf("the change log of %s starts at %s, after snapshot set %s (%s): changes in between were not captured; restore as of the set with --snapshot %s",
+				set.Source.Database, vault.LSNString(idx.Start), set.ID, set.LSN, set.ID)
+		case prev != nil && idx.Start != prev.End:
+			return nil, tenantvault.Inputf("the change log of %s has a gap from %s (%s) to %s: restore to a time before %s, or from a set taken after the gap",
+				set.Source.Database, vault.LSNString(prev.End), prev.Until.Format(time.RFC3339), vault.LSNString(idx.Start), prev.Until.Format(time.RFC3339))
+		}
+		rp.Segments = append(rp.Segments, idx)
+		prev = idx
+		if to != 0 && idx.End >= to || to == 0 && !idx.Until.Before(at) {
+			break
+		}
+	}
+	if to != 0 {
+		if prev == nil || prev.End < to {
+			return nil, tenantvault.Inputf("the change log of %s does not reach %s", set.Source.Database, vault.LSNString(to))
+		}
+		return rp, checkShapes(rp, set, at)
+	}
+	if prev != nil && prev.Until.Before(at) {
+		// An idle source: the head may say the log reaches further.
+		if h, err := v.ReadHead(ctx, stream); err != nil {
+			return nil, err
+		} else if h != nil && h.Epoch == prev.Epoch && h.End == prev.End && h.Until.After(prev.Until) {
+			last := *prev
+			last.Until = h.Until
+			rp.Segments[len(rp.Segments)-1] = &last
+			prev = &last
+		}
+	}
+	if prev == nil || prev.Until.Before(at) {
+		until := set.ConsistentAt
+		if prev != nil {
+			until = prev.Until
+		}
+		return nil, tenantvault.Inputf("changes of %s are archived up to %s; --at %s is later (wait for the capture to catch up, or choose an earlier time)",
+			set.Source.Database, until.UTC().Format(time.RFC3339), at.UTC().Format(time.RFC3339))
+	}
+	return rp, checkShapes(rp, set, at)
+}
+
+// checkShapes refuses a replay across a change of a table's shape: a
+// column added, dropped or retyped cannot be replayed safely.
+func checkShapes(rp *Replay, set *manifest.Manifest, at time.Time) error {
+	for _, idx := range rp.Segments {
+		for _, rel := range idx.Relations {
+			t := findTable(set, rel.Schema, rel.Name)
+			if t == nil {
+				continue
+			}
+			if p := shapeChange(t, rel); p != "" {
+				return tenantvault.WithHint(fmt.Sprintf("table %s changed between snapshot set %s and %s: %s", t.QualifiedName(), set.ID, at.UTC().Format(time.RFC3339), p),
+					"restore to a time before the schema change, or from a set taken after it")
+			}
+		}
+	}
+	return nil
+}
+
+func findTable(set *manifest.Manifest, schema, name string) *manifest.Table {
+	for i := range set.Tables {
+		t := &set.Tables[i]
+		if t.Schema == schema && t.Name == name && t.Kind == manifest.TableScoped {
+			return t
+		}
+	}
+	return nil
+}
+
+// shapeChange compares a table's columns in a set with a relation of the
+// change log (which, like the set's chunks, leaves generated columns out).
+func shapeChange(t *manifest.Table, rel vault.Relation) string {
+	cols := tenancy.Exported(t)
+	var diffs []string
+	if len(cols) != len(rel.Columns) {
+		diffs = append(diffs, fmt.Sprintf("%d columns in the set, %d in the change log", len(cols), len(rel.Columns)))
+	}
+	for i := range min(len(cols), len(rel.Columns)) {
+		if cols[i].Name != rel.Columns[i] || cols[i].Type != rel.Types[i] {
+			diffs = append(diffs, fmt.Sprintf("column %d is %s %s in the set, %s %s in the change log", i+1, cols[i].Name, cols[i].Type, rel.Columns[i], rel.Types[i]))
+		}
+	}
+	return strings.Join(diffs, "; ")
+}
+
+// replay applies a tenant's changes inside its restore transaction, in
+// commit order, sending them in pipelined batches: one round trip per
+// batch, not per change. Changes archived as shared (their tenant was
+// unknown when captured) are applied only when they touch this tenant's
+// rows, which the transaction holds exactly as they were at that point of
+// the log; the batch is flushed before each such decision.
+func (r *runner) replay(ctx context.Context, conn *pgx.Conn, set *manifest.Manifest, it *Item) (replayStats, error) {
+	st := replayStats{delta: map[*manifest.Table]int64{}, truncated: map[*manifest.Table]bool{}}
+	rp := it.Replay
+	mine := map[string]*manifest.Table{}
+	for _, ti := range tenancy.TablesOf(set.Tables, it.Tenant) {
+		t := &set.Tables[ti]
+		mine[t.Schema+"\x00"+t.Name] = t
+	}
+	b := &batch{conn: conn, st: &st}
+	for _, idx := range rp.Segments {
+		rels := map[uint32]*vault.Relation{}
+		for i := range idx.Relations {
+			rels[idx.Relations[i].OID] = &idx.Relations[i]
+		}
+		changes, err := r.o.Vault.ReadChanges(ctx, idx, it.Tenant)
+		if err != nil {
+			return st, err
+		}
+		for _, ch := range changes {
+			if ch.LSN < rp.From || rp.To == 0 && ch.Time.After(rp.At) || rp.To != 0 && ch.LSN >= rp.To {
+				continue
+			}
+			if err := b.apply(ctx, ch, rels, mine, it.Tenant); err != nil {
+				return st, err
+			}
+		}
+	}
+	return st, b.flush(ctx)
+}
+
+// errDiverged means the target did not hold the row a change expects: the
+// log and the base do not fit together.
+var errDiverged = errors.New("the change does not match the tenant's rows")
+
+// batch queues statements of a replay and runs them in one pipeline.
+type batch struct {
+	conn    *pgx.Conn
+	st      *replayStats
+	pending []stmt
+}
+
+type stmt struct {
+	sql   string
+	args  [][]byte
+	t     *manifest.Table
+	op    byte
+	where string // for errors: which change
+}
+
+const batchSize = 1000
+
+func (b *batch) apply(ctx context.Context, ch vault.TenantChange, rels map[uint32]*vault.Relation, mine map[string]*manifest.Table, tenant string) error {
+	where := fmt.Sprintf("change at %s (%s)", vault.LSNString(ch.LSN), ch.Time.Format(time.RFC3339Nano))
+	if ch.Op == vault.OpTruncate {
+		if err := b.flush(ctx); err != nil {
+			return err
+		}
+		for _, oid := range ch.Rels {
+			rel := rels[oid]
+			if rel == nil {
+				continue
+			}
+			if t := mine[rel.Schema+"\x00"+rel.Name]; t != nil {
+				if _, err := b.conn.Exec(ctx, tenancy.DeleteSQL(t), tenant); err != nil {
+					return fmt.Errorf("replay %s: %w", where, err)
+				}
+				b.st.truncated[t], b.st.delta[t] = true, 0
+				b.st.applied++
+			}
+		}
+		return nil
+	}
+	rel := rels[ch.Rel]
+	if rel == nil {
+		return tenantvault.Integrityf("replay %s: it refers to relation %d the segment does not describe", where, ch.Rel)
+	}
+	t := mine[rel.Schema+"\x00"+rel.Name]
+	if t == nil {
+		b.st.skipped++
+		return nil
+	}
+	if ch.Shared {
+		if err := b.flush(ctx); err != nil {
+			return err
+		}
+		ok, err := belongs(ctx, b.conn, t, rel, ch.Change, tenant)
+		if err != nil {
+			return fmt.Errorf("replay %s: %w", where, err)
+		}
+		if !ok {
+			b.st.skipped++
+			return nil
+		}
+	}
+	s, err := statement(t, rel, ch.Change)
+	if err != nil {
+		return fmt.Errorf("replay %s: %w", where, err)
+	}
+	s.where = where
+	b.pending = append(b.pending, s)
+	if len(b.pending) >= batchSize {
+		return b.flush(ctx)
+	}
+	return nil
+}
+
+// flush runs the queued statements; each must touch exactly one row.
+func (b *batch) flush(ctx context.Context) error {
+	if len(b.pending) == 0 {
+		return nil
+	}
+	p := b.conn.PgConn().StartPipeline(ctx)
+	for _, s := range b.pending {
+		p.SendQueryParams(s.sql, s.args, nil, nil, nil)
+	}
+	p.SendPipelineSync()
+	if err := p.Flush(); err != nil {
+		p.Close()
+		return err
+	}
+	var first error
+	for _, s := range b.pending {
+		res, err := p.GetResults()
+		if err == nil {
+			rr, ok := res.(*pgconn.ResultReader)
+			if !ok {
+				err = fmt.Errorf("unexpected pipeline result %T", res)
+			} else {
+				var tag pgconn.CommandTag
+				tag, err = rr.Close()
+				if err == nil && tag.RowsAffected() != 1 {
+					err = tenantvault.Integrityf("%s of %s affected %d rows: %v", opName(s.op), s.t.QualifiedName(), tag.RowsAffected(), errDiverged)
+				}
+			}
+		}
+		if err != nil {
+			if first == nil {
+				first = fmt.Errorf("replay %s: %w", s.where, err)
+			}
+			continue
+		}
+		b.st.applied++
+		switch s.op {
+		case vault.OpInsert:
+			b.st.delta[s.t]++
+		case vault.OpDelete:
+			b.st.delta[s.t]--
+		}
+	}
+	if _, err := p.GetResults(); err != nil && first == nil {
+		first = err
+	}
+	if err := p.Close(); err != nil && first == nil {
+		first = err
+	}
+	b.pending = b.pending[:0]
+	return first
+}
+
+// statement renders the SQL that applies one change.
+func statement(t *manifest.Table, rel *vault.Relation, ch *vault.Change) (stmt, error) {
+	s := stmt{t: t, op: ch.Op}
+	switch ch.Op {
+	case vault.OpInsert:
+		var cols, ph []string
+		for i, v := range ch.New {
+			if v.Kind != vault.ValueText && v.Kind != vault.ValueNull {
+				continue
+			}
+			cols = append(cols, tenancy.Ident(rel.Columns[i]))
+			s.args = append(s.args, valueArg(v))
+			ph = append(ph, fmt.Sprintf("$%d", len(s.args)))
+		}
+		// The row keeps its identity value, as COPY does.
+		s.sql = fmt.Sprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE VALUES (%s)", tenancy.Ident(t.Schema, t.Name), strings.Join(cols, ", "), strings.Join(ph, ", "))
+	case vault.OpUpdate:
+		always := map[string]bool{}
+		for _, c := range t.Columns {
+			always[c.Name] = c.Identity == "always"
+		}
+		var sets []string
+		for i, v := range ch.New {
+			// An identity column that is always generated can only be
+			// set to DEFAULT, so an UPDATE never changes it.
+			if v.Kind != vault.ValueText && v.Kind != vault.ValueNull || always[rel.Columns[i]] {
+				continue
+			}
+			s.args = append(s.args, valueArg(v))
+			sets = append(sets, fmt.Sprintf("%s = $%d", tenancy.Ident(rel.Columns[i]), len(s.args)))
+		}
+		where, wargs, err := rowMatch(t, rel, ch, len(s.args))
+		if err != nil {
+			return s, err
+		}
+		s.args = append(s.args, wargs...)
+		s.sql = fmt.Sprintf("UPDATE %s SET %s WHERE %s", tenancy.Ident(t.Schema, t.Name), strings.Join(sets, ", "), where)
+	case vault.OpDelete:
+		where, wargs, err := rowMatch(t, rel, ch, 0)
+		if err != nil {
+			return s, err
+		}
+		s.args = wargs
+		s.sql = fmt.Sprintf("DELETE FROM %s WHERE %s", tenancy.Ident(t.Schema, t.Name), where)
+	default:
+		return s, tenantvault.Integrityf("unknown change operation %q", ch.Op)
+	}
+	return s, nil
+}
+
+func opName(op byte) string {
+	switch op {
+	case vault.OpInsert:
+		return "insert"
+	case vault.OpUpdate:
+		return "update"
+	case vault.OpDelete:
+		return "delete"
+	}
+	return "truncate"
+}
+
+func valueArg(v vault.Value) []byte {
+	if v.Kind == vault.ValueNull {
+		return nil
+	}
+	if v.Data == nil {
+		return []byte{}
+	}
+	return v.Data
+}
+
+// rowMatch renders the WHERE clause that finds the row a change updates or
+// deletes: by primary key (from the old key tuple, else the new row), or,
+// for a table without one, by every column of the full old row, one row.
+func rowMatch(t *manifest.Table, rel *vault.Relation, ch *vault.Change, argBase int) (string, [][]byte, error) {
+	pos := map[string]int{}
+	for i, c := range rel.Columns {
+		pos[c] = i
+	}
+	var conds []string
+	var args [][]byte
+	if len(t.Key) > 0 {
+		for _, k := range t.Key {
+			p, ok := pos[k]
+			if !ok {
+				return "", nil, tenantvault.Integrityf("key column %s of %s is not in the change log", k, t.QualifiedName())
+			}
+			v, ok := keyValue(ch, p)
+			if !ok {
+				return "", nil, tenantvault.Integrityf("the change to %s does not carry its key column %s", t.QualifiedName(), k)
+			}
+			args = append(args, valueArg(v))
+			conds = append(conds, fmt.Sprintf("%s = $%d", tenancy.Ident(k), argBase+len(args)))
+		}
+		return strings.Join(conds, " AND "), args, nil
+	}
+	if ch.Old == nil {
+		return "", nil, tenantvault.Integrityf("a change to %s (no primary key) lacks its old row: set REPLICA IDENTITY FULL", t.QualifiedName())
+	}
+	for i, v := range ch.Old {
+		if v.Kind != vault.ValueText && v.Kind != vault.ValueNull {
+			continue
+		}
+		args = append(args, valueArg(v))
+		conds = append(conds, fmt.Sprintf("%s::text IS NOT DISTINCT FROM $%d::text", tenancy.Ident(rel.Columns[i]), argBase+len(args)))
+	}
+	name := tenancy.Ident(t.Schema, t.Name)
+	return fmt.Sprintf("(tableoid, ctid) = (SELECT tableoid, ctid FROM %s WHERE %s LIMIT 1)", name, strings.Join(conds, " AND ")), args, nil
+}
+
+// keyValue reads a key column from the old key tuple, else the new row.
+func keyValue(ch *vault.Change, p int) (vault.Value, bool) {
+	for _, t := range [][]vault.Value{ch.Old, ch.New} {
+		if p < len(t) && (t[p].Kind == vault.ValueText || t[p].Kind == vault.ValueNull) {
+			return t[p], true
+		}
+	}
+	return vault.Value{}, false
+}
+
+// belongs decides whether a shared change touches the tenant: an insert
+// whose referenced row is the tenant's, or an update or delete of a row the
+// tenant holds.
+func belongs(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vault.Relation, ch *vault.Change, tenant string) (bool, error) {
+	pos := map[string]int{}
+	for i, c := range rel.Columns {
+		pos[c] = i
+	}
+	var lookup *manifest.Table
+	var cols []string
+	var tuple []vault.Value
+	if ch.Op == vault.OpInsert && t.Scope != nil && len(t.Scope.Hops) > 0 {
+		lookup, cols, tuple = tenancy.ParentScope(t), t.Scope.Hops[0].RefCols, ch.New
+		var vals [][]byte
+		for _, c := range t.Scope.Hops[0].Columns {
+			v, ok := valueAt(tuple, pos[c])
+			if !ok {
+				return false, nil
+			}
+			vals = append(vals, v.Data)
+		}
+		return tenantIs(ctx, conn, lookup, cols, vals, tenant)
+	}
+	if len(t.Key) == 0 {
+		return false, tenantvault.Integrityf("cannot attribute a change to %s: no primary key", t.QualifiedName())
+	}
+	var vals [][]byte
+	for _, k := range t.Key {
+		v, ok := keyValue(ch, pos[k])
+		if !ok || v.Kind != vault.ValueText {
+			return false, nil
+		}
+		vals = append(vals, v.Data)
+	}
+	return tenantIs(ctx, conn, t, t.Key, vals, tenant)
+}
+
+func valueAt(t []vault.Value, i int) (vault.Value, bool) {
+	if i < 0 || i >= len(t) {
+		return vault.Value{}, false
+	}
+	return t[i], t[i].Kind == vault.ValueText
+}
+
+func tenantIs(ctx context.Context, conn *pgx.Conn, t *manifest.Table, cols []string, vals [][]byte, tenant string) (bool, error) {
+	res := conn.PgConn().ExecParams(ctx, tenancy.TenantByKeySQL(t, cols), vals, nil, nil, nil).Read()
+	if res.Err != nil {
+		return false, res.Err
+	}
+	return len(res.Rows) > 0 && res.Rows[0][0] != nil && string(res.Rows[0][0]) == tenant, nil
+}
+
+// checkCounts compares each table's rows after a replay with what the base
+// and the applied changes add up to: nothing but the replay touched them.
+func checkCounts(ctx context.Context, conn *pgx.Conn, set *manifest.Manifest, it *Item, st replayStats) (int64, error) {
+	base := map[int]int64{}
+	for _, c := range it.T.Chunks {
+		base[c.Table] = c.Rows
+	}
+	var total int64
+	for _, ti := range tenancy.TablesOf(set.Tables, it.Tenant) {
+		t := &set.Tables[ti]
+		want := base[ti] + st.delta[t]
+		if st.truncated[t] {
+			want = st.delta[t]
+		}
+		var got int64
+		if err := conn.QueryRow(ctx, tenancy.CountSQL(t), it.Tenant).Scan(&got); err != nil {
+			return 0, err
+		}
+		if got != want {
+			return 0, tenantvault.Integrityf("%s holds %d rows of the tenant after replay, the set and the change log add up to %d", t.QualifiedName(), got, want)
+		}
+		total += got
+	}
+	return total, nil
+}
