@@ -11,6 +11,7 @@ import (
 	"github.com/tenantvault/tenantvault/capture"
 	"github.com/tenantvault/tenantvault/internal/fixture"
 	"github.com/tenantvault/tenantvault/internal/testenv"
+	"github.com/tenantvault/tenantvault/repo"
 	"github.com/tenantvault/tenantvault/restore"
 	"github.com/tenantvault/tenantvault/snapshot"
 	"github.com/tenantvault/tenantvault/tenancy"
@@ -177,5 +178,116 @@ DELETE FROM events WHERE tenant_id = 'acme' AND id = 1`)
 	var ie *tenantvault.InputError
 	if !errors.As(err, &ie) || !strings.Contains(err.Error(), "are archived up to") {
 		t.Fatalf("restore to the future: %v", err)
+	}
+}
+
+// TestPointInTimeEncrypted: with an encrypted repository the change log is
+// encrypted too. The capture holds only the recipient and a signing key,
+// no stored object holds a value written to the source, and restore --at
+// needs the identity.
+func TestPointInTimeEncrypted(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	db := testenv.NewDatabase(t)
+	fixture.Create(t, db)
+	idText, signText, _, _, err := vault.NewKeyPair("2026-01-01T00:00:00Z")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, err := vault.ParseKeyFile(strings.NewReader(idText))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writer, err := vault.ParseKeyFile(strings.NewReader(signText))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := repo.Open(ctx, testenv.NewS3Repo(t), repo.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	w, err := vault.Open(ctx, b, vault.Options{Init: true, Keys: writer})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- capture.Run(cctx, capture.Options{Source: db, Vault: w, SetReplicaIdentity: true, FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond})
+	}()
+	stopCapture := func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("capture: %v", err)
+		}
+		if err := capture.DropSlot(context.Background(), db, ""); err != nil {
+			t.Errorf("drop slot: %v", err)
+		}
+	}
+	for {
+		var n int
+		testenv.Connect(t, db).QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%'").Scan(&n)
+		if n > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("capture stopped: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: w, ExactLSN: true}); err != nil {
+		stopCapture()
+		t.Fatal(err)
+	}
+	const marker = "PITR-PLAINTEXT-MARKER-41c9"
+	testenv.Exec(t, db, `UPDATE projects SET name = '`+marker+`' WHERE tenant_id = 'acme'`)
+	time.Sleep(20 * time.Millisecond)
+	conn := testenv.Connect(t, db)
+	want, err := fixture.Read(ctx, conn, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := serverNow(t, ctx, db)
+	waitArchived(t, ctx, w, db)
+	stopCapture()
+
+	var segments int
+	err = b.List(ctx, "", func(o repo.ObjectInfo) error {
+		data, err := repo.ReadAll(ctx, b, o.Key)
+		if err != nil {
+			return err
+		}
+		if strings.HasPrefix(o.Key, vault.ChangesPrefix) && strings.HasSuffix(o.Key, ".seg") {
+			segments++
+		}
+		if strings.Contains(string(data), marker) {
+			t.Errorf("%s holds the plaintext marker", o.Key)
+		}
+		return nil
+	})
+	if err != nil || segments == 0 {
+		t.Fatalf("listing: %d segments, %v", segments, err)
+	}
+
+	testenv.Exec(t, db, `DELETE FROM events WHERE tenant_id = 'acme'; DELETE FROM tenants WHERE id = 'acme'`)
+	_, err = restore.Run(ctx, restore.Options{Vault: w, Target: db, Tenants: []string{"acme"}, Select: restore.Selector{At: at}})
+	if !errors.Is(err, vault.ErrNoIdentity) {
+		t.Fatalf("restore without the identity: %v", err)
+	}
+	r, err := vault.Open(ctx, b, vault.Options{Keys: reader})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restore.Run(ctx, restore.Options{Vault: r, Target: db, Tenants: []string{"acme"}, Select: restore.Selector{At: at}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fixture.Read(ctx, conn, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := fixture.Diff(want, got); d != "" {
+		t.Fatalf("tenant differs from its state at %s:\n%s", at.Format(time.RFC3339Nano), d)
 	}
 }

@@ -250,6 +250,38 @@ func testBitFlips(t *testing.T, encrypted bool) {
 		testenv.Report(t, "bit flips in the schema archive: %s", st)
 	})
 
+	t.Run("change segment", func(t *testing.T) {
+		var st flipStats
+		wantIdx := writeTestSegment(t, w, 0x100, 0x200, "segment payload")
+		ref := vault.SegmentRef{Stream: wantIdx.Stream, Start: wantIdx.Start, End: wantIdx.End}
+		wantChanges, err := good.ReadChanges(ctx, mustSegmentIndex(t, good, ref), "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		read := func() error {
+			v, err := open()
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			idx, err := v.ReadSegmentIndex(ctx, ref)
+			if err != nil {
+				return err
+			}
+			got, err := v.ReadChanges(ctx, idx, "acme")
+			if err != nil {
+				return err
+			}
+			if idx.Until != wantIdx.Until || idx.End != wantIdx.End || !reflect.DeepEqual(got, wantChanges) {
+				t.Fatal("change segment read back differs")
+			}
+			return nil
+		}
+		idxKey := strings.TrimSuffix(wantIdx.Key(), ".seg") + ".idx"
+		flip(t, &st, idxKey, every(size(idxKey), 1), read)
+		flip(t, &st, wantIdx.Key(), every(size(wantIdx.Key()), 1), read)
+		testenv.Report(t, "bit flips in change segments: %s", st)
+	})
+
 	t.Run("missing and truncated objects", func(t *testing.T) {
 		for _, key := range []string{vault.ManifestKey(set.ID), wantManifest.Packs[0], wantManifest.Schemas[0].Key} {
 			path := filepath.Join(dir, filepath.FromSlash(key))
@@ -276,6 +308,15 @@ func testBitFlips(t *testing.T, encrypted bool) {
 			os.WriteFile(path, orig, 0o600)
 		}
 	})
+}
+
+func mustSegmentIndex(t *testing.T, v *vault.Vault, ref vault.SegmentRef) *vault.SegmentIndex {
+	t.Helper()
+	idx, err := v.ReadSegmentIndex(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idx
 }
 
 func chunksOf(m *manifest.Manifest) []manifest.Chunk {

@@ -3,7 +3,7 @@ package vault
 // Fuzz tests of every decoder of repository data in this package: the
 // repository config, sealed objects, sealed manifests (framing, signature
 // and header), chunks (plaintext and sealed, through OpenChunk over a file
-// backend), key files, and change records. `go test` runs the seeds;
+// backend), key files, change records and change segment indexes. `go test` runs the seeds;
 // `go test -fuzz FuzzX ./vault/` explores.
 
 import (
@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -22,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/tenantvault/tenantvault"
@@ -183,15 +183,7 @@ func FuzzSealedHeader(f *testing.F) {
 	f.Add(raw, []byte{})
 	f.Add([]byte("not zstd"), []byte{})
 	f.Fuzz(func(t *testing.T, hdr, body []byte) {
-		var out bytes.Buffer
-		out.WriteString(sealedMagic)
-		out.Write(fuzzSigner.pub())
-		out.Write(binary.AppendUvarint(nil, uint64(len(hdr))))
-		out.Write(hdr)
-		out.Write(binary.AppendUvarint(nil, uint64(len(body))))
-		out.Write(body)
-		out.Write(ed25519.Sign(fuzzSigner.priv, signedMessage(out.Bytes())))
-		x, gotBody, err := decodeSealed(out.Bytes(), func(ed25519.PublicKey) signerVerdict { return signerPinned })
+		x, gotBody, err := decodeSealed(signFrames(sealedMagic, signatureContext, fuzzSigner, hdr, body), func(ed25519.PublicKey) signerVerdict { return signerPinned })
 		if err != nil {
 			if !errors.Is(err, tenantvault.ErrIntegrity) {
 				t.Fatalf("not an integrity error: %v", err)
@@ -337,6 +329,54 @@ func FuzzChangeReader(f *testing.F) {
 			if _, err := cr.Next(); err != nil {
 				return
 			}
+		}
+	})
+}
+
+// FuzzSegmentIndex feeds change segment indexes to both readers: the
+// plaintext one (zstd JSON) and the sealed one, with the framing and the
+// signature made valid so the header and the body behind them are explored.
+func FuzzSegmentIndex(f *testing.F) {
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		f.Fatal(err)
+	}
+	v := &Vault{keys: &Keys{Identities: []age.Identity{id}, Signing: []*SigningKey{fuzzSigner}}}
+	idx := SegmentIndex{Version: 1, Stream: "s", Epoch: "e", Start: 1, End: 2, Records: 1, Size: 10,
+		Relations: []Relation{{OID: 1, Name: "t", Columns: []string{"a"}, Types: []string{"int"}}},
+		Streams:   []SegmentStream{{Tenant: "acme", Length: 10, Records: 1, SHA256: strings.Repeat("0", 64)}}}
+	raw, _ := compressJSON(&idx)
+	f.Add(raw, []byte{}, []byte{})
+	wrapped, _ := wrapKey(fuzzKey, []age.Recipient{id.Recipient()})
+	seal := &segmentSeal{dk: fuzzKey, wrapped: wrapped, signer: fuzzSigner}
+	sealed, err := seal.sealIndex(&idx, raw)
+	if err != nil {
+		f.Fatal(err)
+	}
+	_, hdr, body, err := openFrames(sealed, segmentMagic, segmentSignatureContext)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte{}, hdr, body)
+	f.Add([]byte("not zstd"), []byte("not zstd"), []byte{CodecSealed})
+	f.Fuzz(func(t *testing.T, plain, hdr, body []byte) {
+		var got SegmentIndex
+		if err := decodeSegmentIndex("k", plain, &got); err != nil {
+			var ie *tenantvault.InputError
+			if !errors.Is(err, tenantvault.ErrIntegrity) && !errors.As(err, &ie) {
+				t.Fatalf("plaintext: not an integrity error: %v", err)
+			}
+		}
+		x, err := v.openSegmentIndex("k", signFrames(segmentMagic, segmentSignatureContext, fuzzSigner, hdr, body))
+		if err != nil {
+			var ie *tenantvault.InputError
+			if !errors.Is(err, tenantvault.ErrIntegrity) && !errors.As(err, &ie) {
+				t.Fatalf("sealed: not an integrity error: %v", err)
+			}
+			return
+		}
+		if !x.Opened() {
+			t.Fatal("accepted with an identity but not opened")
 		}
 	})
 }

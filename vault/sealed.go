@@ -170,26 +170,56 @@ const (
 	maxHeader        = 1 << 30
 )
 
-func signedMessage(data []byte) []byte {
-	return append([]byte(signatureContext), data...)
-}
-
 // encodeSealed assembles and signs a sealed manifest.
 func encodeSealed(x *SetIndex, body []byte, sk *SigningKey) ([]byte, error) {
 	hdr, err := compressJSON(x)
 	if err != nil {
 		return nil, err
 	}
+	return signFrames(sealedMagic, signatureContext, sk, hdr, body), nil
+}
+
+// signFrames assembles magic | signer public key | header frame | body
+// frame and appends an Ed25519 signature over context and all of it.
+func signFrames(magic, context string, sk *SigningKey, hdr, body []byte) []byte {
 	var out bytes.Buffer
-	out.WriteString(sealedMagic)
+	out.WriteString(magic)
 	out.Write(sk.pub())
 	out.Write(binary.AppendUvarint(nil, uint64(len(hdr))))
 	out.Write(hdr)
 	out.Write(binary.AppendUvarint(nil, uint64(len(body))))
 	out.Write(body)
-	sig := ed25519.Sign(sk.priv, signedMessage(out.Bytes()))
+	sig := ed25519.Sign(sk.priv, append([]byte(context), out.Bytes()...))
 	out.Write(sig)
-	return out.Bytes(), nil
+	return out.Bytes()
+}
+
+// openFrames checks the framing and the signature of what signFrames
+// wrote, before anything in it is decoded.
+func openFrames(data []byte, magic, context string) (pub ed25519.PublicKey, hdr, body []byte, err error) {
+	rest, ok := bytes.CutPrefix(data, []byte(magic))
+	if !ok {
+		return nil, nil, nil, errors.New("not a sealed object of this kind")
+	}
+	if len(rest) < ed25519.PublicKeySize+ed25519.SignatureSize {
+		return nil, nil, nil, errors.New("truncated")
+	}
+	pub = ed25519.PublicKey(rest[:ed25519.PublicKeySize])
+	signed, sig := data[:len(data)-ed25519.SignatureSize], data[len(data)-ed25519.SignatureSize:]
+	if !ed25519.Verify(pub, append([]byte(context), signed...), sig) {
+		return nil, nil, nil, errors.New("the signature does not verify: it was damaged, altered or forged")
+	}
+	rest = rest[ed25519.PublicKeySize : len(rest)-ed25519.SignatureSize]
+	if hdr, rest, err = cutFrame(rest); err != nil {
+		return nil, nil, nil, fmt.Errorf("header: %v", err)
+	}
+	if body, rest, err = cutFrame(rest); err != nil {
+		return nil, nil, nil, fmt.Errorf("body: %v", err)
+	}
+	if len(rest) != 0 {
+		return nil, nil, nil, fmt.Errorf("%d stray bytes", len(rest))
+	}
+	return pub, hdr, body, nil
 }
 
 // IsSealedManifest reports whether data starts like a sealed manifest.
@@ -204,29 +234,9 @@ func decodeSealed(data []byte, verdict func(ed25519.PublicKey) signerVerdict) (*
 	bad := func(format string, args ...any) error {
 		return tenantvault.Integrityf("sealed manifest: "+format, args...)
 	}
-	rest, ok := bytes.CutPrefix(data, []byte(sealedMagic))
-	if !ok {
-		return nil, nil, bad("not a sealed manifest")
-	}
-	if len(rest) < ed25519.PublicKeySize+ed25519.SignatureSize {
-		return nil, nil, bad("truncated")
-	}
-	pub := ed25519.PublicKey(rest[:ed25519.PublicKeySize])
-	signed, sig := data[:len(data)-ed25519.SignatureSize], data[len(data)-ed25519.SignatureSize:]
-	if !ed25519.Verify(pub, signedMessage(signed), sig) {
-		return nil, nil, bad("the signature does not verify: the manifest was damaged, altered or forged")
-	}
-	rest = rest[ed25519.PublicKeySize : len(rest)-ed25519.SignatureSize]
-	hdr, rest, err := cutFrame(rest)
+	pub, hdr, body, err := openFrames(data, sealedMagic, signatureContext)
 	if err != nil {
-		return nil, nil, bad("header: %v", err)
-	}
-	body, rest, err := cutFrame(rest)
-	if err != nil {
-		return nil, nil, bad("body: %v", err)
-	}
-	if len(rest) != 0 {
-		return nil, nil, bad("%d stray bytes", len(rest))
+		return nil, nil, bad("%v", err)
 	}
 	x := &SetIndex{}
 	if err := decompressJSON(hdr, maxHeader, x); err != nil {

@@ -99,13 +99,25 @@ type SegmentIndex struct {
 	End   uint64 `json:"end"`
 	// Until is the source's clock when End was reached: every transaction
 	// committed before it is in this segment or an earlier one.
-	Until     time.Time       `json:"until"`
-	First     time.Time       `json:"first,omitempty"`
-	Last      time.Time       `json:"last,omitempty"`
-	Records   int             `json:"records"`
+	Until   time.Time `json:"until"`
+	First   time.Time `json:"first,omitempty"`
+	Last    time.Time `json:"last,omitempty"`
+	Records int       `json:"records"`
+	// Size is the length of the data object (0: none was written).
+	Size      int64           `json:"size,omitempty"`
 	Relations []Relation      `json:"relations"`
 	Streams   []SegmentStream `json:"streams"`
+
+	// In an encrypted repository: the segment's data key, once unwrapped;
+	// without it only the signed header was read (no relations, no
+	// streams).
+	dataKey []byte
+	sealed  bool
 }
+
+// Opened reports whether the segment's records can be read: it is
+// plaintext, or it is sealed and its data key was unwrapped.
+func (s *SegmentIndex) Opened() bool { return !s.sealed || s.dataKey != nil }
 
 // Key returns the key of the segment's data object.
 func (s *SegmentIndex) Key() string { return segmentKey(s.Stream, s.Start, s.End, ".seg") }
@@ -363,16 +375,29 @@ func (v *Vault) WriteSegment(ctx context.Context, b *SegmentBuilder, end uint64,
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	var sk *segmentSeal
+	if v.cfg.Encrypted() {
+		var err error
+		if sk, err = v.newSegmentSeal(); err != nil {
+			return nil, err
+		}
+		defer clear(sk.dk)
+	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		return nil, err
 	}
 	defer enc.Close()
-	var data []byte
+	var data, frame []byte
 	for _, k := range keys {
 		start := len(data)
-		data = append(data, CodecZstd)
-		data = enc.EncodeAll(b.frames[k].Bytes(), data)
+		frame = enc.EncodeAll(b.frames[k].Bytes(), append(frame[:0], CodecZstd))
+		if sk != nil {
+			if frame, err = sealBytes(sk.dk, frame); err != nil {
+				return nil, err
+			}
+		}
+		data = append(data, frame...)
 		sum := sha256.Sum256(data[start:])
 		s := SegmentStream{Tenant: k, Offset: int64(start), Length: int64(len(data) - start), Records: b.counts[k], SHA256: hex.EncodeToString(sum[:])}
 		if k == sharedKey {
@@ -380,6 +405,7 @@ func (v *Vault) WriteSegment(ctx context.Context, b *SegmentBuilder, end uint64,
 		}
 		idx.Streams = append(idx.Streams, s)
 	}
+	idx.Size = int64(len(data))
 	if len(data) > 0 {
 		if err := v.b.Put(ctx, idx.Key(), bytes.NewReader(data), int64(len(data))); err != nil {
 			return nil, fmt.Errorf("write change segment: %w", err)
@@ -390,6 +416,11 @@ func (v *Vault) WriteSegment(ctx context.Context, b *SegmentBuilder, end uint64,
 		return nil, err
 	}
 	packed := enc.EncodeAll(raw, nil)
+	if sk != nil {
+		if packed, err = sk.sealIndex(&idx, packed); err != nil {
+			return nil, err
+		}
+	}
 	if err := v.b.Put(ctx, segmentKey(idx.Stream, idx.Start, idx.End, ".idx"), bytes.NewReader(packed), int64(len(packed))); err != nil {
 		return nil, fmt.Errorf("write change segment index: %w", err)
 	}
@@ -446,21 +477,22 @@ func (v *Vault) ReadSegmentIndex(ctx context.Context, ref SegmentRef) (*SegmentI
 	if err != nil {
 		return nil, err
 	}
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(256<<20))
-	if err != nil {
-		return nil, err
-	}
-	defer dec.Close()
-	raw, err := dec.DecodeAll(data, nil)
-	if err != nil {
-		return nil, tenantvault.Integrityf("change segment index %s is damaged: %v", key, err)
+	if v.cfg.Encrypted() || isSealedSegmentIndex(data) {
+		if !v.cfg.Encrypted() {
+			return nil, tenantvault.Integrityf("change segment index %s is encrypted, but the repository is not", key)
+		}
+		idx, err := v.openSegmentIndex(key, data)
+		if err != nil {
+			return nil, err
+		}
+		if idx.Stream != ref.Stream || idx.Start != ref.Start || idx.End != ref.End {
+			return nil, tenantvault.Integrityf("change segment index %s describes another segment", key)
+		}
+		return idx, nil
 	}
 	var idx SegmentIndex
-	if err := json.Unmarshal(raw, &idx); err != nil {
-		return nil, tenantvault.Integrityf("change segment index %s is damaged: %v", key, err)
-	}
-	if idx.Version > SegmentVersion {
-		return nil, tenantvault.Inputf("change segment %s uses format %d, %s (this one reads up to %d)", key, idx.Version, "written by a newer tenantvault", SegmentVersion)
+	if err := decodeSegmentIndex(key, data, &idx); err != nil {
+		return nil, err
 	}
 	if idx.Stream != ref.Stream || idx.Start != ref.Start || idx.End != ref.End {
 		return nil, tenantvault.Integrityf("change segment index %s describes another segment", key)
@@ -468,10 +500,33 @@ func (v *Vault) ReadSegmentIndex(ctx context.Context, ref SegmentRef) (*SegmentI
 	return &idx, nil
 }
 
+// decodeSegmentIndex inflates and checks a segment index's zstd JSON.
+func decodeSegmentIndex(key string, data []byte, idx *SegmentIndex) error {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(256<<20))
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	raw, err := dec.DecodeAll(data, nil)
+	if err != nil {
+		return tenantvault.Integrityf("change segment index %s is damaged: %v", key, err)
+	}
+	if err := json.Unmarshal(raw, idx); err != nil {
+		return tenantvault.Integrityf("change segment index %s is damaged: %v", key, err)
+	}
+	if idx.Version > SegmentVersion {
+		return tenantvault.Inputf("change segment %s uses format %d, %s (this one reads up to %d)", key, idx.Version, "written by a newer tenantvault", SegmentVersion)
+	}
+	return nil
+}
+
 // OpenSegmentStream reads one stream of a segment, checking its checksum
 // before the last record is returned (a damaged stream surfaces as an
 // error wrapping tenantvault.ErrIntegrity).
 func (v *Vault) OpenSegmentStream(ctx context.Context, idx *SegmentIndex, s SegmentStream) (*ChangeReader, io.Closer, error) {
+	if !idx.Opened() {
+		return nil, nil, errSegmentNeedsIdentity(idx.Key())
+	}
 	rc, err := v.b.Get(ctx, idx.Key(), s.Offset, s.Length)
 	if errors.Is(err, repo.ErrNotFound) {
 		return nil, nil, tenantvault.Integrityf("change segment %s is missing", idx.Key())
@@ -490,6 +545,11 @@ func (v *Vault) OpenSegmentStream(ctx context.Context, idx *SegmentIndex, s Segm
 	if int64(len(data)) != s.Length || hex.EncodeToString(sum[:]) != s.SHA256 {
 		return nil, nil, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the records of %q)", idx.Key(), s.Tenant)
 	}
+	if idx.sealed {
+		if data, err = openBytes(idx.dataKey, data, maxSegmentStream); err != nil {
+			return nil, nil, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
+		}
+	}
 	if len(data) == 0 || data[0] != CodecZstd {
 		return nil, nil, tenantvault.Integrityf("change segment %s: unknown codec", idx.Key())
 	}
@@ -505,6 +565,9 @@ func (v *Vault) OpenSegmentStream(ctx context.Context, idx *SegmentIndex, s Segm
 // ReadChanges returns the records of a segment for tenant (and the shared
 // records), in commit order, with shared ones marked.
 func (v *Vault) ReadChanges(ctx context.Context, idx *SegmentIndex, tenant string) ([]TenantChange, error) {
+	if !idx.Opened() {
+		return nil, errSegmentNeedsIdentity(idx.Key())
+	}
 	var out []TenantChange
 	for _, s := range idx.Streams {
 		if !s.Shared && s.Tenant != tenant {

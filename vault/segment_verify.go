@@ -63,7 +63,7 @@ func (v *Vault) VerifySegments(ctx context.Context, readData bool) (*SegmentChec
 				}
 			}
 			prev = idx
-			var size int64
+			size := idx.Size // what an encrypted segment's header says
 			for _, s := range idx.Streams {
 				size = max(size, s.Offset+s.Length)
 			}
@@ -80,7 +80,7 @@ func (v *Vault) VerifySegments(ctx context.Context, readData bool) (*SegmentChec
 					continue
 				}
 			}
-			if !readData {
+			if !readData || !idx.Opened() {
 				continue
 			}
 			for _, s := range idx.Streams {

@@ -44,6 +44,7 @@ source never fills its disk. --drop-slot removes the slot and exits.`,
 	}
 	fs := cmd.Flags()
 	o.repo.add(fs, true)
+	o.repo.keys.addWriter(fs)
 	fs.StringVar(&o.source, "source", "", "source database URL (the role needs REPLICATION; wal_level must be logical)")
 	fs.StringVar(&o.tenancy.Model, "tenancy", "", "tenancy model: column (default) or schema")
 	fs.StringVar(&o.tenancy.TenantColumn, "tenant-column", "", "tenant key column (default tenant_id)")
