@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"sort"
 	"time"
 
@@ -292,35 +291,36 @@ var ErrNewerVersion = fmt.Errorf("written by a newer tenantvault")
 // Decode parses what Encode produced. A damaged manifest gives an error
 // wrapping tenantvault.ErrIntegrity; a newer format gives an *InputError.
 func Decode(data []byte) (*Manifest, error) {
-	dec, err := zstd.NewReader(bytes.NewReader(data), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxManifest))
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxManifest))
 	if err != nil {
-		// The options are fixed: only the data (its frame header, which
-		// NewReader reads at once) can make this fail.
-		return nil, tenantvault.Integrityf("manifest is damaged: %v", err)
+		return nil, err // fixed options: cannot fail
 	}
 	defer dec.Close()
-	var probe struct {
-		Version int    `json:"version"`
-		ID      string `json:"id"`
-	}
-	raw, err := io.ReadAll(io.LimitReader(dec, maxManifest))
+	raw, err := dec.DecodeAll(data, nil)
 	if err != nil {
 		return nil, tenantvault.Integrityf("manifest is damaged: %v", err)
 	}
-	if err := json.Unmarshal(raw, &probe); err != nil {
-		return nil, tenantvault.Integrityf("manifest is damaged: %v", err)
-	}
-	if probe.Version > Version {
-		return nil, &tenantvault.InputError{
-			Msg:  fmt.Sprintf("snapshot set %s uses manifest format %d, %s (this one reads up to %d)", probe.ID, probe.Version, ErrNewerVersion, Version),
-			Hint: "upgrade tenantvault to read this repository",
-			Err:  ErrNewerVersion,
-		}
-	}
-	var m Manifest
+	// One pass over the JSON when it is what this build writes (a large
+	// set's manifest is megabytes, read by every restore); the version is
+	// probed only when that fails, so a newer format gets a clear error.
 	// Unknown fields are ignored on purpose: a field that older readers may
 	// skip does not bump Version; one they must understand does.
-	if err := json.Unmarshal(raw, &m); err != nil {
+	var m Manifest
+	if err := json.Unmarshal(raw, &m); err != nil || m.Version > Version {
+		var probe struct {
+			Version int    `json:"version"`
+			ID      string `json:"id"`
+		}
+		if perr := json.Unmarshal(raw, &probe); perr != nil {
+			return nil, tenantvault.Integrityf("manifest is damaged: %v", perr)
+		}
+		if probe.Version > Version {
+			return nil, &tenantvault.InputError{
+				Msg:  fmt.Sprintf("snapshot set %s uses manifest format %d, %s (this one reads up to %d)", probe.ID, probe.Version, ErrNewerVersion, Version),
+				Hint: "upgrade tenantvault to read this repository",
+				Err:  ErrNewerVersion,
+			}
+		}
 		return nil, tenantvault.Integrityf("manifest %s is damaged: %v", probe.ID, err)
 	}
 	if err := m.Validate(); err != nil {

@@ -23,7 +23,7 @@ import (
 // restoreTenant loads one tenant in one transaction: delete what it has
 // (replace), load every table in foreign-key order, check foreign keys and
 // recompute every digest, and commit only if all of it holds.
-func (r *runner) restoreTenant(ctx context.Context, p *Plan, it *Item, conns *connCache) (res TenantResult) {
+func (r *runner) restoreTenant(ctx context.Context, p *Plan, it *Item) (res TenantResult) {
 	start := time.Now()
 	res = TenantResult{Tenant: it.Tenant, Set: it.Set.ID}
 	defer func() {
@@ -35,51 +35,22 @@ func (r *runner) restoreTenant(ctx context.Context, p *Plan, it *Item, conns *co
 			r.o.Logger.Info("tenant restored", "tenant", it.Tenant, "set", it.Set.ID, "rows", res.Rows, "seconds", res.Duration.Seconds())
 		}
 	}()
-	dbName := r.database(p.Model, it.Tenant)
-	db := r.dbs[dbName]
-	conn, err := conns.get(ctx, dbName, db.cfg)
+	db := r.dbs[r.database(p.Model, it.Tenant)]
+	conn, err := db.conn(ctx)
 	if err != nil {
 		res.Err = err
 		return res
 	}
 	res.Rows, res.Bytes, res.Deleted, res.Tables, res.Err = r.load(ctx, conn, db, it)
-	if res.Err != nil {
-		conns.drop(dbName) // its state after a failure is unknown
+	if res.Err != nil || p.Model == tenancy.ModelDatabase {
+		// A connection's state after a failure is unknown; one to a
+		// tenant's own database is not needed again.
+		conn.Close(context.Background())
+	} else {
+		db.release(conn)
 	}
 	res.Verified = res.Err == nil
 	return res
-}
-
-// connCache keeps one connection per target database for a worker, so a
-// mass restore does not connect once per tenant.
-type connCache struct{ conns map[string]*pgx.Conn }
-
-func (c *connCache) get(ctx context.Context, name string, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
-	if conn, ok := c.conns[name]; ok && !conn.IsClosed() {
-		return conn, nil
-	}
-	conn, err := tenancy.Connect(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	if c.conns == nil {
-		c.conns = map[string]*pgx.Conn{}
-	}
-	c.conns[name] = conn
-	return conn, nil
-}
-
-func (c *connCache) drop(name string) {
-	if conn, ok := c.conns[name]; ok {
-		conn.Close(context.Background())
-		delete(c.conns, name)
-	}
-}
-
-func (c *connCache) close() {
-	for name := range c.conns {
-		c.drop(name)
-	}
 }
 
 func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Item) (rows, bytes, deleted int64, tables int, err error) {

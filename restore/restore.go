@@ -272,12 +272,50 @@ type targetDB struct {
 
 	mu      sync.Mutex
 	touched map[int]bool // tables that received rows, by catalog index
+	// idle connections, handed from the catalog read to the counts to the
+	// tenant transactions: a one-tenant restore connects once.
+	idle []*pgx.Conn
 }
 
 func (r *runner) close() {
 	if r.hold != nil {
 		r.hold.Close(context.Background())
 	}
+	for _, db := range r.dbs {
+		db.mu.Lock()
+		for _, c := range db.idle {
+			c.Close(context.Background())
+		}
+		db.idle = nil
+		db.mu.Unlock()
+	}
+}
+
+// conn returns an idle connection to the database, or a new one.
+func (db *targetDB) conn(ctx context.Context) (*pgx.Conn, error) {
+	db.mu.Lock()
+	for len(db.idle) > 0 {
+		c := db.idle[len(db.idle)-1]
+		db.idle = db.idle[:len(db.idle)-1]
+		if !c.IsClosed() {
+			db.mu.Unlock()
+			return c, nil
+		}
+	}
+	db.mu.Unlock()
+	return tenancy.Connect(ctx, db.cfg)
+}
+
+// release keeps a connection for reuse when it is idle outside any
+// transaction; otherwise (after a failure) it is closed.
+func (db *targetDB) release(c *pgx.Conn) {
+	if c.IsClosed() || c.PgConn().TxStatus() != 'I' || c.PgConn().IsBusy() {
+		c.Close(context.Background())
+		return
+	}
+	db.mu.Lock()
+	db.idle = append(db.idle, c)
+	db.mu.Unlock()
 }
 
 // database returns the target database a tenant's rows go to.
@@ -308,11 +346,11 @@ func (r *runner) open(ctx context.Context, name string, cfg tenancy.Config) (*ta
 }
 
 func (db *targetDB) refresh(ctx context.Context) error {
-	conn, err := tenancy.Connect(ctx, db.cfg)
+	conn, err := db.conn(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.Background())
+	defer db.release(conn)
 	// Restore follows the set's classification; of the target it needs
 	// only the columns and foreign keys.
 	cat, err := tenancy.ReadCatalog(ctx, conn)
@@ -447,15 +485,15 @@ func (db *targetDB) hasSchema(name string) bool {
 func (r *runner) countExisting(ctx context.Context, p *Plan) error {
 	conns := map[string]*pgx.Conn{}
 	defer func() {
-		for _, c := range conns {
-			c.Close(context.Background())
+		for name, c := range conns {
+			r.dbs[name].release(c)
 		}
 	}()
 	conn := func(name string) (*pgx.Conn, error) {
 		if c, ok := conns[name]; ok {
 			return c, nil
 		}
-		c, err := tenancy.Connect(ctx, r.dbs[name].cfg)
+		c, err := r.dbs[name].conn(ctx)
 		if err == nil {
 			conns[name] = c
 		}
@@ -754,10 +792,8 @@ func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var conns connCache
-			defer conns.close()
 			for i := range jobs {
-				results[i] = r.restoreTenant(ctx, p, &p.Items[i], &conns)
+				results[i] = r.restoreTenant(ctx, p, &p.Items[i])
 				if r.o.Progress != nil {
 					r.o.Progress(results[i])
 				}
