@@ -779,12 +779,13 @@ func (r *runner) restoreAll(ctx context.Context, p *Plan) []TenantResult {
 	results := make([]TenantResult, len(p.Items))
 	jobs := make(chan int)
 	var wg sync.WaitGroup
-	// Tables that start empty (a new database, an empty copy) have no
-	// statistics: once the first tenants are in, the touched tables whose
-	// statistics are missing or stale are analyzed, so the rest are
-	// planned from real numbers (the plans otherwise shift whenever
-	// autovacuum gets there).
-	analyzeAfter := int64(max(5, len(p.Items)/20))
+	// Tables created empty have no statistics: once the first tenants are
+	// in, ANALYZE them so the rest are planned from real numbers (the
+	// plans otherwise shift whenever autovacuum gets there).
+	analyzeAfter := int64(-1)
+	if p.CreateSchema {
+		analyzeAfter = int64(max(5, len(p.Items)/20))
+	}
 	var done atomic.Int64
 	var analyze sync.Once
 	for range min(r.o.Parallel, len(p.Items)) {
@@ -828,32 +829,16 @@ func (r *runner) analyzeTouched(ctx context.Context) {
 		if len(names) == 0 {
 			continue
 		}
-		if err := analyzeStale(ctx, db, names); err != nil {
+		conn, err := tenancy.Connect(ctx, db.cfg)
+		if err != nil {
+			r.o.Logger.Warn("could not analyze restored tables", "err", err)
+			continue
+		}
+		if _, err := conn.Exec(ctx, "ANALYZE "+strings.Join(names, ", ")); err != nil {
 			r.o.Logger.Warn("could not analyze restored tables", "err", err)
 		}
+		conn.Close(context.Background())
 	}
-}
-
-// analyzeStale analyzes those of tables that were never analyzed or have
-// changed by more than a fifth since (ANALYZE takes only a SHARE UPDATE
-// EXCLUSIVE lock: reads and writes go on).
-func analyzeStale(ctx context.Context, db *targetDB, tables []string) error {
-	conn, err := db.conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.release(conn)
-	rows, err := conn.Query(ctx, `SELECT c.oid::regclass::text FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-WHERE c.oid = ANY($1::regclass[]) AND (c.reltuples < 0 OR coalesce(s.n_mod_since_analyze, 0) > 0.2 * c.reltuples + 1000)`, tables)
-	if err != nil {
-		return err
-	}
-	stale, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil || len(stale) == 0 {
-		return err
-	}
-	_, err = conn.Exec(ctx, "ANALYZE "+strings.Join(stale, ", "))
-	return err
 }
 
 // touch records the target tables a tenant's rows went into.
