@@ -51,6 +51,39 @@ func waitArchived(t testing.TB, ctx context.Context, v *vault.Vault, db string) 
 	t.Fatal("the change log never caught up")
 }
 
+// startCapture runs the change capture on db into v (fast flushes) until
+// the returned stop is called, and returns once its slot exists, so a set
+// taken next is continued by the log.
+func startCapture(t *testing.T, ctx context.Context, db string, v *vault.Vault, stats *capture.Stats) (stop func()) {
+	t.Helper()
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond, Stats: stats})
+	}()
+	stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("capture: %v", err)
+		}
+		if err := capture.DropSlot(context.Background(), db, ""); err != nil {
+			t.Errorf("drop slot: %v", err)
+		}
+	}
+	for {
+		var n int
+		testenv.Connect(t, db).QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%'").Scan(&n)
+		if n > 0 {
+			return stop
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("capture stopped: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // TestPointInTime writes to several tenants at known times while the
 // change log runs, then restores one tenant to moments between its changes
 // (across a set boundary, and to just before it was deleted) and compares
@@ -68,34 +101,8 @@ func TestPointInTime(t *testing.T) {
 		t.Fatalf("capture without replica identity: %v", err)
 	}
 
-	cctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
 	stats := &capture.Stats{}
-	go func() {
-		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond, Stats: stats})
-	}()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("capture: %v", err)
-		}
-		if err := capture.DropSlot(context.Background(), db, ""); err != nil {
-			t.Errorf("drop slot: %v", err)
-		}
-	}()
-	// The first set starts the chain once the capture's slot exists.
-	for {
-		var n int
-		testenv.Connect(t, db).QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%'").Scan(&n)
-		if n > 0 {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("capture stopped: %v", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	defer startCapture(t, ctx, db, v, stats)()
 	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, ExactLSN: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -211,32 +218,7 @@ func TestPointInTimeEncrypted(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- capture.Run(cctx, capture.Options{Source: db, Vault: w, SetReplicaIdentity: true, FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond})
-	}()
-	stopCapture := func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("capture: %v", err)
-		}
-		if err := capture.DropSlot(context.Background(), db, ""); err != nil {
-			t.Errorf("drop slot: %v", err)
-		}
-	}
-	for {
-		var n int
-		testenv.Connect(t, db).QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%'").Scan(&n)
-		if n > 0 {
-			break
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("capture stopped: %v", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	stopCapture := startCapture(t, ctx, db, w, nil)
 	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: w, ExactLSN: true}); err != nil {
 		stopCapture()
 		t.Fatal(err)

@@ -477,27 +477,22 @@ func (v *Vault) ReadSegmentIndex(ctx context.Context, ref SegmentRef) (*SegmentI
 	if err != nil {
 		return nil, err
 	}
-	if v.cfg.Encrypted() || isSealedSegmentIndex(data) {
-		if !v.cfg.Encrypted() {
-			return nil, tenantvault.Integrityf("change segment index %s is encrypted, but the repository is not", key)
-		}
-		idx, err := v.openSegmentIndex(key, data)
-		if err != nil {
-			return nil, err
-		}
-		if idx.Stream != ref.Stream || idx.Start != ref.Start || idx.End != ref.End {
-			return nil, tenantvault.Integrityf("change segment index %s describes another segment", key)
-		}
-		return idx, nil
+	idx := &SegmentIndex{}
+	switch {
+	case v.cfg.Encrypted():
+		idx, err = v.openSegmentIndex(key, data)
+	case isSealedSegmentIndex(data):
+		err = tenantvault.Integrityf("change segment index %s is encrypted, but the repository is not", key)
+	default:
+		err = decodeSegmentIndex(key, data, idx)
 	}
-	var idx SegmentIndex
-	if err := decodeSegmentIndex(key, data, &idx); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	if idx.Stream != ref.Stream || idx.Start != ref.Start || idx.End != ref.End {
 		return nil, tenantvault.Integrityf("change segment index %s describes another segment", key)
 	}
-	return &idx, nil
+	return idx, nil
 }
 
 // decodeSegmentIndex inflates and checks a segment index's zstd JSON.
