@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"log/slog"
 	"math/rand/v2"
 	"net/url"
@@ -26,6 +27,7 @@ import (
 	_ "github.com/tenantvault/tenantvault/repo/s3"
 	"github.com/tenantvault/tenantvault/restore"
 	"github.com/tenantvault/tenantvault/snapshot"
+	"github.com/tenantvault/tenantvault/tenancy"
 	"github.com/tenantvault/tenantvault/vault"
 )
 
@@ -209,7 +211,11 @@ func (w *world) checkSets(ctx context.Context) {
 // its snapshot, read back with plain SQL; never half restored.
 func (w *world) checkTenants(ctx context.Context, tenants []string, mustExist bool) {
 	w.t.Helper()
-	conn := testenv.Connect(w.t, w.target)
+	conn, err := pgx.Connect(ctx, w.target)
+	if err != nil {
+		w.t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(context.Background())
 	for _, id := range tenants {
 		got, err := fixture.Read(ctx, conn, id)
 		if err != nil {
@@ -294,6 +300,36 @@ func (w *world) cycle(faulty func() (repo.Backend, error), inject func(), clear 
 		w.violation("the restore after the faults failed: %v", err)
 	}
 	w.checkTenants(ctx, tenants, true)
+	w.checkConnections(ctx)
+}
+
+// checkConnections: whatever failed, tenantvault left no session open on
+// the source or the target (a leak would exhaust a production server's
+// connections after enough failed runs). Backends take a moment to exit
+// after their client closes.
+func (w *world) checkConnections(ctx context.Context) {
+	w.t.Helper()
+	const q = `SELECT count(*) FROM pg_stat_activity WHERE datname IN ($1, $2) AND pid <> pg_backend_pid()`
+	src, _ := tenancy.ParseURL(w.src)
+	dst, _ := tenancy.ParseURL(w.target)
+	conn, err := pgx.Connect(ctx, testenv.PostgresURL(w.t))
+	if err != nil {
+		w.t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if err := conn.QueryRow(ctx, q, src.Database, dst.Database).Scan(&n); err != nil {
+			w.t.Fatal(err)
+		}
+		// The world's own reader of the source stays open.
+		if n <= 1 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if n > 1 {
+		w.violation("%d sessions are still open on the source and target databases after the runs", n)
+	}
 }
 
 // prune marks every set but the newest keep and purges them, with no grace
