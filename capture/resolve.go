@@ -84,13 +84,9 @@ func (r *resolver) remember(t *manifest.Table, ri *relInfo, tuple []vault.Value,
 	if len(ri.key) == 0 || len(ri.key) != len(t.Key) {
 		return
 	}
-	vals := make([][]byte, len(ri.key))
-	for i, p := range ri.key {
-		v, ok := valueAt(tuple, p)
-		if !ok {
-			return
-		}
-		vals[i] = v.Data
+	vals, ok := keyValues(ri, tuple)
+	if !ok {
+		return
 	}
 	k := cacheKey(t.Schema, t.Name, t.Key, vals)
 	r.txn[k] = tenant
@@ -103,15 +99,23 @@ func (r *resolver) remember(t *manifest.Table, ri *relInfo, tuple []vault.Value,
 // forget drops a deleted row from the long-lived cache (it stays in the
 // transaction's, where its children's deletes still look for it).
 func (r *resolver) forget(t *manifest.Table, ri *relInfo, tuple []vault.Value) {
+	if vals, ok := keyValues(ri, tuple); ok {
+		delete(r.cache, cacheKey(t.Schema, t.Name, t.Key, vals))
+	}
+}
+
+// keyValues returns the key columns of a logged tuple; false when one was
+// not sent.
+func keyValues(ri *relInfo, tuple []vault.Value) ([][]byte, bool) {
 	vals := make([][]byte, len(ri.key))
 	for i, p := range ri.key {
 		v, ok := valueAt(tuple, p)
 		if !ok {
-			return
+			return nil, false
 		}
 		vals[i] = v.Data
 	}
-	delete(r.cache, cacheKey(t.Schema, t.Name, t.Key, vals))
+	return vals, true
 }
 
 // tenantsOf attributes a change: to one tenant, to two (an update that

@@ -60,31 +60,8 @@ func BenchmarkEncryptionChunkWriter(b *testing.B) {
 		for _, enc := range []bool{false, true} {
 			b.Run("chunk="+sizeName(size)+"/"+modeName(enc), func(b *testing.B) {
 				v, _ := benchVault(b, enc)
-				w, err := v.NewSetWriter(context.Background(), vault.NewSetID(time.Now()), vault.WriterOptions{TempDir: b.TempDir()})
-				if err != nil {
-					b.Fatal(err)
-				}
-				p, err := w.NewPacker()
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.SetBytes(total)
-				b.ReportAllocs()
-				var stored int64
-				for b.Loop() {
-					cw := p.StartChunk()
-					for _, r := range rows {
-						cw.Write(r)
-					}
-					ref, err := cw.Finish(nil)
-					if err != nil {
-						b.Fatal(err)
-					}
-					stored += ref.Length
-				}
+				stored := benchWriteChunks(b, v, 0, rows, total)
 				b.ReportMetric(float64(stored)/float64(b.N), "stored-B/chunk")
-				p.Close()
-				w.Close()
 			})
 		}
 	}

@@ -20,27 +20,37 @@ type setKey struct {
 
 // newSetKey makes the data key of a new set in an encrypted repository.
 func (v *Vault) newSetKey(id string) (*setKey, error) {
-	recipients := v.keys.writerRecipients()
-	if len(recipients) == 0 {
-		return nil, &tenantvault.InputError{
-			Msg:  fmt.Sprintf("repository %s is encrypted: snapshots into it need the recipients to encrypt to", v.b.Location()),
-			Hint: "give --recipient age1... (repeatable) or --recipients-file FILE, and --signing-key FILE (tenantvault keygen writes both)",
-		}
-	}
-	if len(v.keys.Signing) == 0 {
-		return nil, &tenantvault.InputError{
-			Msg:  fmt.Sprintf("repository %s is encrypted: snapshots into it need a signing key to sign their manifests", v.b.Location()),
-			Hint: "give --signing-key FILE (written by tenantvault keygen)",
-		}
-	}
-	dk := newDataKey()
-	wrapped, err := wrapKey(dk, recipients)
+	dk, wrapped, err := v.newWrappedKey("snapshots into it need", "their manifests")
 	if err != nil {
 		return nil, err
 	}
 	k := &setKey{dk: dk, wrapped: wrapped, recipients: v.keys.RecipientStrings()}
 	v.writing.Store(id, k)
 	return k, nil
+}
+
+// newWrappedKey makes a fresh data key wrapped to this side's recipients,
+// for writers (who: "snapshots into it need") that must also sign what
+// they write (signs: "their manifests").
+func (v *Vault) newWrappedKey(who, signs string) (dk, wrapped []byte, err error) {
+	recipients := v.keys.writerRecipients()
+	if len(recipients) == 0 {
+		return nil, nil, &tenantvault.InputError{
+			Msg:  fmt.Sprintf("repository %s is encrypted: %s the recipients to encrypt to", v.b.Location(), who),
+			Hint: "give --recipient age1... (repeatable) or --recipients-file FILE, and --signing-key FILE (tenantvault keygen writes both)",
+		}
+	}
+	if len(v.keys.Signing) == 0 {
+		return nil, nil, &tenantvault.InputError{
+			Msg:  fmt.Sprintf("repository %s is encrypted: %s a signing key to sign %s", v.b.Location(), who, signs),
+			Hint: "give --signing-key FILE (written by tenantvault keygen)",
+		}
+	}
+	dk = newDataKey()
+	if wrapped, err = wrapKey(dk, recipients); err != nil {
+		return nil, nil, err
+	}
+	return dk, wrapped, nil
 }
 
 // forgetSetKey drops (and overwrites) the data key of a set once written or

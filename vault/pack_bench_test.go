@@ -94,41 +94,46 @@ func BenchmarkChunkWriter(b *testing.B) {
 		for _, size := range []int{4 << 10, 256 << 10, 8 << 20} {
 			rows, total := rowsOfSize(all, size)
 			b.Run(fmt.Sprintf("level=%d/chunk=%s", level, sizeName(size)), func(b *testing.B) {
-				v := openBenchVault(b)
-				w, err := v.NewSetWriter(context.Background(), vault.NewSetID(time.Now()), vault.WriterOptions{TempDir: b.TempDir(), Level: level})
-				if err != nil {
-					b.Fatal(err)
-				}
-				p, err := w.NewPacker()
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.SetBytes(total)
-				b.ReportAllocs()
-				var stored int64
-				for b.Loop() {
-					cw := p.StartChunk()
-					for _, r := range rows {
-						if _, err := cw.Write(r); err != nil {
-							b.Fatal(err)
-						}
-					}
-					ref, err := cw.Finish(nil)
-					if err != nil {
-						b.Fatal(err)
-					}
-					stored += ref.Length
-				}
+				stored := benchWriteChunks(b, openBenchVault(b), level, rows, total)
 				b.ReportMetric(float64(total)*float64(b.N)/float64(stored), "ratio")
-				if err := p.Close(); err != nil {
-					b.Fatal(err)
-				}
-				if err := w.Close(); err != nil {
-					b.Fatal(err)
-				}
 			})
 		}
 	}
+}
+
+// benchWriteChunks writes rows as one chunk per iteration into a new set
+// of v and returns the bytes stored in all.
+func benchWriteChunks(b *testing.B, v *vault.Vault, level int, rows [][]byte, total int64) (stored int64) {
+	w, err := v.NewSetWriter(context.Background(), vault.NewSetID(time.Now()), vault.WriterOptions{TempDir: b.TempDir(), Level: level})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := w.NewPacker()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(total)
+	b.ReportAllocs()
+	for b.Loop() {
+		cw := p.StartChunk()
+		for _, r := range rows {
+			if _, err := cw.Write(r); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ref, err := cw.Finish(nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		stored += ref.Length
+	}
+	if err := p.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return stored
 }
 
 // BenchmarkChunkWriterUnchanged measures a chunk equal to the previous

@@ -40,15 +40,7 @@ type segmentSeal struct {
 // is wrapped to the recipients, so the capturing side cannot read back
 // what it archived.
 func (v *Vault) newSegmentSeal() (*segmentSeal, error) {
-	recipients := v.keys.writerRecipients()
-	if len(recipients) == 0 || len(v.keys.Signing) == 0 {
-		return nil, &tenantvault.InputError{
-			Msg:  fmt.Sprintf("repository %s is encrypted: change capture into it needs the recipients to encrypt to and a signing key", v.b.Location()),
-			Hint: "give --recipient age1... (or --recipients-file FILE) and --signing-key FILE, as for snapshot (tenantvault keygen writes both)",
-		}
-	}
-	dk := newDataKey()
-	wrapped, err := wrapKey(dk, recipients)
+	dk, wrapped, err := v.newWrappedKey("change capture into it needs", "its change log")
 	if err != nil {
 		return nil, err
 	}
