@@ -94,11 +94,42 @@ func findWindow(ctx context.Context, v *vault.Vault, stream string, from, to tim
 		cache[i] = idx
 		return idx
 	}
+	// A segment's Until is the capture's last server watermark, or zero
+	// when the capture had read none yet since it (re)started; the first
+	// segment of a chain is an empty marker stamped with the capture's own
+	// clock. Neither bounds anything, so the next real watermark does.
+	serverUntil := func(i int) (time.Time, bool) {
+		idx := read(i)
+		if idx == nil || idx.Until.IsZero() || refs[i].Start == refs[i].End && (i == 0 || refs[i-1].End != refs[i].Start) {
+			return time.Time{}, false
+		}
+		return idx.Until, true
+	}
+	// bound is a time every record of segment j committed before: the next
+	// watermark's clock reading (Until + commitMargin); false: none yet.
+	bound := func(j int) (time.Time, bool) {
+		for k := j; k < len(refs); k++ {
+			if u, ok := serverUntil(k); ok {
+				return u.Add(commitMargin), true
+			}
+			if readErr != nil {
+				break
+			}
+		}
+		return time.Time{}, false
+	}
+	for i := len(refs) - 1; i >= 0 && w.Until.IsZero(); i-- {
+		if u, ok := serverUntil(i); ok {
+			w.Until = u
+		}
+		if readErr != nil {
+			return nil, readErr
+		}
+	}
 	last := read(len(refs) - 1)
 	if last == nil {
 		return nil, readErr
 	}
-	w.Until = last.Until
 	if h, err := v.ReadHead(ctx, stream); err != nil {
 		return nil, err
 	} else if h != nil && h.Epoch == last.Epoch && h.End == last.End && h.Until.After(w.Until) {
@@ -110,33 +141,28 @@ func findWindow(ctx context.Context, v *vault.Vault, stream string, from, to tim
 	}
 	// The first segment that may hold a change committed at or after from.
 	k0 := sort.Search(len(refs), func(i int) bool {
-		idx := read(i)
-		return idx == nil || idx.Until.Add(commitMargin).After(from)
+		b, ok := bound(i)
+		return !ok || b.After(from)
 	})
 	if readErr != nil {
 		return nil, readErr
 	}
-	// The run of contiguous segments (one replication slot, no gap) that
-	// holds k0 begins where the slot began: only changes committed after
-	// its first watermark are sure to be in it.
-	at := min(k0, len(refs)-1)
-	s := at
+	// The chain of contiguous segments (one replication slot, no gap) that
+	// holds k0 begins where the slot was created: only changes committed
+	// after its first watermark are sure to be in it.
+	s := min(k0, len(refs)-1)
 	for s > 0 && refs[s-1].End == refs[s].Start {
 		s--
 	}
-	if s < at {
-		if e := read(at); e != nil && read(s) != nil && read(s).Epoch != e.Epoch {
-			for s < at && (read(s) == nil || read(s).Epoch != e.Epoch) {
-				s++
-			}
-		}
+	if b, ok := bound(s); ok {
+		w.Complete = b
+	} else {
+		w.Complete = w.Until
 	}
-	first := read(s)
-	if first == nil {
+	if readErr != nil {
 		return nil, readErr
 	}
-	w.Complete = first.Until.Add(commitMargin)
-	if k0 <= s && from.Before(w.Complete) {
+	if from.Before(w.Complete) {
 		what := "the change log is complete from"
 		if s > 0 {
 			what = "after a gap, the change log is complete again from"
@@ -155,7 +181,7 @@ func findWindow(ctx context.Context, v *vault.Vault, stream string, from, to tim
 				vault.LSNString(prev.End), fmtTime(prev.Until), vault.LSNString(idx.Start), fmtTime(prev.Until))
 		}
 		w.Segments = append(w.Segments, idx)
-		if idx.Until.After(to) {
+		if u, ok := serverUntil(i); ok && u.After(to) {
 			break
 		}
 	}
