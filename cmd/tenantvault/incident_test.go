@@ -353,3 +353,68 @@ DELETE FROM events WHERE tenant_id = 'big' AND id > 60`)
 		noFile(t, out)
 	})
 }
+
+// TestChangesEncryptedAndTruncate: on an encrypted repository the window
+// is checked from the segments' signed plaintext headers without any key,
+// counting needs --identity, and a TRUNCATE counts as taking the rows of
+// every tenant the set before it holds rows of in that table.
+func TestChangesEncryptedAndTruncate(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	db := testenv.NewDatabase(t)
+	fixture.Create(t, db)
+	dir := t.TempDir()
+	identity, signing, recipient := keygen(t, dir)
+	writer := &vault.Keys{}
+	if _, err := writer.LoadSigningKeyFile(signing); err != nil {
+		t.Fatal(err)
+	}
+	if err := writer.AddRecipient(recipient); err != nil {
+		t.Fatal(err)
+	}
+	repoURL := "file://" + filepath.Join(dir, "repo")
+	os.Mkdir(filepath.Join(dir, "repo"), 0o700)
+	v, stop := runCapture(t, ctx, db, repoURL, writer)
+	out := expect(t, 0, "", "snapshot", "--source", db, "--repo", repoURL, "--exact-lsn", "--signing-key", signing, "--json")
+	var set struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal([]byte(out), &set)
+	time.Sleep(1200 * time.Millisecond)
+	from := clock(t, db)
+	testenv.Exec(t, db, `DELETE FROM events WHERE tenant_id = 'acme'; DELETE FROM tenants WHERE id = 'acme'`)
+	testenv.Exec(t, db, `TRUNCATE task_notes`)
+	testenv.Exec(t, db, `INSERT INTO users (tenant_id, email) VALUES ('globex', 'late@globex.example')`)
+	to := clock(t, db)
+	waitLog(t, ctx, v, db)
+	stop()
+
+	f, tt := from.Format(time.RFC3339Nano), to.Format(time.RFC3339Nano)
+	hitFile := filepath.Join(dir, "hit.txt")
+	// Without the identity: the window is checked, then exit 2 saying why.
+	expect(t, 2, "is before the change log covers it", "changes", "--repo", repoURL, "--from", from.Add(-time.Hour).Format(time.RFC3339), "--to", tt, "--output", hitFile)
+	expect(t, 2, "the change log is encrypted: the window was checked against the segments' signed plaintext headers", "changes", "--repo", repoURL, "--from", f, "--to", tt, "--output", hitFile)
+	noFile(t, hitFile)
+
+	out = expect(t, 0, "", "changes", "--repo", repoURL, "--identity", identity, "--from", f, "--to", tt, "--deleted-only", "--output", hitFile)
+	var withNotes []string
+	for _, id := range fixture.Tenants {
+		if id != "empty-ish" {
+			withNotes = append(withNotes, id)
+		}
+	}
+	if got := readLines(t, hitFile); !sameSet(got, withNotes) {
+		t.Fatalf("changes --deleted-only after a TRUNCATE: %q, want %q\n%s", got, withNotes, out)
+	}
+	if !strings.Contains(out, "TRUNCATE at ") || !strings.Contains(out, "of public.task_notes (tenants with rows there in set "+set.ID) {
+		t.Fatalf("changes output:\n%s", out)
+	}
+	out = expect(t, 0, "", "changes", "--repo", repoURL, "--identity", identity, "--from", f, "--to", tt, "--json", "--tenant", "globex")
+	var ch triage.ChangesReport
+	if err := json.Unmarshal([]byte(out), &ch); err != nil {
+		t.Fatal(err)
+	}
+	if len(ch.Tenants) != 1 || ch.Tenants[0].Tenant != "globex" || !ch.Tenants[0].LostRows ||
+		ch.Tenants[0].Tables["public.users"].Inserted != 1 || ch.Tenants[0].Tables["public.task_notes"].Truncated != 1 || ch.TruncateBase != set.ID {
+		t.Fatalf("changes --tenant globex: %s", out)
+	}
+}
