@@ -40,7 +40,7 @@ type OpCounts struct {
 	// have taken rows of this tenant (see Changes).
 	Truncated int `json:"truncated,omitempty"`
 
-	firstInsert time.Time
+	firstInsert, firstLoss time.Time
 }
 
 func (c *OpCounts) add(op byte, at time.Time) {
@@ -54,6 +54,13 @@ func (c *OpCounts) add(op byte, at time.Time) {
 		c.Updated++
 	case vault.OpDelete:
 		c.Deleted++
+		c.lost(at)
+	}
+}
+
+func (c *OpCounts) lost(at time.Time) {
+	if c.firstLoss.IsZero() || at.Before(c.firstLoss) {
+		c.firstLoss = at
 	}
 }
 
@@ -61,8 +68,11 @@ func (c *OpCounts) add(op byte, at time.Time) {
 type TenantChanges struct {
 	Tenant string `json:"tenant"`
 	// LostRows is true when rows of the tenant were deleted or truncated.
-	LostRows bool                 `json:"lost_rows"`
-	Tables   map[string]*OpCounts `json:"tables"`
+	LostRows bool `json:"lost_rows"`
+	// FirstLoss is the commit time of the first deletion or truncate that
+	// took rows of the tenant in the window.
+	FirstLoss time.Time            `json:"first_loss,omitzero"`
+	Tables    map[string]*OpCounts `json:"tables"`
 }
 
 // Truncate is one TRUNCATE in the window.
@@ -81,6 +91,9 @@ type ChangesReport struct {
 	Until    time.Time `json:"log_until"`
 	Segments int       `json:"segments_read"`
 	Records  int64     `json:"records_in_window"`
+	// FirstLoss is the earliest FirstLoss of the tenants: restoring them
+	// to just before it undoes the window's damage.
+	FirstLoss time.Time `json:"first_loss,omitzero"`
 	// Tenants are sorted by ID.
 	Tenants []TenantChanges `json:"tenants"`
 	// Unattributed are changes the capture could not tie to a tenant
@@ -217,9 +230,15 @@ func Changes(ctx context.Context, o ChangesOptions) (*ChangesReport, error) {
 		for _, c := range tc.Tables {
 			if c.Deleted > 0 || c.Truncated > 0 {
 				tc.LostRows = true
+				if tc.FirstLoss.IsZero() || c.firstLoss.Before(tc.FirstLoss) {
+					tc.FirstLoss = c.firstLoss
+				}
 			}
 		}
 		rep.Tenants = append(rep.Tenants, tc)
+		if !tc.FirstLoss.IsZero() && (rep.FirstLoss.IsZero() || tc.FirstLoss.Before(rep.FirstLoss)) {
+			rep.FirstLoss = tc.FirstLoss
+		}
 	}
 	if len(unattributed) > 0 {
 		rep.Unattributed = unattributed
@@ -233,19 +252,30 @@ func Changes(ctx context.Context, o ChangesOptions) (*ChangesReport, error) {
 // that inserted into the table earlier in the window.
 func attributeTruncates(ctx context.Context, o ChangesOptions, stream string, rep *ChangesReport, tenants map[string]map[string]*OpCounts,
 	only map[string]bool, counts func(map[string]*OpCounts, string) *OpCounts) error {
+	first := map[string]time.Time{} // table -> its first TRUNCATE (they are sorted)
+	for _, tr := range rep.Truncates {
+		for _, table := range tr.Tables {
+			if _, ok := first[table]; !ok {
+				first[table] = tr.At
+			}
+		}
+	}
 	took := func(id, table string) {
 		m := tenants[id]
 		if m == nil {
 			m = map[string]*OpCounts{}
 			tenants[id] = m
 		}
-		counts(m, table).Truncated++
+		c := counts(m, table)
+		c.Truncated++
+		c.lost(first[table])
 	}
 	for _, m := range tenants {
 		for _, tr := range rep.Truncates {
 			for _, table := range tr.Tables {
 				if c := m[table]; c != nil && !c.firstInsert.IsZero() && c.firstInsert.Before(tr.At) {
 					c.Truncated++
+					c.lost(tr.At)
 				}
 			}
 		}

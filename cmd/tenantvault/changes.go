@@ -127,6 +127,12 @@ func (a *app) runChanges(ctx context.Context, o *changesOptions) error {
 		}
 		rep.Tenants = kept
 	}
+	rep.FirstLoss = time.Time{} // of the tenants listed
+	for _, t := range rep.Tenants {
+		if !t.FirstLoss.IsZero() && (rep.FirstLoss.IsZero() || t.FirstLoss.Before(rep.FirstLoss)) {
+			rep.FirstLoss = t.FirstLoss
+		}
+	}
 	if out != nil {
 		for _, t := range rep.Tenants {
 			if err := out.add(t.Tenant); err != nil {
@@ -208,6 +214,10 @@ func (a *app) printChanges(rep *triage.ChangesReport, o *changesOptions) {
 		fmt.Fprintf(w, ", %d of them lost rows", lost)
 	}
 	fmt.Fprintln(w)
+	if !rep.FirstLoss.IsZero() {
+		fmt.Fprintf(w, "first rows lost at %s: restore them as of one second before, --at %s\n",
+			rep.FirstLoss.Format(time.RFC3339Nano), rep.FirstLoss.Add(-time.Second).Format(time.RFC3339Nano))
+	}
 	if o.output != "" {
 		fmt.Fprintf(w, "wrote %d tenant ID(s) to %s\n", len(rep.Tenants), o.output)
 	}

@@ -225,10 +225,17 @@ DELETE FROM events WHERE tenant_id = 'big' AND id > 60`)
 	if got := readLines(t, hitFile); !sameSet(got, hit) {
 		t.Fatalf("changes --deleted-only listed %q, want %q\n%s", got, hit, out)
 	}
+	if !strings.Contains(out, "first rows lost at ") {
+		t.Fatalf("changes does not say when the damage began:\n%s", out)
+	}
+	t.Logf("changes --deleted-only:\n%s", out)
 	out = expect(t, 0, "", "changes", "--repo", repoURL, "--from", from, "--to", to, "--json")
 	var ch triage.ChangesReport
 	if err := json.Unmarshal([]byte(out), &ch); err != nil {
 		t.Fatalf("changes --json: %v\n%s", err, out)
+	}
+	if ch.FirstLoss.Before(scriptStart) || ch.FirstLoss.After(scriptEnd) {
+		t.Fatalf("first loss at %s, the script ran from %s to %s", ch.FirstLoss, scriptStart, scriptEnd)
 	}
 	byTenant := map[string]triage.TenantChanges{}
 	for _, tc := range ch.Tenants {
