@@ -424,4 +424,23 @@ func TestChangesEncryptedAndTruncate(t *testing.T) {
 		ch.Tenants[0].Tables["public.users"].Inserted != 1 || ch.Tenants[0].Tables["public.task_notes"].Truncated != 1 || ch.TruncateBase != set.ID {
 		t.Fatalf("changes --tenant globex: %s", out)
 	}
+
+	// A damaged segment is an integrity failure, exit 3, and no list.
+	segs, _ := filepath.Glob(filepath.Join(dir, "repo", "changes", "*", "*.seg"))
+	var biggest string
+	var size int64
+	for _, p := range segs {
+		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
+			biggest, size = p, fi.Size()
+		}
+	}
+	data, err := os.ReadFile(biggest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x40
+	os.WriteFile(biggest, data, 0o600)
+	os.Remove(hitFile)
+	expect(t, 3, "is damaged", "changes", "--repo", repoURL, "--identity", identity, "--from", f, "--to", tt, "--deleted-only", "--output", hitFile)
+	noFile(t, hitFile)
 }
