@@ -154,6 +154,7 @@ func Diff(ctx context.Context, o DiffOptions, emit func(*TenantDiff) error) (*Di
 	if err != nil {
 		return nil, err
 	}
+	o.Logger.Debug("read snapshot set", "set", set.ID, "tenants", set.Tenants, "seconds", time.Since(start).Seconds())
 	cfg := tenancy.Config{Model: set.Tenancy.Model, TenantColumn: set.Tenancy.TenantColumn, TenantTable: set.Tenancy.TenantTable,
 		SchemaPattern: set.Tenancy.SchemaPattern, DatabasePattern: set.Tenancy.DatabasePattern}
 	if cfg.Model == tenancy.ModelDatabase {
@@ -192,10 +193,13 @@ func Diff(ctx context.Context, o DiffOptions, emit func(*TenantDiff) error) (*Di
 			only[id] = true
 		}
 	}
+	counted := time.Now()
 	src, err := countSource(ctx, conn, space, only, o)
 	if err != nil {
 		return nil, err
 	}
+	o.Logger.Debug("read the source", "tenants", len(src), "tables", o.Progress.TablesDone.Load(), "rows", o.Progress.Rows.Load(), "exact", o.Exact, "seconds", time.Since(counted).Seconds())
+	merged := time.Now()
 	if only != nil {
 		var unknown []string
 		for _, id := range dedupeSorted(o.Tenants) {
@@ -253,6 +257,7 @@ func Diff(ctx context.Context, o DiffOptions, emit func(*TenantDiff) error) (*Di
 			return nil, err
 		}
 	}
+	o.Logger.Debug("compared", "tenants", rep.Tenants, "seconds", time.Since(merged).Seconds())
 	rep.Duration = time.Since(start)
 	return rep, nil
 }
