@@ -257,9 +257,9 @@ DELETE FROM events WHERE tenant_id = 'big' AND id > 60`)
 	if c := byTenant[partial].Tables["public.events"]; c == nil || c.Deleted != 60 {
 		t.Fatalf("partly deleted tenant: %+v", byTenant[partial])
 	}
-	// Today the capture archives the cascaded deletes of users, projects
-	// and tasks (tables whose default replica identity carries no tenant)
-	// without a tenant, and task_notes' as unattributed (issue 14): their
+	// Today the cascaded deletes of users, projects and tasks (tables whose
+	// default replica identity carries no tenant) reach no tenant's records
+	// in the log, and task_notes' are unattributed (issue 14): their
 	// per-table counts are not asserted here; tenants' and events', whose
 	// deletes carry the tenant, are, and diff below counts every table.
 	if len(ch.Unattributed) > 0 {
