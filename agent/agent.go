@@ -99,7 +99,7 @@ func New(cfg *Config, opts Options) *Agent {
 	a.host, _ = os.Hostname()
 	for i := range cfg.Sources {
 		a.sources = append(a.sources, &sourceJob{Source: &cfg.Sources[i]})
-		a.m.initSource(cfg.Sources[i].Name)
+		a.m.initSource(&cfg.Sources[i], a.clock.Now())
 	}
 	a.webhooks = webhookSender{url: cfg.WebhookURL, log: a.log, red: a.red, fail: a.m.webhookFail, sem: make(chan struct{}, 4)}
 	return a
