@@ -248,6 +248,9 @@ func TestHelmRejects(t *testing.T) {
 		"at and snapshot":              {"massRestore": map[string]any{"enabled": true, "tenants": []any{"a"}, "at": "2026-11-28T10:15:00Z", "snapshot": "x"}},
 		"bad ifExists":                 {"massRestore": map[string]any{"enabled": true, "tenants": []any{"a"}, "ifExists": "overwrite"}},
 		"no repository":                {"drill": map[string]any{"enabled": true}, "agent": map[string]any{"config": map[string]any{"repository": ""}}},
+		"misspelt value":               {"agent": map[string]any{"replica": 3}},
+		"misspelt section":             {"serviceMonitors": map[string]any{"enabled": true}},
+		"replicas as text":             {"agent": map[string]any{"replicas": "two"}},
 	} {
 		if _, err := render(t, vals); err == nil {
 			t.Errorf("%s: rendered", name)
