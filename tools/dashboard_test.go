@@ -141,6 +141,12 @@ func TestDashboard(t *testing.T) {
 	if d.UID == "" || d.Title == "" || d.SchemaVersion < 36 {
 		t.Errorf("uid %q title %q schemaVersion %d", d.UID, d.Title, d.SchemaVersion)
 	}
+	anchors := runbookAnchors(t)
+	for _, l := range d.Links {
+		if anchor, ok := strings.CutPrefix(l.URL, runbookURL); ok && !anchors[anchor] {
+			t.Errorf("link %q: %s is not a section of docs/RUNBOOK.md", l.Title, l.URL)
+		}
+	}
 	vars := map[string]bool{}
 	for _, v := range d.Templating.List {
 		vars[v.Name] = true
