@@ -572,6 +572,13 @@ func checkMassRestore(t *testing.T, objs map[string]*object) {
 			t.Errorf("restore args %s lack %s", args, want)
 		}
 	}
+	target := false
+	for _, e := range c.Env {
+		target = target || (e.Name == "TENANTVAULT_TARGET" && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil)
+	}
+	if !target || strings.Contains(args, "--target") {
+		t.Errorf("the restore target must come from a Secret through TENANTVAULT_TARGET, not the args: %s", args)
+	}
 	var tenants string
 	for _, v := range spec.Volumes {
 		if v.ConfigMap != nil {
