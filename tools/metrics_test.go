@@ -257,6 +257,11 @@ sources:
 			t.Errorf("%s: %s selects no series of the agent's /metrics", u.where, u.sel.text)
 		}
 	}
+	// The stale-backup alert fires when /readyz calls the source late:
+	// twice the schedule interval (2s) plus the jitter (none).
+	if f := fams["tenantvault_snapshot_late_after_seconds"]; f == nil || len(f.Metric) != 1 || f.Metric[0].GetGauge().GetValue() != 4 {
+		t.Errorf("tenantvault_snapshot_late_after_seconds %v, want 4 for main", f)
+	}
 	for n := range pending {
 		if fams[n] != nil {
 			t.Logf("%s now has series: it can leave the pending list", n)
