@@ -4,20 +4,64 @@
 #   scripts/test.sh -run TestBackup
 # (package patterns given here are added to ./...).
 #
+# The suite runs on PostgreSQL 15. Then, unless arguments were given, the core
+# (TestPostgresMatrix: snapshot, restore, capture + restore --at, drill) runs
+# once more on each other supported major version, each on its own throwaway
+# server (scripts/pgbin.sh fetches the binaries once). TENANTVAULT_TEST_MATRIX
+# lists those versions (default "13 14 16 17 18"; empty for none), and given
+# explicitly it runs them even with arguments.
+#
 # Tests that count what they did (the fault-injection suite, the bit-flip
 # tests) append one line each to $TENANTVAULT_TEST_REPORT; go test shows no
 # output of passing packages, so the lines are printed after the tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-report=$(mktemp "${TMPDIR:-/tmp}/tenantvault-test-report.XXXXXX")
-trap 'rm -f "$report"' EXIT
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/tenantvault-test.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+report=$tmp/report
 export TENANTVAULT_TEST_REPORT=$report
 # Race-enabled binaries sleep a second at exit by default (for late race
 # reports); the tests start the race-built CLI and agent hundreds of times.
 # Races found while a test runs still fail it.
 export GORACE="atexit_sleep_ms=0${GORACE:+ $GORACE}"
+
+matrix="13 14 16 17 18"
+if [[ -n ${TENANTVAULT_TEST_MATRIX+set} ]]; then
+	matrix=$TENANTVAULT_TEST_MATRIX
+elif [[ $# -gt 0 ]]; then
+	matrix=""
+fi
+
 rc=0
-scripts/services.sh go test -race -count=1 -timeout 30m ./... "$@" || rc=$?
+start=$SECONDS
+TENANTVAULT_PG_VERSION=15 TENANTVAULT_TEST_PG_VERSION=15 \
+	scripts/services.sh go test -race -count=1 -timeout 30m ./... "$@" || rc=$?
+echo "--- full suite on PostgreSQL 15: $([[ $rc -eq 0 ]] && echo ok || echo FAILED) in $((SECONDS - start))s"
+
+if [[ -n $matrix ]]; then
+	# One build, run on each server: no MinIO (the matrix uses a file://
+	# repository).
+	go test -race -c -o "$tmp/tenantvault.test" ./cmd/tenantvault
+	results=()
+	for v in $matrix; do
+		start=$SECONDS
+		vrc=0
+		(cd cmd/tenantvault && TENANTVAULT_SERVICES=postgres TENANTVAULT_PG_VERSION=$v TENANTVAULT_TEST_PG_VERSION=$v \
+			../../scripts/services.sh "$tmp/tenantvault.test" -test.run '^TestPostgresMatrix$' -test.count=1 -test.timeout 10m -test.v) \
+			>"$tmp/matrix-$v.log" 2>&1 || vrc=$?
+		grep -E '^(---|    ---|ok|FAIL|PASS)' "$tmp/matrix-$v.log" | grep -v '^=== ' || true
+		if [[ $vrc -ne 0 ]]; then
+			cat "$tmp/matrix-$v.log"
+			rc=1
+			results+=("PostgreSQL $v: FAILED in $((SECONDS - start))s")
+		else
+			results+=("PostgreSQL $v: ok in $((SECONDS - start))s")
+		fi
+	done
+	echo "--- core matrix:"
+	printf '    %s\n' "${results[@]}"
+fi
+
 if [[ -s $report ]]; then
 	echo "--- counts reported by the tests:"
 	sort "$report"

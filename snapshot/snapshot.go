@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,11 @@ type Options struct {
 	LockTimeout time.Duration
 	// PgDump is the pg_dump binary used for the schema; "" means from PATH.
 	PgDump string
+	// SchemaArchive is manifest.SchemaArchivePgDump ("" means it) or
+	// manifest.SchemaArchiveNone: no pg_dump, for a schema kept in
+	// migrations or a server newer than the pg_dump at hand. Such a set
+	// restores into an existing schema only.
+	SchemaArchive string
 	// Kind, Note and SourceName are recorded in the manifest.
 	Kind       string
 	Note       string
@@ -106,6 +112,13 @@ func (o *Options) normalize() error {
 	if o.Kind == "" {
 		o.Kind = manifest.KindManual
 	}
+	switch o.SchemaArchive {
+	case "":
+		o.SchemaArchive = manifest.SchemaArchivePgDump
+	case manifest.SchemaArchivePgDump, manifest.SchemaArchiveNone:
+	default:
+		return tenantvault.Inputf("--schema-archive %q: use pg_dump or none", o.SchemaArchive)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -159,6 +172,9 @@ func Run(ctx context.Context, o Options) (*manifest.Manifest, error) {
 		Version: manifest.Version, ID: vault.NewSetID(started), Kind: o.Kind, Note: o.Note,
 		Tenancy: o.Tenancy.Manifest(), StartedAt: started.UTC(), Partial: len(o.Tenants) > 0,
 	}
+	if o.SchemaArchive == manifest.SchemaArchiveNone {
+		r.m.SchemaArchive = manifest.SchemaArchiveNone
+	}
 	r.w, err = o.Vault.NewSetWriter(ctx, r.m.ID, vault.WriterOptions{TempDir: o.TempDir, PackSize: o.PackSize, Level: o.Level})
 	if err != nil {
 		return nil, err
@@ -194,6 +210,9 @@ type run struct {
 	reuse   *vault.ReuseIndex // encrypted repositories: see loadPrevious
 	results []tableResult
 	owners  []string // tenants that exist even without rows (schema and database models)
+
+	pgDumpOnce sync.Once
+	pgDumpErr  error
 }
 
 type prevKey struct {
@@ -243,6 +262,9 @@ func (r *run) single(ctx context.Context) error {
 	}
 	r.m.Source = snap.source
 	r.m.Source.Name = o.SourceName
+	if err := r.checkPgDump(ctx, snap.source.ServerNum); err != nil {
+		return err
+	}
 	cat, err := tenancy.Discover(ctx, exp, o.Tenancy, "")
 	if err != nil {
 		return err
@@ -268,15 +290,17 @@ func (r *run) single(ctx context.Context) error {
 	o.Progress.TablesTotal.Store(int64(len(cat.Tables)))
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		var buf bytes.Buffer
-		if err := dumpSchema(gctx, o.PgDump, r.cfg, r.ssl, snap.name, &buf); err != nil {
+	if o.SchemaArchive != manifest.SchemaArchiveNone {
+		g.Go(func() error {
+			var buf bytes.Buffer
+			if err := dumpSchema(gctx, o.PgDump, r.cfg, r.ssl, snap.name, snap.source.ServerNum, &buf); err != nil {
+				return err
+			}
+			d, err := r.w.PutSchema(gctx, r.cfg.Database, buf.Bytes())
+			r.m.Schemas = []manifest.SchemaDump{d}
 			return err
-		}
-		d, err := r.w.PutSchema(gctx, r.cfg.Database, buf.Bytes())
-		r.m.Schemas = []manifest.SchemaDump{d}
-		return err
-	})
+		})
+	}
 	jobs := make(chan int, len(cat.Tables))
 	for _, i := range bySize(cat) {
 		if r.wanted(&cat.Tables[i]) {
