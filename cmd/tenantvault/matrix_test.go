@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"regexp"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/capture"
 	"github.com/tenantvault/tenantvault/internal/fixture"
 	"github.com/tenantvault/tenantvault/internal/testenv"
@@ -223,6 +225,17 @@ func TestPostgresMatrix(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// A publication that does not publish through partition roots
+		// would lose the partitions' changes: refused, with the fix.
+		testenv.Exec(t, src, "CREATE PUBLICATION tv_noroot FOR ALL TABLES")
+		err = capture.Run(ctx, capture.Options{Source: src, Vault: v, Publication: "tv_noroot", SetReplicaIdentity: true})
+		var ie *tenantvault.InputError
+		if !errors.As(err, &ie) || !strings.Contains(err.Error(), "changes to the partitions of public.events would be missed") ||
+			!strings.Contains(ie.Hint, "publish_via_partition_root = true") {
+			t.Fatalf("capture with a publication without publish_via_partition_root: %v", err)
+		}
+		testenv.Exec(t, src, "DROP PUBLICATION tv_noroot")
+
 		stats := &capture.Stats{}
 		stop := matrixCapture(t, ctx, src, v, stats)
 		defer stop()
@@ -268,7 +281,7 @@ UPDATE tenants SET name = 'Acme renamed' WHERE id = 'acme'`)
 }
 
 // matrixCapture runs the change capture on db into v until stop is called,
-// and returns once its slot exists.
+// and returns once its change log has started.
 func matrixCapture(t *testing.T, ctx context.Context, db string, v *vault.Vault, stats *capture.Stats) (stop func()) {
 	t.Helper()
 	cctx, cancel := context.WithCancel(ctx)
@@ -291,11 +304,14 @@ func matrixCapture(t *testing.T, ctx context.Context, db string, v *vault.Vault,
 			t.Errorf("drop slot: %v", err)
 		}
 	}
-	conn := testenv.Connect(t, db)
+	// The slot is consistent once the capture has written its first
+	// (empty) segment: changes count from there on.
+	var sys string
+	if err := testenv.Connect(t, db).QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&sys); err != nil {
+		t.Fatal(err)
+	}
 	for {
-		var n int
-		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", capture.SlotName(dbName(db))).Scan(&n)
-		if n > 0 {
+		if refs, err := v.ListSegments(ctx, vault.StreamName(sys, dbName(db))); err == nil && len(refs) > 0 {
 			return stop
 		}
 		select {
