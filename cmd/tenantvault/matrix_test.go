@@ -145,6 +145,7 @@ func TestPostgresMatrix(t *testing.T) {
 	})
 
 	t.Run("snapshot", func(t *testing.T) {
+		expect(t, 2, `--schema-archive "pgdump": use pg_dump or none`, "snapshot", "--source", src, "--repo", r, "--init", "--schema-archive", "pgdump")
 		if !withDump {
 			// The default needs pg_dump: refused before anything is
 			// written, with both ways out.

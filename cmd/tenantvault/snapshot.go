@@ -75,6 +75,9 @@ func (a *app) runSnapshot(ctx context.Context, o *snapshotOptions) error {
 	if o.source == "" {
 		return &usageError{"--source is required (or TENANTVAULT_SOURCE)"}
 	}
+	if o.schemaArch != manifest.SchemaArchivePgDump && o.schemaArch != manifest.SchemaArchiveNone {
+		return &usageError{fmt.Sprintf("--schema-archive %q: use pg_dump or none", o.schemaArch)}
+	}
 	so := snapshot.Options{
 		Source: o.source, Tenancy: o.tenancy, Tenants: o.tenants, Parallel: o.parallel, Level: o.level,
 		WorkMem: o.workMem, LockTimeout: o.lockTimeout, TempDir: o.tempDir, PgDump: o.pgDump,
