@@ -40,26 +40,39 @@ echo "--- full suite on PostgreSQL 15: $([[ $rc -eq 0 ]] && echo ok || echo FAIL
 
 if [[ -n $matrix ]]; then
 	# One build, run on each server: no MinIO (the matrix uses a file://
-	# repository).
+	# repository). The runs mostly wait (for the change log, for the
+	# servers), so TENANTVAULT_TEST_MATRIX_JOBS of them (default 2) run at
+	# once.
 	go test -race -c -o "$tmp/tenantvault.test" ./cmd/tenantvault
-	results=()
+	parallel=${TENANTVAULT_TEST_MATRIX_JOBS:-2}
+	start=$SECONDS
 	for v in $matrix; do
-		start=$SECONDS
-		vrc=0
-		(cd cmd/tenantvault && TENANTVAULT_SERVICES=postgres TENANTVAULT_PG_VERSION=$v TENANTVAULT_TEST_PG_VERSION=$v \
-			../../scripts/services.sh "$tmp/tenantvault.test" -test.run '^TestPostgresMatrix$' -test.count=1 -test.timeout 10m -test.v) \
-			>"$tmp/matrix-$v.log" 2>&1 || vrc=$?
-		grep -E '^(---|    ---|ok|FAIL|PASS)' "$tmp/matrix-$v.log" | grep -v '^=== ' || true
+		while [[ $(jobs -rp | wc -l) -ge $parallel ]]; do
+			wait -n || true
+		done
+		(
+			s=$SECONDS
+			vrc=0
+			cd cmd/tenantvault &&
+				TENANTVAULT_SERVICES=postgres TENANTVAULT_PG_VERSION=$v TENANTVAULT_TEST_PG_VERSION=$v \
+					../../scripts/services.sh "$tmp/tenantvault.test" -test.run '^TestPostgresMatrix$' -test.count=1 -test.timeout 10m -test.v \
+					>"$tmp/matrix-$v.log" 2>&1 || vrc=$?
+			echo "$vrc $((SECONDS - s))" >"$tmp/matrix-$v.rc"
+		) &
+	done
+	wait
+	echo "--- core matrix (TestPostgresMatrix), $((SECONDS - start))s:"
+	for v in $matrix; do
+		read -r vrc secs <"$tmp/matrix-$v.rc" || vrc=1
 		if [[ $vrc -ne 0 ]]; then
-			cat "$tmp/matrix-$v.log"
 			rc=1
-			results+=("PostgreSQL $v: FAILED in $((SECONDS - start))s")
+			echo "    PostgreSQL $v: FAILED in ${secs:-?}s"
+			sed 's/^/        /' "$tmp/matrix-$v.log"
 		else
-			results+=("PostgreSQL $v: ok in $((SECONDS - start))s")
+			echo "    PostgreSQL $v: ok in ${secs}s"
+			grep -E '^    --- ' "$tmp/matrix-$v.log" | sed 's/^/    /'
 		fi
 	done
-	echo "--- core matrix:"
-	printf '    %s\n' "${results[@]}"
 fi
 
 if [[ -s $report ]]; then

@@ -108,9 +108,6 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 	r.o.Progress.TablesTotal.Add(int64(len(cat.Tables)))
 	var d *manifest.SchemaDump
 	if r.o.SchemaArchive != manifest.SchemaArchiveNone {
-		if err := r.checkPgDump(ctx, snap.source.ServerNum); err != nil {
-			return err
-		}
 		var schema bytes.Buffer
 		if err := dumpSchema(ctx, r.o.PgDump, cfg, r.ssl, snap.name, snap.source.ServerNum, &schema); err != nil {
 			return fmt.Errorf("database %s: %w", db, err)

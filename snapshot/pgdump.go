@@ -9,14 +9,11 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenantvault/tenantvault"
-	"github.com/tenantvault/tenantvault/manifest"
 )
 
 // sslKeys are the libpq settings pg_dump needs beyond what pgx keeps in
@@ -126,39 +123,6 @@ func pgDumpTooOld(server int, detail string) error {
 		fmt.Sprintf("install pg_dump %d or newer (the PostgreSQL %d client, e.g. postgresql-client-%d from apt.postgresql.org) and point --pg-dump at it, "+
 			"or snapshot without a schema archive with --schema-archive=none (such a set restores into an existing schema, e.g. one your migrations create, not with --create-schema)",
 			major, major, major))
-}
-
-var pgDumpVersion = regexp.MustCompile(`\) (\d+)(\.\d+)?`)
-
-// checkPgDump refuses, before anything is exported, a pg_dump older than
-// the server: pg_dump would refuse the server too, but only once every
-// table had been read. The answer is kept: the database model asks once
-// per tenant database.
-func (r *run) checkPgDump(ctx context.Context, server int) error {
-	if r.o.SchemaArchive == manifest.SchemaArchiveNone {
-		return nil
-	}
-	r.pgDumpOnce.Do(func() {
-		path, err := lookPgDump(r.o.PgDump)
-		if err != nil {
-			r.pgDumpErr = err
-			return
-		}
-		out, err := exec.CommandContext(ctx, path, "--version").Output()
-		if err != nil {
-			r.pgDumpErr = fmt.Errorf("%s --version: %w", path, err)
-			return
-		}
-		m := pgDumpVersion.FindSubmatch(out)
-		if m == nil {
-			return // unknown format: pg_dump itself will say
-		}
-		major, _ := strconv.Atoi(string(m[1]))
-		if major < server/10000 {
-			r.pgDumpErr = pgDumpTooOld(server, fmt.Sprintf("%s is %s, the server is PostgreSQL %d", path, strings.TrimSpace(string(out)), server/10000))
-		}
-	})
-	return r.pgDumpErr
 }
 
 // dumpSchema writes pg_dump's schema-only custom-format archive of cfg's

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -210,9 +209,6 @@ type run struct {
 	reuse   *vault.ReuseIndex // encrypted repositories: see loadPrevious
 	results []tableResult
 	owners  []string // tenants that exist even without rows (schema and database models)
-
-	pgDumpOnce sync.Once
-	pgDumpErr  error
 }
 
 type prevKey struct {
@@ -262,9 +258,6 @@ func (r *run) single(ctx context.Context) error {
 	}
 	r.m.Source = snap.source
 	r.m.Source.Name = o.SourceName
-	if err := r.checkPgDump(ctx, snap.source.ServerNum); err != nil {
-		return err
-	}
 	cat, err := tenancy.Discover(ctx, exp, o.Tenancy, "")
 	if err != nil {
 		return err
@@ -292,6 +285,8 @@ func (r *run) single(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	if o.SchemaArchive != manifest.SchemaArchiveNone {
 		g.Go(func() error {
+			// A pg_dump older than the server refuses it within
+			// milliseconds, which cancels the export at once.
 			var buf bytes.Buffer
 			if err := dumpSchema(gctx, o.PgDump, r.cfg, r.ssl, snap.name, snap.source.ServerNum, &buf); err != nil {
 				return err
