@@ -4,10 +4,10 @@
 # Usage: scripts/services.sh COMMAND [ARGS...]
 #
 # Starts a throwaway PostgreSQL cluster (15 unless told otherwise) and a MinIO
-# server on loopback, runs
-# COMMAND with their addresses in the environment, then stops both services and
-# removes their temporary directories (also when COMMAND fails or the script is
-# interrupted with SIGINT/SIGTERM/SIGHUP). Exits with COMMAND's exit code.
+# server on loopback, runs COMMAND with their addresses in the environment,
+# then stops both services and removes their temporary directories (also when
+# COMMAND fails or the script is interrupted with SIGINT/SIGTERM/SIGHUP).
+# Exits with COMMAND's exit code.
 #
 # Exported to COMMAND:
 #   TENANTVAULT_TEST_PG_URL       postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable
