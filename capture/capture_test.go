@@ -342,3 +342,23 @@ func TestCorruptedSegment(t *testing.T) {
 		t.Fatal("a damaged segment read back without error")
 	}
 }
+
+// TestPublicationMustCoverTenantTables: an existing publication that
+// leaves out a tenant table would make the log silently miss its changes;
+// the capture refuses it and names the tables.
+func TestPublicationMustCoverTenantTables(t *testing.T) {
+	ctx := testenv.Context(t, time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, schema+`CREATE PUBLICATION tenantvault FOR TABLE tenants, orders`)
+	v := mustVault(ctx, "file://"+t.TempDir())
+	err := capture.Run(ctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true})
+	var ie *tenantvault.InputError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), "publication tenantvault leaves out tenant table(s) public.lines") || !strings.Contains(ie.Hint, "ADD TABLE") {
+		t.Fatalf("capture with a partial publication: %v", err)
+	}
+	var slots int
+	testenv.Connect(t, db).QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()").Scan(&slots)
+	if slots != 0 {
+		t.Fatalf("a refused capture left %d replication slot(s)", slots)
+	}
+}
