@@ -106,6 +106,9 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 		return err
 	}
 	r.o.Progress.TablesTotal.Add(int64(len(cat.Tables)))
+	for _, n := range cat.Bytes {
+		r.o.Progress.BytesTotal.Add(n)
+	}
 	var schema bytes.Buffer
 	if err := dumpSchema(ctx, r.o.PgDump, cfg, r.ssl, snap.name, &schema); err != nil {
 		return fmt.Errorf("database %s: %w", db, err)

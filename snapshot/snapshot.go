@@ -75,7 +75,10 @@ type Progress struct {
 	TablesDone  atomic.Int64
 	Rows        atomic.Int64
 	Bytes       atomic.Int64 // uncompressed bytes read
-	Written     func() int64 // bytes uploaded so far
+	// BytesTotal estimates what Bytes will reach: the tables' size on
+	// disk, known once the catalog is read (database model: per database).
+	BytesTotal atomic.Int64
+	Written    func() int64 // bytes uploaded so far
 }
 
 func (o *Options) normalize() error {
@@ -265,7 +268,12 @@ func (r *run) single(ctx context.Context) error {
 	if err := r.loadPrevious(ctx); err != nil {
 		return err
 	}
-	o.Progress.TablesTotal.Store(int64(len(cat.Tables)))
+	for i := range cat.Tables {
+		if r.wanted(&cat.Tables[i]) {
+			o.Progress.TablesTotal.Add(1)
+			o.Progress.BytesTotal.Add(cat.Bytes[i])
+		}
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -42,11 +42,14 @@ type app struct {
 	cpuProfile string
 	profFile   *os.File
 	log        *slog.Logger
-	args       []string
+	// logs is where log lines go: stderr, above the progress bar while one
+	// is drawn.
+	logs *logSink
+	args []string
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *app {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, logs: &logSink{w: stderr}}
 	root := &cobra.Command{
 		Use:   "tenantvault",
 		Short: "Per-tenant backup and restore for multi-tenant PostgreSQL",
@@ -92,7 +95,9 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 	root.AddCommand(
 		a.snapshotCmd(), a.listCmd(), a.restoreCmd(), a.verifyCmd(),
 		a.drillCmd(), a.agentCmd(), a.pruneCmd(), a.captureCmd(), a.keygenCmd(),
+		a.manCmd(),
 	)
+	addCompletions(root)
 	a.root = root
 	return a
 }
@@ -234,9 +239,9 @@ func (a *app) setupLogging() error {
 	opts := &slog.HandlerOptions{Level: level}
 	switch a.logFormat {
 	case "text":
-		a.log = slog.New(slog.NewTextHandler(a.stderr, opts))
+		a.log = slog.New(slog.NewTextHandler(a.logs, opts))
 	case "json":
-		a.log = slog.New(slog.NewJSONHandler(a.stderr, opts))
+		a.log = slog.New(slog.NewJSONHandler(a.logs, opts))
 	default:
 		return tenantvault.Inputf("--log-format %q: use text or json", a.logFormat)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tenantvault/tenantvault/drill"
+	"github.com/tenantvault/tenantvault/restore"
 )
 
 type drillOptions struct {
@@ -117,14 +118,20 @@ func (a *app) runDrill(ctx context.Context, o *drillOptions, countSet bool) erro
 		return err
 	}
 	defer closeRepo()
-	var done atomic.Int64
-	stop := a.progress(func() string { return fmt.Sprintf("drill: restored %d tenant(s)", done.Load()) })
+	var done, loaded atomic.Int64
+	var m *meter
 	rep, err := drill.Run(ctx, drill.Options{
 		Repo: v, Scratch: o.scratch, Tenants: o.tenants, Count: o.count, Seed: o.seed, SetID: o.snapshot,
 		MaxRTO: o.maxRTO, Keep: o.keep, Parallel: o.parallel, PgRestore: o.pgRestore, Logger: a.log,
 		Progress: func(drill.TenantResult) { done.Add(1) },
+		Loaded:   &loaded,
+		Started: func(p *restore.Plan) {
+			spec := planMeter("drill: restored", p, &done, &loaded)
+			spec.after = "checking the database"
+			m = a.startMeter(spec)
+		},
 	})
-	stop()
+	m.finish(rep != nil && rep.RTO > 0)
 	if rep == nil {
 		return err
 	}
