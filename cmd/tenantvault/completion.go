@@ -43,8 +43,18 @@ var fileFlags = map[string][]string{
 	"pg-restore":      nil,
 }
 
-// addCompletions registers the value completions of every command's flags.
+// addCompletions adds cobra's completion command now (cobra would add it
+// when executing) and registers the value completions of every command's
+// flags.
 func addCompletions(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			// A command without Run prints its help for any argument and
+			// exits 0; "completion tcsh" is bad input (exit 2).
+			c.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+		}
+	}
 	var walk func(c *cobra.Command, persistent bool)
 	walk = func(c *cobra.Command, persistent bool) {
 		fs := c.Flags()
