@@ -125,6 +125,7 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 		}
 		results = append(results, res)
 		r.o.Progress.TablesDone.Add(1)
+		r.o.Progress.DiskDone.Add(cat.Bytes[i])
 	}
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 		return err

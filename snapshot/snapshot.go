@@ -75,10 +75,25 @@ type Progress struct {
 	TablesDone  atomic.Int64
 	Rows        atomic.Int64
 	Bytes       atomic.Int64 // uncompressed bytes read
-	// BytesTotal estimates what Bytes will reach: the tables' size on
-	// disk, known once the catalog is read (database model: per database).
+	// BytesTotal is the exported tables' size on disk, known once the
+	// catalog is read (database model: per database); DiskDone is that of
+	// the finished tables, and ReadDone what was read from them, so a
+	// display can estimate the remaining bytes from the ratio.
 	BytesTotal atomic.Int64
+	DiskDone   atomic.Int64
+	ReadDone   atomic.Int64
 	Written    func() int64 // bytes uploaded so far
+}
+
+// EstimatedBytes estimates what Bytes will reach: the bytes read from the
+// finished tables, plus the rest's size on disk scaled by how the finished
+// tables' COPY text compared with theirs.
+func (p *Progress) EstimatedBytes() int64 {
+	total, disk, read := p.BytesTotal.Load(), p.DiskDone.Load(), p.ReadDone.Load()
+	if disk <= 0 || read <= 0 {
+		return total
+	}
+	return read + int64(float64(max(total-disk, 0))*float64(read)/float64(disk))
 }
 
 func (o *Options) normalize() error {
@@ -312,6 +327,7 @@ func (r *run) single(ctx context.Context) error {
 				}
 				results[w] = append(results[w], res)
 				o.Progress.TablesDone.Add(1)
+				o.Progress.DiskDone.Add(cat.Bytes[i])
 			}
 			return packer.Close()
 		})

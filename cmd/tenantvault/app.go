@@ -74,6 +74,7 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 			if err := a.startProfile(); err != nil {
 				return err
 			}
+			a.terminalLogLevel(cmd)
 			if err := a.setupLogging(); err != nil {
 				return err
 			}
@@ -87,7 +88,7 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.configFile, "config", "", "YAML file with flag values (top level, or under a section named after the command)")
-	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error (restore, snapshot, verify and drill drawing a progress bar on a terminal: warn unless given)")
 	pf.StringVar(&a.logFormat, "log-format", "text", "log format on stderr: text or json")
 	pf.BoolVar(&a.jsonOut, "json", false, "print results as JSON on stdout")
 	pf.StringVar(&a.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the command to this file")

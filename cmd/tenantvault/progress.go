@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 )
@@ -22,6 +23,19 @@ import (
 // prints above its bars (our logs go there), and its bars take a total that
 // grows while they run (a snapshot learns its tables as it goes) and only
 // complete when told to.
+
+// barCommands draw a progress bar on a terminal. There their info lines
+// (one per tenant restored, ...) would only repeat what the bar and the
+// final table say, so their default level is warn; --log-level info (or
+// TENANTVAULT_LOG_LEVEL, or the config file) brings them back, drawn above
+// the bar. Elsewhere (files, pipes, CI) the default stays info.
+var barCommands = map[string]bool{"restore": true, "snapshot": true, "verify": true, "drill": true}
+
+func (a *app) terminalLogLevel(cmd *cobra.Command) {
+	if barCommands[cmd.Name()] && cmd.Parent() == a.root && !cmd.Flags().Changed("log-level") && a.showProgress() {
+		a.logLevel = "warn"
+	}
+}
 
 // logSink is where the logger writes: stderr, or the running progress
 // display. Writes hold the lock so that a display is never shut down under

@@ -92,11 +92,10 @@ func (a *app) runSnapshot(ctx context.Context, o *snapshotOptions) error {
 	so.Vault = v
 	sp := &snapshot.Progress{}
 	so.Progress = sp
-	// The byte total is the tables' size on disk: an estimate of the rows
-	// read out of them.
+	// The byte total is estimated from the tables' size on disk.
 	meter := a.startMeter(meterSpec{verb: "exported", noun: "tables", estimate: true,
 		items: func() (int64, int64) { return sp.TablesDone.Load(), sp.TablesTotal.Load() },
-		bytes: func() (int64, int64) { return sp.Bytes.Load(), sp.BytesTotal.Load() },
+		bytes: func() (int64, int64) { return sp.Bytes.Load(), sp.EstimatedBytes() },
 	})
 	m, err := snapshot.Run(ctx, so)
 	meter.finish(err == nil)

@@ -69,7 +69,6 @@ func requireTool(t *testing.T, name string) string {
 // tmuxServer is a private tmux server (its own socket), so the tests never
 // touch a person's tmux.
 type tmuxServer struct {
-	t    *testing.T
 	bin  string
 	sock string
 	conf string
@@ -84,7 +83,7 @@ func newTmux(t *testing.T) *tmuxServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &tmuxServer{t: t, bin: bin, sock: filepath.Join(dir, "s"), conf: filepath.Join(dir, "tmux.conf")}
+	s := &tmuxServer{bin: bin, sock: filepath.Join(dir, "s"), conf: filepath.Join(dir, "tmux.conf")}
 	os.WriteFile(s.conf, []byte("set -g history-limit 50000\n"), 0o644)
 	t.Cleanup(func() {
 		exec.Command(bin, "-S", s.sock, "kill-server").Run()
@@ -93,32 +92,35 @@ func newTmux(t *testing.T) *tmuxServer {
 	return s
 }
 
-func (s *tmuxServer) tmux(args ...string) string {
-	s.t.Helper()
+func (s *tmuxServer) tmux(t *testing.T, args ...string) string {
+	t.Helper()
 	out, err := exec.Command(s.bin, append([]string{"-S", s.sock, "-f", s.conf}, args...)...).CombinedOutput()
 	if err != nil {
-		s.t.Fatalf("tmux %s: %v\n%s", strings.Join(args, " "), err, out)
+		t.Fatalf("tmux %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
 }
 
-// pane is one command running in its own tmux session.
+// pane is one command running in its own tmux session, for one test.
 type pane struct {
 	s    *tmuxServer
+	t    *testing.T
 	name string
 }
 
 // start runs a shell command line in a new session of the usual terminal
 // size; "[exit N]" is printed when it ends, and the pane stays for capture.
-func (s *tmuxServer) start(name string, env []string, cmdline string) *pane {
-	s.t.Helper()
+func (s *tmuxServer) start(t *testing.T, name string, env []string, cmdline string) *pane {
+	t.Helper()
 	args := []string{"new-session", "-d", "-s", name, "-x", strconv.Itoa(paneWidth), "-y", strconv.Itoa(paneHeight)}
 	for _, e := range env {
 		args = append(args, "-e", e)
 	}
-	args = append(args, "sh -c '"+cmdline+`; echo "[exit $?]"; sleep 600'`)
-	s.tmux(args...)
-	return &pane{s: s, name: name}
+	// The shell traps Ctrl-C (so that it survives to print the code) and
+	// leaves the command the default disposition.
+	args = append(args, "sh -c 'trap : INT; "+cmdline+`; echo "[exit $?]"; sleep 600'`)
+	s.tmux(t, args...)
+	return &pane{s: s, t: t, name: name}
 }
 
 // screen is what the pane shows now, one string per row, trailing blanks
@@ -129,7 +131,7 @@ func (p *pane) screen() []string { return p.capture("-p") }
 func (p *pane) history() []string { return p.capture("-p", "-S", "-", "-E", "-") }
 
 func (p *pane) capture(args ...string) []string {
-	out := p.s.tmux(append([]string{"capture-pane", "-t", p.name}, args...)...)
+	out := p.s.tmux(p.t, append([]string{"capture-pane", "-t", p.name}, args...)...)
 	lines := strings.Split(strings.TrimRight(out, "\n "), "\n")
 	for i := range lines {
 		lines[i] = strings.TrimRight(lines[i], " ")
@@ -138,13 +140,13 @@ func (p *pane) capture(args ...string) []string {
 }
 
 func (p *pane) send(keys ...string) {
-	p.s.tmux(append([]string{"send-keys", "-t", p.name}, keys...)...)
+	p.s.tmux(p.t, append([]string{"send-keys", "-t", p.name}, keys...)...)
 }
 
 // waitScreen polls the screen until ok accepts it, calling each on every
 // screen seen on the way; it fails after d.
 func (p *pane) waitScreen(d time.Duration, each func([]string), ok func([]string) bool) []string {
-	p.s.t.Helper()
+	p.t.Helper()
 	deadline := time.Now().Add(d)
 	for {
 		sc := p.screen()
@@ -155,7 +157,7 @@ func (p *pane) waitScreen(d time.Duration, each func([]string), ok func([]string
 			return sc
 		}
 		if time.Now().After(deadline) {
-			p.s.t.Fatalf("screen after %s:\n%s", d, strings.Join(sc, "\n"))
+			p.t.Fatalf("screen after %s:\n%s", d, strings.Join(sc, "\n"))
 		}
 		time.Sleep(40 * time.Millisecond)
 	}
@@ -165,7 +167,7 @@ var exitLine = regexp.MustCompile(`^\[exit (\d+)\]$`)
 
 // wait waits for the command to end and returns its exit code.
 func (p *pane) wait(d time.Duration) int {
-	p.s.t.Helper()
+	p.t.Helper()
 	sc := p.waitScreen(d, nil, func(sc []string) bool { return exitLine.MatchString(lastLine(sc)) })
 	code, _ := strconv.Atoi(exitLine.FindStringSubmatch(lastLine(sc))[1])
 	return code
@@ -260,12 +262,15 @@ ANALYZE;`, live+restored, rowsEach))
 	env := []string{"TENANTVAULT_REPO=" + repo, "TENANTVAULT_TARGET=" + db, "TENANTVAULT_SOURCE=" + db}
 
 	// The snapshot, in the terminal too: its bar ends as one line.
-	p := tm.start("snapshot", env, bin+" snapshot --init")
+	p := tm.start(t, "snapshot", env, bin+" snapshot --init")
 	if code := p.wait(time.Minute); code != 0 {
 		t.Fatalf("snapshot exit %d:\n%s", code, strings.Join(p.history(), "\n"))
 	}
-	if h := p.history(); contains(h, regexp.MustCompile(`^exported 2/2 tables, [\d.]+ (KiB|MiB)/~[\d.]+ (KiB|MiB) \[=+\] +[\d.]+ (B|KiB|MiB)/s, in \d`)) != 1 {
-		t.Fatalf("snapshot: want its finished bar once:\n%s", strings.Join(h, "\n"))
+	// On a terminal the bar commands log at warn unless told: no "initialised
+	// repository" info line.
+	if h := p.history(); contains(h, regexp.MustCompile(`^exported 2/2 tables, [\d.]+ (KiB|MiB)/~[\d.]+ (KiB|MiB) \[=+\] +[\d.]+ (B|KiB|MiB)/s, in \d`)) != 1 ||
+		contains(h, logLine) != 0 {
+		t.Fatalf("snapshot: want its finished bar once, and no log lines:\n%s", strings.Join(h, "\n"))
 	}
 
 	// The incident: the tenants' rows are gone, the live ones stay.
@@ -289,6 +294,7 @@ ANALYZE;`, live+restored, rowsEach))
 	restoreCmd := bin + " restore --tenants-file " + list
 
 	waitPrompt := func(p *pane) []string {
+		t := p.t
 		t.Helper()
 		sc := p.waitScreen(time.Minute, func(sc []string) {
 			if contains(sc, barAnywhere) > 0 {
@@ -321,7 +327,7 @@ ANALYZE;`, live+restored, rowsEach))
 	}
 
 	t.Run("no", func(t *testing.T) {
-		p := tm.start("refuse", env, restoreCmd)
+		p := tm.start(t, "refuse", env, restoreCmd)
 		waitPrompt(p)
 		p.send("no", "Enter")
 		if code := p.wait(time.Minute); code != 2 {
@@ -337,8 +343,24 @@ ANALYZE;`, live+restored, rowsEach))
 		}
 	})
 
+	t.Run("ctrl-c", func(t *testing.T) {
+		p := tm.start(t, "interrupt", env, restoreCmd)
+		waitPrompt(p)
+		p.send("C-c")
+		if code := p.wait(time.Minute); code != 2 {
+			t.Fatalf("exit %d, want 2:\n%s", code, strings.Join(p.history(), "\n"))
+		}
+		if h := p.history(); contains(h, regexp.MustCompile(`^tenantvault: restore cancelled: nothing was written$`)) != 1 || contains(h, barAnywhere) != 0 {
+			t.Fatalf("want the refusal and no progress:\n%s", strings.Join(h, "\n"))
+		}
+		if after := fingerprint(); after != before {
+			t.Fatalf("target changed by an interrupted restore: %s -> %s", before, after)
+		}
+	})
+
 	t.Run("yes", func(t *testing.T) {
-		p := tm.start("restore", env, restoreCmd)
+		// --log-level info: the tenants' log lines scroll above the bar.
+		p := tm.start(t, "restore", env, restoreCmd+" --log-level info")
 		waitPrompt(p)
 		p.send("yes", "Enter")
 		var mid []string
@@ -402,7 +424,7 @@ ANALYZE;`, live+restored, rowsEach))
 
 	t.Run("verify", func(t *testing.T) {
 		// With --json the terminal gets no bar and stdout stays JSON.
-		p := tm.start("verify-json", env, bin+" verify --read-data --json")
+		p := tm.start(t, "verify-json", env, bin+" verify --read-data --json")
 		if code := p.wait(time.Minute); code != 0 {
 			t.Fatalf("exit %d:\n%s", code, strings.Join(p.history(), "\n"))
 		}
@@ -410,7 +432,7 @@ ANALYZE;`, live+restored, rowsEach))
 		if contains(h, regexp.MustCompile(`checked \d+|\[[=>-]{3,}`)) != 0 || h[0] != "{" {
 			t.Fatalf("--json on a terminal:\n%s", strings.Join(h, "\n"))
 		}
-		p = tm.start("verify", env, bin+" verify --read-data")
+		p = tm.start(t, "verify", env, bin+" verify --read-data")
 		if code := p.wait(time.Minute); code != 0 {
 			t.Fatalf("exit %d:\n%s", code, strings.Join(p.history(), "\n"))
 		}
