@@ -149,7 +149,7 @@ func (a *app) startMeter(spec meterSpec) *meter {
 	return m
 }
 
-func (m *meter) label(decor.Statistics) string {
+func (m *meter) label(s decor.Statistics) string {
 	done, total := m.spec.items()
 	noun := m.spec.noun
 	if total == 1 {
@@ -161,7 +161,7 @@ func (m *meter) label(decor.Statistics) string {
 		}
 		return fmt.Sprintf("%s %d %s", m.spec.verb, done, noun)
 	}
-	if m.spec.after != "" && done >= total {
+	if m.spec.after != "" && done >= total && !s.Completed {
 		return fmt.Sprintf("%s %d/%d %s, %s", m.spec.verb, done, total, noun, m.spec.after)
 	}
 	return fmt.Sprintf("%s %d/%d %s", m.spec.verb, done, total, noun)

@@ -432,6 +432,15 @@ ANALYZE;`, live+restored, rowsEach))
 		if contains(h, regexp.MustCompile(`checked \d+|\[[=>-]{3,}`)) != 0 || h[0] != "{" {
 			t.Fatalf("--json on a terminal:\n%s", strings.Join(h, "\n"))
 		}
+		// Nor when stderr is a pipe: no bar, no escape sequences.
+		p = tm.start(t, "verify-pipe", env, bin+" verify --read-data 2>&1 | cat -v")
+		if code := p.wait(time.Minute); code != 0 {
+			t.Fatalf("exit %d:\n%s", code, strings.Join(p.history(), "\n"))
+		}
+		h = p.history()
+		if contains(h, regexp.MustCompile(`checked \d+|\[[=>-]{3,}|\^\[`)) != 0 || contains(h, regexp.MustCompile(`^verified \d+ set`)) != 1 {
+			t.Fatalf("stderr into a pipe:\n%s", strings.Join(h, "\n"))
+		}
 		p = tm.start(t, "verify", env, bin+" verify --read-data")
 		if code := p.wait(time.Minute); code != 0 {
 			t.Fatalf("exit %d:\n%s", code, strings.Join(p.history(), "\n"))
