@@ -186,8 +186,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		report.Duration = time.Since(start)
 		return report, nil
 	}
-	if o.Confirm != nil && !o.Confirm(plan) {
-		return report, tenantvault.Inputf("restore cancelled: nothing was written")
+	if o.Confirm != nil {
+		asked := time.Now()
+		ok := o.Confirm(plan)
+		start = start.Add(time.Since(asked)) // the time taken is the restore's, not the person's
+		if !ok {
+			return report, tenantvault.Inputf("restore cancelled: nothing was written")
+		}
 	}
 	if o.Started != nil {
 		o.Started(plan)

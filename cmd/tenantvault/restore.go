@@ -193,7 +193,11 @@ func (a *app) confirm(ctx context.Context, p *restore.Plan) bool {
 		w = a.stderr // stdout is for the JSON result
 	}
 	a.printRestorePlan(w, p)
-	fmt.Fprintf(a.stderr, "Restore %d tenant(s) into %s? This writes to the database. Type 'yes' to go on: ", len(p.Items), p.Target)
+	prompt := a.stderr
+	if !terminal(a.stderr) && terminal(a.stdout) {
+		prompt = a.stdout // stderr goes to a file: the question must still be seen
+	}
+	fmt.Fprintf(prompt, "Restore %d tenant(s) into %s? This writes to the database. Type 'yes' to go on: ", len(p.Items), p.Target)
 	answer := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(a.stdin).ReadString('\n')
@@ -203,7 +207,7 @@ func (a *app) confirm(ctx context.Context, p *restore.Plan) bool {
 	case line := <-answer:
 		return strings.TrimSpace(line) == "yes"
 	case <-ctx.Done():
-		fmt.Fprintln(a.stderr)
+		fmt.Fprintln(prompt)
 		return false
 	}
 }

@@ -343,6 +343,21 @@ ANALYZE;`, live+restored, rowsEach))
 		}
 	})
 
+	t.Run("stderr to a file", func(t *testing.T) {
+		// The prompt moves to the terminal's stdout; the error stays in
+		// the file.
+		errFile := filepath.Join(t.TempDir(), "stderr")
+		p := tm.start(t, "stderr-file", env, restoreCmd+" 2>"+errFile)
+		waitPrompt(p)
+		p.send("nope", "Enter")
+		if code := p.wait(time.Minute); code != 2 {
+			t.Fatalf("exit %d, want 2:\n%s", code, strings.Join(p.history(), "\n"))
+		}
+		if b, _ := os.ReadFile(errFile); string(b) != "tenantvault: restore cancelled: nothing was written\n" {
+			t.Fatalf("stderr: %q", b)
+		}
+	})
+
 	t.Run("ctrl-c", func(t *testing.T) {
 		p := tm.start(t, "interrupt", env, restoreCmd)
 		waitPrompt(p)
@@ -419,6 +434,18 @@ ANALYZE;`, live+restored, rowsEach))
 		conn := testenv.Connect(t, db)
 		if err := conn.QueryRow(testenv.Context(t, time.Minute), `SELECT count(*) FROM items`).Scan(&n); err != nil || n != (live+restored)*rowsEach {
 			t.Fatalf("items after restore: %d (%v), want %d", n, err, (live+restored)*rowsEach)
+		}
+	})
+
+	t.Run("drill", func(t *testing.T) {
+		p := tm.start(t, "drill", append(env, "TENANTVAULT_SCRATCH="+testenv.PostgresURL(t)), bin+" drill --tenants 3 --seed 1")
+		if code := p.wait(2 * time.Minute); code != 0 {
+			t.Fatalf("exit %d:\n%s", code, strings.Join(p.history(), "\n"))
+		}
+		h := p.history()
+		if contains(h, regexp.MustCompile(`^drill: restored 3/3 tenants, [\d.]+ KiB/[\d.]+ KiB \[=+\] +[\d.]+ (B|KiB|MiB)/s, in \d`)) != 1 ||
+			contains(h, regexp.MustCompile(`^result: PASS$`)) != 1 || contains(h, logLine) != 0 {
+			t.Fatalf("drill: want its finished bar once, no log lines, and a pass:\n%s", strings.Join(h, "\n"))
 		}
 	})
 
