@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -118,20 +117,20 @@ func (a *app) runDrill(ctx context.Context, o *drillOptions, countSet bool) erro
 		return err
 	}
 	defer closeRepo()
-	var done, loaded atomic.Int64
+	var c planCounts
 	var m *meter
 	rep, err := drill.Run(ctx, drill.Options{
 		Repo: v, Scratch: o.scratch, Tenants: o.tenants, Count: o.count, Seed: o.seed, SetID: o.snapshot,
 		MaxRTO: o.maxRTO, Keep: o.keep, Parallel: o.parallel, PgRestore: o.pgRestore, Logger: a.log,
-		Progress: func(drill.TenantResult) { done.Add(1) },
-		Loaded:   &loaded,
+		Progress: func(t drill.TenantResult) { c.add(t.Err) },
+		Loaded:   &c.loaded,
 		Started: func(p *restore.Plan) {
-			spec := planMeter("drill: restored", p, &done, &loaded)
+			spec := c.meter("drill: restored", p)
 			spec.after = "checking the database"
 			m = a.startMeter(spec)
 		},
 	})
-	m.finish(rep != nil && rep.RTO > 0)
+	m.finish(rep != nil && rep.RTO > 0 && ctx.Err() == nil)
 	if rep == nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/vbauerster/cupwriter"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 )
@@ -63,6 +64,8 @@ type meterSpec struct {
 	verb, noun string
 	// items returns the work units done and their total (0: not known yet).
 	items func() (done, total int64)
+	// failed, when set, counts the units that failed (not in items' done).
+	failed func() int64
 	// bytes, when set, drives the bar, rate and ETA in bytes; otherwise
 	// items do.
 	bytes func() (done, total int64)
@@ -100,7 +103,7 @@ func (a *app) startMeter(spec meterSpec) *meter {
 		return nil
 	}
 	m := &meter{a: a, spec: spec, stop: make(chan struct{})}
-	m.p = mpb.New(mpb.WithOutput(a.stderr), mpb.WithRefreshRate(150*time.Millisecond))
+	m.p = mpb.New(mpb.WithConsoleWriter(consoleWriter(a.stderr)), mpb.WithRefreshRate(150*time.Millisecond))
 	start := time.Now()
 	// "restored 132/400 tenants, 1.2 GiB/3.4 GiB [===>---] 45.0 MiB/s, ETA 00:41"
 	var counts, rate decor.Decorator
@@ -118,7 +121,7 @@ func (a *app) startMeter(spec meterSpec) *meter {
 	// A total of 0 makes the bar's total dynamic: it completes only when
 	// finish says so, not when a count first meets an estimate.
 	if spec.open {
-		m.bar = m.p.New(0, mpb.SpinnerStyle(),
+		m.bar = m.p.New(0, mpb.SpinnerStyle(), mpb.BarWidth(3),
 			mpb.PrependDecorators(decor.Any(m.label), counts),
 			mpb.AppendDecorators(rate),
 		)
@@ -161,10 +164,18 @@ func (m *meter) label(s decor.Statistics) string {
 		}
 		return fmt.Sprintf("%s %d %s", m.spec.verb, done, noun)
 	}
-	if m.spec.after != "" && done >= total && !s.Completed {
-		return fmt.Sprintf("%s %d/%d %s, %s", m.spec.verb, done, total, noun, m.spec.after)
+	l := fmt.Sprintf("%s %d/%d %s", m.spec.verb, done, total, noun)
+	failed := int64(0)
+	if m.spec.failed != nil {
+		failed = m.spec.failed()
 	}
-	return fmt.Sprintf("%s %d/%d %s", m.spec.verb, done, total, noun)
+	if failed > 0 {
+		l += fmt.Sprintf(" (%d failed)", failed)
+	}
+	if m.spec.after != "" && done+failed >= total && !s.Completed {
+		l += ", " + m.spec.after
+	}
+	return l
 }
 
 // update moves the bar to the counters.
@@ -202,7 +213,7 @@ func (m *meter) finish(completed bool) {
 }
 
 // eta shows the estimated time left while the bar runs ("ETA 00:41", "-"
-// before anything is done) and the time taken once it completes.
+// in the first seconds) and the time taken once it completes.
 type eta struct {
 	decor.Decorator
 	start time.Time
@@ -214,11 +225,32 @@ func (e eta) Decor(s decor.Statistics) (string, int) {
 		return e.Format(", in " + time.Since(e.start).Round(time.Second).String())
 	case s.Aborted:
 		return e.Format(", stopped")
-	case s.Current == 0:
-		return e.Format(", ETA -")
+	case s.Current == 0 || time.Since(e.start) < 2*time.Second:
+		return e.Format(", ETA -") // too early for a rate worth extrapolating
 	}
 	str, _ := e.Decorator.Decor(s)
 	return e.Format(", ETA " + strings.TrimSpace(str))
 }
 
 func (e eta) Unwrap() decor.Decorator { return e.Decorator }
+
+// consoleWriter is mpb's own console writer, with every frame starting at
+// the first column: mpb moves the cursor up over its last frame and keeps
+// the column, and the terminal's echo of a key typed while the bar runs
+// (^C) moves it, which would leave the echo's width of the old line behind.
+func consoleWriter(stderr io.Writer) mpb.ConsoleWriter {
+	w := cupwriter.New(carriageReturn{stderr}, false)
+	if f, ok := stderr.(*os.File); ok {
+		w.SetTermFd(int(f.Fd()))
+	}
+	return w
+}
+
+type carriageReturn struct{ w io.Writer }
+
+func (c carriageReturn) Write(p []byte) (int, error) {
+	if _, err := c.w.Write(append([]byte{'\r'}, p...)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -161,13 +161,13 @@ func (a *app) runRestore(ctx context.Context, o *restoreOptions) error {
 		}
 	}
 	// The bar starts once the plan is confirmed, never over the prompt.
-	var done, loaded atomic.Int64
+	var c planCounts
 	var m *meter
-	ro.Progress = func(restore.TenantResult) { done.Add(1) }
-	ro.Loaded = &loaded
-	ro.Started = func(p *restore.Plan) { m = a.startMeter(planMeter("restored", p, &done, &loaded)) }
+	ro.Progress = func(t restore.TenantResult) { c.add(t.Err) }
+	ro.Loaded = &c.loaded
+	ro.Started = func(p *restore.Plan) { m = a.startMeter(c.meter("restored", p)) }
 	rep, err := restore.Run(ctx, ro)
-	m.finish(rep != nil && rep.Tenants != nil)
+	m.finish(rep != nil && rep.Tenants != nil && ctx.Err() == nil)
 	if rep != nil && rep.Plan != nil && (o.dryRun || rep.Tenants == nil) && !a.jsonOut && !shown {
 		a.printRestorePlan(a.stdout, rep.Plan)
 	}
@@ -212,9 +212,22 @@ func (a *app) confirm(ctx context.Context, p *restore.Plan) bool {
 	}
 }
 
-// planMeter is the progress bar of a restore's plan: tenants, and bytes
-// when the tenants hold any.
-func planMeter(verb string, p *restore.Plan, done, loaded *atomic.Int64) meterSpec {
+// planCounts counts a restore's progress for its bar.
+type planCounts struct {
+	ok, failed, loaded atomic.Int64
+}
+
+func (c *planCounts) add(err error) {
+	if err != nil {
+		c.failed.Add(1)
+	} else {
+		c.ok.Add(1)
+	}
+}
+
+// meter is the progress bar of a restore's plan: tenants, and bytes when
+// the tenants hold any.
+func (c *planCounts) meter(verb string, p *restore.Plan) meterSpec {
 	var total int64
 	for _, it := range p.Items {
 		total += it.T.Size
@@ -224,9 +237,10 @@ func planMeter(verb string, p *restore.Plan, done, loaded *atomic.Int64) meterSp
 			total += c.Size
 		}
 	}
-	spec := meterSpec{verb: verb, noun: "tenants", items: func() (int64, int64) { return done.Load(), int64(len(p.Items)) }}
+	spec := meterSpec{verb: verb, noun: "tenants", failed: c.failed.Load,
+		items: func() (int64, int64) { return c.ok.Load(), int64(len(p.Items)) }}
 	if total > 0 {
-		spec.bytes = func() (int64, int64) { return loaded.Load(), total }
+		spec.bytes = func() (int64, int64) { return c.loaded.Load(), total }
 	}
 	return spec
 }

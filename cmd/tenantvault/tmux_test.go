@@ -74,7 +74,7 @@ type tmuxServer struct {
 	conf string
 }
 
-const paneWidth, paneHeight = 160, 40
+const paneWidth, paneHeight = 160, 50
 
 func newTmux(t *testing.T) *tmuxServer {
 	t.Helper()
@@ -198,8 +198,8 @@ var (
 	// mpb's.
 	barAnywhere = regexp.MustCompile(`restored \d+ tenant\(s\)$|restored \d+/\d+ tenants?|\[[=>-]{5,}`)
 	// A running restore bar: counts, bytes, bar, rate and ETA.
-	barRunning = regexp.MustCompile(`^restored (\d+)/(\d+) tenants, [\d.]+ (B|KiB|MiB)/[\d.]+ (B|KiB|MiB) \[[=>-]+\] +[\d.]+ (B|KiB|MiB)/s, ETA (\d\d:\d\d|-)$`)
-	barDone    = regexp.MustCompile(`^restored (\d+)/(\d+) tenants, [\d.]+ (KiB|MiB)/[\d.]+ (KiB|MiB) \[=+\] +[\d.]+ (B|KiB|MiB)/s, in \d+(\.\d+)?[a-z]+$`)
+	barRunning = regexp.MustCompile(`^restored (\d+)/(\d+) tenants, [\d.]+ (b|KiB|MiB)/[\d.]+ (b|KiB|MiB) \[[=>-]+\] +[\d.]+ (b|KiB|MiB)/s, ETA ((\d\d:)?\d\d:\d\d|-)$`)
+	barDone    = regexp.MustCompile(`^restored (\d+)/(\d+) tenants, [\d.]+ (KiB|MiB)/[\d.]+ (KiB|MiB) \[=+\] +[\d.]+ (b|KiB|MiB)/s, in \d+(\.\d+)?[a-z]+$`)
 	logLine    = regexp.MustCompile(`^time=\S+ level=[A-Z]+ msg=`)
 	logRestore = regexp.MustCompile(`^time=\S+ level=INFO msg="tenant restored" tenant=t\d+ set=\S+ rows=\d+ seconds=[\d.]+$`)
 	planHeader = regexp.MustCompile(`^plan: restore (\d+) tenant\(s\) into \S+$`)
@@ -245,7 +245,7 @@ func TestTerminalRestore(t *testing.T) {
 	tm := newTmux(t)
 	bin := cliBinary(t)
 	db := testenv.NewDatabase(t)
-	const live, restored, rowsEach = 2, 30, 200
+	const live, restored, rowsEach = 2, 40, 200
 	// Each restored row waits a millisecond in a CHECK constraint, so the
 	// restore takes seconds on any machine and a screen is caught mid-run.
 	// NOT VALID: the rows loaded here are not slowed.
@@ -268,7 +268,7 @@ ANALYZE;`, live+restored, rowsEach))
 	}
 	// On a terminal the bar commands log at warn unless told: no "initialised
 	// repository" info line.
-	if h := p.history(); contains(h, regexp.MustCompile(`^exported 2/2 tables, [\d.]+ (KiB|MiB)/~[\d.]+ (KiB|MiB) \[=+\] +[\d.]+ (B|KiB|MiB)/s, in \d`)) != 1 ||
+	if h := p.history(); contains(h, regexp.MustCompile(`^exported 2/2 tables, [\d.]+ (KiB|MiB)/~[\d.]+ (KiB|MiB) \[=+\] +[\d.]+ (b|KiB|MiB)/s, in \d`)) != 1 ||
 		contains(h, logLine) != 0 {
 		t.Fatalf("snapshot: want its finished bar once, and no log lines:\n%s", strings.Join(h, "\n"))
 	}
@@ -443,7 +443,7 @@ ANALYZE;`, live+restored, rowsEach))
 			t.Fatalf("exit %d:\n%s", code, strings.Join(p.history(), "\n"))
 		}
 		h := p.history()
-		if contains(h, regexp.MustCompile(`^drill: restored 3/3 tenants, [\d.]+ KiB/[\d.]+ KiB \[=+\] +[\d.]+ (B|KiB|MiB)/s, in \d`)) != 1 ||
+		if contains(h, regexp.MustCompile(`^drill: restored 3/3 tenants, [\d.]+ KiB/[\d.]+ KiB \[=+\] +[\d.]+ (b|KiB|MiB)/s, in \d`)) != 1 ||
 			contains(h, regexp.MustCompile(`^result: PASS$`)) != 1 || contains(h, logLine) != 0 {
 			t.Fatalf("drill: want its finished bar once, no log lines, and a pass:\n%s", strings.Join(h, "\n"))
 		}
