@@ -25,6 +25,15 @@ var cliBuild struct {
 	err  error
 }
 
+// TestMain removes the binary cliBinary built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cliBuild.path != "" {
+		os.RemoveAll(filepath.Dir(cliBuild.path))
+	}
+	os.Exit(code)
+}
+
 // cliBinary builds the tenantvault binary once per test run (with the race
 // detector when the tests have it).
 func cliBinary(t *testing.T) string {
