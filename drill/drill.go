@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -82,6 +83,10 @@ type Options struct {
 	// Progress, when set, is told about each tenant as its restore ends
 	// (before the database checks).
 	Progress func(TenantResult)
+	// Started and Loaded are passed to the restore (restore.Options), for
+	// a progress display of its totals and bytes.
+	Started func(*restore.Plan)
+	Loaded  *atomic.Int64
 	// Now is the clock for names and timestamps; nil means time.Now.
 	Now func() time.Time
 }
@@ -407,6 +412,7 @@ func (d *drill) run(ctx context.Context) error {
 	rr, err := restore.Run(ctx, restore.Options{
 		Vault: o.Repo, Target: target, Tenants: d.tenants, Select: restore.Selector{SetID: d.set.ID},
 		CreateSchema: true, SchemaInPlace: o.Template != "", Parallel: o.Parallel, PgRestore: o.PgRestore, Logger: o.Logger,
+		Started: o.Started, Loaded: o.Loaded,
 		Progress: func(tr restore.TenantResult) {
 			if o.Progress == nil {
 				return

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -225,6 +226,7 @@ type guardedReader struct {
 	r        io.Reader
 	err      error
 	detached bool
+	loaded   *atomic.Int64 // Options.Loaded; may be nil
 }
 
 var errDetached = errors.New("reader detached")
@@ -236,6 +238,9 @@ func (g *guardedReader) Read(p []byte) (int, error) {
 		return 0, errDetached
 	}
 	n, err := g.r.Read(p)
+	if g.loaded != nil {
+		g.loaded.Add(int64(n))
+	}
 	if err != nil && err != io.EOF {
 		g.err = err
 	}
@@ -258,7 +263,7 @@ func (r *runner) loadChunk(ctx context.Context, conn *pgx.Conn, set *manifest.Ma
 	if err != nil {
 		return 0, err
 	}
-	g := &guardedReader{r: rc}
+	g := &guardedReader{r: rc, loaded: r.o.Loaded}
 	tag, err := conn.PgConn().CopyFrom(ctx, g, tenancy.CopyInSQL(t))
 	readErr := g.detach()
 	rc.Close()

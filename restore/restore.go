@@ -62,6 +62,13 @@ type Options struct {
 	Logger   *slog.Logger
 	// Progress, when set, is told about each tenant as it finishes.
 	Progress func(TenantResult)
+	// Started, when set, is told the plan once it is confirmed, just
+	// before the first write: a progress display starts there, never over
+	// the confirmation prompt.
+	Started func(*Plan)
+	// Loaded, when set, counts the uncompressed bytes streamed into the
+	// target so far (rolled-back tenants included), for a progress display.
+	Loaded *atomic.Int64
 }
 
 // Plan is what a restore will do, computed before anything is written.
@@ -209,8 +216,16 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		report.Duration = time.Since(start)
 		return report, nil
 	}
-	if o.Confirm != nil && !o.Confirm(plan) {
-		return report, tenantvault.Inputf("restore cancelled: nothing was written")
+	if o.Confirm != nil {
+		asked := time.Now()
+		ok := o.Confirm(plan)
+		start = start.Add(time.Since(asked)) // the time taken is the restore's, not the person's
+		if !ok {
+			return report, tenantvault.Inputf("restore cancelled: nothing was written")
+		}
+	}
+	if o.Started != nil {
+		o.Started(plan)
 	}
 	if plan.CreateSchema {
 		if err := r.createDatabase(ctx, plan); err != nil {

@@ -106,6 +106,9 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 		return err
 	}
 	r.o.Progress.TablesTotal.Add(int64(len(cat.Tables)))
+	for _, n := range cat.Bytes {
+		r.o.Progress.BytesTotal.Add(n)
+	}
 	var d *manifest.SchemaDump
 	if r.o.SchemaArchive != manifest.SchemaArchiveNone {
 		var schema bytes.Buffer
@@ -126,6 +129,7 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 		}
 		results = append(results, res)
 		r.o.Progress.TablesDone.Add(1)
+		r.o.Progress.DiskDone.Add(cat.Bytes[i])
 	}
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 		return err

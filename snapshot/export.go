@@ -30,6 +30,7 @@ func (r *run) export(ctx context.Context, conn *pgx.Conn, packer *vault.Packer, 
 	if err := s.close(); err != nil {
 		return tableResult{}, fmt.Errorf("export %s: %w", t.QualifiedName(), err)
 	}
+	r.o.Progress.ReadDone.Add(s.read)
 	return s.res, nil
 }
 
@@ -47,6 +48,7 @@ type splitter struct {
 	cur   []byte // the current tenant key, still COPY-escaped
 	cw    *vault.ChunkWriter
 	rows  int64
+	read  int64 // COPY bytes received
 	res   tableResult
 	err   error
 }
@@ -91,6 +93,7 @@ func (s *splitter) Write(p []byte) (int, error) {
 }
 
 func (s *splitter) bytes(n int) {
+	s.read += int64(n)
 	s.r.o.Progress.Bytes.Add(int64(n))
 }
 

@@ -80,7 +80,25 @@ type Progress struct {
 	TablesDone  atomic.Int64
 	Rows        atomic.Int64
 	Bytes       atomic.Int64 // uncompressed bytes read
-	Written     func() int64 // bytes uploaded so far
+	// BytesTotal is the exported tables' size on disk, known once the
+	// catalog is read (database model: per database); DiskDone is that of
+	// the finished tables, and ReadDone what was read from them, so a
+	// display can estimate the remaining bytes from the ratio.
+	BytesTotal atomic.Int64
+	DiskDone   atomic.Int64
+	ReadDone   atomic.Int64
+	Written    func() int64 // bytes uploaded so far
+}
+
+// EstimatedBytes estimates what Bytes will reach: the bytes read from the
+// finished tables, plus the rest's size on disk scaled by how the finished
+// tables' COPY text compared with theirs.
+func (p *Progress) EstimatedBytes() int64 {
+	total, disk, read := p.BytesTotal.Load(), p.DiskDone.Load(), p.ReadDone.Load()
+	if disk <= 0 || read <= 0 {
+		return total
+	}
+	return read + int64(float64(max(total-disk, 0))*float64(read)/float64(disk))
 }
 
 func (o *Options) normalize() error {
@@ -280,7 +298,12 @@ func (r *run) single(ctx context.Context) error {
 	if err := r.loadPrevious(ctx); err != nil {
 		return err
 	}
-	o.Progress.TablesTotal.Store(int64(len(cat.Tables)))
+	for i := range cat.Tables {
+		if r.wanted(&cat.Tables[i]) {
+			o.Progress.TablesTotal.Add(1)
+			o.Progress.BytesTotal.Add(cat.Bytes[i])
+		}
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	if o.SchemaArchive != manifest.SchemaArchiveNone {
@@ -323,6 +346,7 @@ func (r *run) single(ctx context.Context) error {
 				}
 				results[w] = append(results[w], res)
 				o.Progress.TablesDone.Add(1)
+				o.Progress.DiskDone.Add(cat.Bytes[i])
 			}
 			return packer.Close()
 		})

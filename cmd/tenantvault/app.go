@@ -42,11 +42,14 @@ type app struct {
 	cpuProfile string
 	profFile   *os.File
 	log        *slog.Logger
-	args       []string
+	// logs is where log lines go: stderr, above the progress bar while one
+	// is drawn.
+	logs *logSink
+	args []string
 }
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *app {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	a := &app{stdin: stdin, stdout: stdout, stderr: stderr, logs: &logSink{w: stderr}}
 	root := &cobra.Command{
 		Use:   "tenantvault",
 		Short: "Per-tenant backup and restore for multi-tenant PostgreSQL",
@@ -71,6 +74,7 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 			if err := a.startProfile(); err != nil {
 				return err
 			}
+			a.terminalLogLevel(cmd)
 			if err := a.setupLogging(); err != nil {
 				return err
 			}
@@ -84,7 +88,7 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.configFile, "config", "", "YAML file with flag values (top level, or under a section named after the command)")
-	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error (restore, snapshot, verify and drill drawing a progress bar on a terminal: warn unless given)")
 	pf.StringVar(&a.logFormat, "log-format", "text", "log format on stderr: text or json")
 	pf.BoolVar(&a.jsonOut, "json", false, "print results as JSON on stdout")
 	pf.StringVar(&a.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the command to this file")
@@ -93,7 +97,9 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 		a.snapshotCmd(), a.listCmd(), a.restoreCmd(), a.verifyCmd(),
 		a.drillCmd(), a.agentCmd(), a.pruneCmd(), a.captureCmd(), a.keygenCmd(),
 		a.diffCmd(), a.changesCmd(),
+		a.manCmd(),
 	)
+	addCompletions(root)
 	a.root = root
 	return a
 }
@@ -235,9 +241,9 @@ func (a *app) setupLogging() error {
 	opts := &slog.HandlerOptions{Level: level}
 	switch a.logFormat {
 	case "text":
-		a.log = slog.New(slog.NewTextHandler(a.stderr, opts))
+		a.log = slog.New(slog.NewTextHandler(a.logs, opts))
 	case "json":
-		a.log = slog.New(slog.NewJSONHandler(a.stderr, opts))
+		a.log = slog.New(slog.NewJSONHandler(a.logs, opts))
 	default:
 		return tenantvault.Inputf("--log-format %q: use text or json", a.logFormat)
 	}

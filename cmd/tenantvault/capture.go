@@ -77,11 +77,13 @@ func (a *app) runCapture(ctx context.Context, o *captureOptions) error {
 	}
 	defer closeRepo()
 	stats := &capture.Stats{}
-	stop := a.progress(func() string {
-		return fmt.Sprintf("%d changes in %d segments (%d shared), slot holds %s of WAL",
-			stats.Records.Load(), stats.Segments.Load(), stats.Shared.Load(), humanBytes(stats.LagBytes.Load()))
+	m := a.startMeter(meterSpec{verb: "captured", noun: "changes", open: true,
+		items: func() (int64, int64) { return stats.Records.Load(), 0 },
+		detail: func() string {
+			return fmt.Sprintf("in %d segments (%d shared), slot holds %s of WAL", stats.Segments.Load(), stats.Shared.Load(), humanBytes(stats.LagBytes.Load()))
+		},
 	})
-	defer stop()
+	defer m.finish(false)
 	a.log.Info("capturing changes; interrupt to stop", "source", tenancy.RedactURL(o.source), "repo", v.Location())
 	return capture.Run(ctx, capture.Options{
 		Source: o.source, Vault: v, Tenancy: o.tenancy, Slot: o.slot, Publication: o.publication,

@@ -97,11 +97,10 @@ func (a *app) runChanges(ctx context.Context, o *changesOptions) error {
 	}
 	defer closeRepo()
 	prog := &triage.ChangesProgress{}
-	stop := a.progress(func() string {
-		return fmt.Sprintf("changes: read %d/%d segments, %d changes in the window", prog.SegmentsDone.Load(), prog.SegmentsTotal.Load(), prog.Records.Load())
-	})
+	m := a.startMeter(meterSpec{verb: "changes: read", noun: "segments",
+		items: func() (int64, int64) { return prog.SegmentsDone.Load(), prog.SegmentsTotal.Load() }})
 	rep, err := triage.Changes(ctx, triage.ChangesOptions{Vault: v, From: from, To: to, Tenants: o.tenants, Stream: o.stream, Logger: a.log, Progress: prog})
-	stop()
+	m.finish(err == nil)
 	if err != nil {
 		return err
 	}

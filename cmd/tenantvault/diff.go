@@ -139,13 +139,8 @@ func (a *app) runDiff(ctx context.Context, o *diffOptions) error {
 	if o.exact {
 		verb = "digested"
 	}
-	stop := a.progress(func() string {
-		line := fmt.Sprintf("diff: %s %d/%d tables, %d rows", verb, prog.TablesDone.Load(), prog.TablesTotal.Load(), prog.Rows.Load())
-		if o.exact {
-			line += ", " + humanBytes(prog.Bytes.Load())
-		}
-		return line
-	})
+	m := a.startMeter(meterSpec{verb: "diff: " + verb, noun: "tables",
+		items: func() (int64, int64) { return prog.TablesDone.Load(), prog.TablesTotal.Load() }})
 	jw := &jsonTenants{w: a.stdout}
 	emit := func(d *triage.TenantDiff) error {
 		if out != nil && classes[d.Status] {
@@ -159,7 +154,7 @@ func (a *app) runDiff(ctx context.Context, o *diffOptions) error {
 		return nil
 	}
 	rep, err := triage.Diff(ctx, triage.DiffOptions{Vault: v, Source: o.source, Select: sel, Tenants: tenants, Exact: o.exact, Logger: a.log, Progress: prog}, emit)
-	stop()
+	m.finish(err == nil)
 	if err != nil {
 		return err
 	}

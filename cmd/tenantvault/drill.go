@@ -7,13 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tenantvault/tenantvault/drill"
+	"github.com/tenantvault/tenantvault/restore"
 )
 
 type drillOptions struct {
@@ -119,14 +119,20 @@ func (a *app) runDrill(ctx context.Context, o *drillOptions, countSet bool) erro
 		return err
 	}
 	defer closeRepo()
-	var done atomic.Int64
-	stop := a.progress(func() string { return fmt.Sprintf("drill: restored %d tenant(s)", done.Load()) })
+	var c planCounts
+	var m *meter
 	rep, err := drill.Run(ctx, drill.Options{
 		Repo: v, Scratch: o.scratch, Tenants: o.tenants, Count: o.count, Seed: o.seed, SetID: o.snapshot,
 		MaxRTO: o.maxRTO, Keep: o.keep, Parallel: o.parallel, PgRestore: o.pgRestore, Template: o.template, Logger: a.log,
-		Progress: func(drill.TenantResult) { done.Add(1) },
+		Progress: func(t drill.TenantResult) { c.add(t.Err) },
+		Loaded:   &c.loaded,
+		Started: func(p *restore.Plan) {
+			spec := c.meter("drill: restored", p)
+			spec.after = "checking the database"
+			m = a.startMeter(spec)
+		},
 	})
-	stop()
+	m.finish(rep != nil && rep.RTO > 0 && ctx.Err() == nil)
 	if rep == nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -150,19 +151,26 @@ func (a *app) runRestore(ctx context.Context, o *restoreOptions) error {
 		PgRestore: o.pgRestore, Logger: a.log,
 		Snapshot: snapshot.Options{PgDump: o.pgDump, TempDir: o.tempDir, Logger: a.log},
 		Announce: func(id string) {
-			fmt.Fprintf(a.stderr, "pre-restore snapshot set %s holds the rows being replaced; to undo: tenantvault restore --snapshot %s --if-exists replace ...\n", id, id)
+			a.notef("pre-restore snapshot set %s holds the rows being replaced; to undo: tenantvault restore --snapshot %s --if-exists replace ...", id, id)
 		},
 	}
+	shown := false // the plan, by the confirmation prompt
 	if !o.yes && !o.dryRun && terminal(a.stdin) {
-		ro.Confirm = a.confirm
+		ro.Confirm = func(p *restore.Plan) bool {
+			shown = true
+			return a.confirm(ctx, p)
+		}
 	}
-	var done atomic.Int64
-	stop := a.progress(func() string { return fmt.Sprintf("restored %d tenant(s)", done.Load()) })
-	ro.Progress = func(restore.TenantResult) { done.Add(1) }
+	// The bar starts once the plan is confirmed, never over the prompt.
+	var c planCounts
+	var m *meter
+	ro.Progress = func(t restore.TenantResult) { c.add(t.Err) }
+	ro.Loaded = &c.loaded
+	ro.Started = func(p *restore.Plan) { m = a.startMeter(c.meter("restored", p)) }
 	rep, err := restore.Run(ctx, ro)
-	stop()
-	if rep != nil && rep.Plan != nil && (o.dryRun || rep.Tenants == nil) && !a.jsonOut {
-		a.printRestorePlan(rep.Plan)
+	m.finish(rep != nil && rep.Tenants != nil && ctx.Err() == nil)
+	if rep != nil && rep.Plan != nil && (o.dryRun || rep.Tenants == nil) && !a.jsonOut && !shown {
+		a.printRestorePlan(a.stdout, rep.Plan)
 	}
 	if rep != nil && rep.Tenants != nil {
 		if a.jsonOut {
@@ -178,22 +186,72 @@ func (a *app) runRestore(ctx context.Context, o *restoreOptions) error {
 	return err
 }
 
-func (a *app) confirm(p *restore.Plan) bool {
-	a.printRestorePlan(p)
-	fmt.Fprintf(a.stderr, "Restore %d tenant(s) into %s? This writes to the database. Type 'yes' to go on: ", len(p.Items), p.Target)
-	line, _ := bufio.NewReader(a.stdin).ReadString('\n')
-	return strings.TrimSpace(line) == "yes"
+// confirm shows the plan and asks on the terminal; anything but "yes", an
+// end of input or an interrupt (Ctrl-C) refuses.
+func (a *app) confirm(ctx context.Context, p *restore.Plan) bool {
+	w := a.stdout
+	if a.jsonOut {
+		w = a.stderr // stdout is for the JSON result
+	}
+	a.printRestorePlan(w, p)
+	prompt := a.stderr
+	if !terminal(a.stderr) && terminal(a.stdout) {
+		prompt = a.stdout // stderr goes to a file: the question must still be seen
+	}
+	fmt.Fprintf(prompt, "Restore %d tenant(s) into %s? This writes to the database. Type 'yes' to go on: ", len(p.Items), p.Target)
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+		answer <- line
+	}()
+	select {
+	case line := <-answer:
+		return strings.TrimSpace(line) == "yes"
+	case <-ctx.Done():
+		fmt.Fprintln(prompt)
+		return false
+	}
 }
 
-func (a *app) printRestorePlan(p *restore.Plan) {
-	w := a.stdout
-	if !a.jsonOut {
-		fmt.Fprintf(w, "plan: restore %d tenant(s) into %s", len(p.Items), p.Target)
-		if p.CreateSchema {
-			fmt.Fprintf(w, " (empty: schema and global tables from set %s first)", p.SchemaSet.ID)
-		}
-		fmt.Fprintln(w)
+// planCounts counts a restore's progress for its bar.
+type planCounts struct {
+	ok, failed, loaded atomic.Int64
+}
+
+func (c *planCounts) add(err error) {
+	if err != nil {
+		c.failed.Add(1)
+	} else {
+		c.ok.Add(1)
 	}
+}
+
+// meter is the progress bar of a restore's plan: tenants, and bytes when
+// the tenants hold any.
+func (c *planCounts) meter(verb string, p *restore.Plan) meterSpec {
+	var total int64
+	for _, it := range p.Items {
+		total += it.T.Size
+	}
+	if p.CreateSchema && p.SchemaSet != nil {
+		for _, c := range p.SchemaSet.Global {
+			total += c.Size
+		}
+	}
+	spec := meterSpec{verb: verb, noun: "tenants", failed: c.failed.Load,
+		items: func() (int64, int64) { return c.ok.Load(), int64(len(p.Items)) }}
+	if total > 0 {
+		spec.bytes = func() (int64, int64) { return c.loaded.Load(), total }
+	}
+	return spec
+}
+
+func (a *app) printRestorePlan(w io.Writer, p *restore.Plan) {
+	fmt.Fprintf(w, "plan: restore %d tenant(s) into %s", len(p.Items), p.Target)
+	if p.CreateSchema {
+		fmt.Fprintf(w, " (empty: schema and global tables from set %s first)", p.SchemaSet.ID)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TENANT\tSET\tTABLES\tROWS\tDATA\tSTORED\tIN TARGET NOW")
 	for _, it := range p.Items {

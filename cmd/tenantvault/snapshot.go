@@ -96,18 +96,15 @@ func (a *app) runSnapshot(ctx context.Context, o *snapshotOptions) error {
 	}
 	defer closeRepo()
 	so.Vault = v
-	so.Progress = &snapshot.Progress{}
-	stopProgress := a.progress(func() string {
-		p := so.Progress
-		written := int64(0)
-		if p.Written != nil {
-			written = p.Written()
-		}
-		return fmt.Sprintf("tables %d/%d, %d rows, %s read, %s written",
-			p.TablesDone.Load(), p.TablesTotal.Load(), p.Rows.Load(), humanBytes(p.Bytes.Load()), humanBytes(written))
+	sp := &snapshot.Progress{}
+	so.Progress = sp
+	// The byte total is estimated from the tables' size on disk.
+	meter := a.startMeter(meterSpec{verb: "exported", noun: "tables", estimate: true,
+		items: func() (int64, int64) { return sp.TablesDone.Load(), sp.TablesTotal.Load() },
+		bytes: func() (int64, int64) { return sp.Bytes.Load(), sp.EstimatedBytes() },
 	})
 	m, err := snapshot.Run(ctx, so)
-	stopProgress()
+	meter.finish(err == nil)
 	if err != nil {
 		return err
 	}

@@ -55,9 +55,9 @@ func (a *app) runVerify(ctx context.Context, o *verifyOptions) error {
 		ids = []string{o.snapshot}
 	}
 	var done, total atomic.Int64
-	stop := a.progress(func() string { return fmt.Sprintf("checked %d of %d chunks", done.Load(), total.Load()) })
+	m := a.startMeter(meterSpec{verb: "checked", noun: "chunks", items: func() (int64, int64) { return done.Load(), total.Load() }})
 	res, err := v.Verify(ctx, ids, o.readData, func(d, t int64) { done.Store(d); total.Store(t) })
-	stop()
+	m.finish(err == nil)
 	if err != nil {
 		return err
 	}
