@@ -33,8 +33,8 @@ func clock(t *testing.T, db string) time.Time {
 
 // runCapture archives db's changes into repoURL (fast flushes) until the
 // returned stop is called; it returns once the slot exists, so a set taken
-// next is continued by the log.
-func runCapture(t *testing.T, ctx context.Context, db, repoURL string, keys *vault.Keys) (v *vault.Vault, stop func()) {
+// next is continued by the log. tc, when given, is the source's tenancy.
+func runCapture(t *testing.T, ctx context.Context, db, repoURL string, keys *vault.Keys, tc ...tenancy.Config) (v *vault.Vault, stop func()) {
 	t.Helper()
 	b, err := repo.Open(ctx, repoURL, repo.Options{Create: true})
 	if err != nil {
@@ -48,8 +48,11 @@ func runCapture(t *testing.T, ctx context.Context, db, repoURL string, keys *vau
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true,
-			FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond})
+		o := capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond}
+		if len(tc) > 0 {
+			o.Tenancy = tc[0]
+		}
+		done <- capture.Run(cctx, o)
 	}()
 	stopped := false
 	stop = func() {

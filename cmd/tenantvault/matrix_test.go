@@ -248,10 +248,10 @@ DELETE FROM events WHERE tenant_id = 'acme' AND id = 2;
 UPDATE tenants SET name = 'Acme renamed' WHERE id = 'acme'`)
 		time.Sleep(20 * time.Millisecond)
 		want := read(t, nil, "acme")
-		at := matrixServerNow(t, ctx, src)
+		at := clock(t, src)
 		time.Sleep(1200 * time.Millisecond)
 		deleteTenant(t, "acme")
-		matrixWaitArchived(t, ctx, v, src)
+		waitLog(t, ctx, v, src)
 		expect(t, 0, "", "restore", "--repo", r, "--target", src, "--tenant", "acme", "--at", at.Format(time.RFC3339Nano))
 		if d := fixture.Diff(want, read(t, nil, "acme")); d != "" {
 			t.Fatalf("tenant at %s differs:\n%s", at.Format(time.RFC3339Nano), d)
@@ -329,36 +329,4 @@ func dbName(url string) string {
 		panic(err)
 	}
 	return cfg.Database
-}
-
-func matrixServerNow(t *testing.T, ctx context.Context, db string) time.Time {
-	t.Helper()
-	var now time.Time
-	if err := testenv.Connect(t, db).QueryRow(ctx, "SELECT clock_timestamp()").Scan(&now); err != nil {
-		t.Fatal(err)
-	}
-	return now
-}
-
-// matrixWaitArchived waits until the change log reaches the source's clock
-// at call time.
-func matrixWaitArchived(t *testing.T, ctx context.Context, v *vault.Vault, db string) {
-	t.Helper()
-	target := matrixServerNow(t, ctx, db)
-	var sys string
-	if err := testenv.Connect(t, db).QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&sys); err != nil {
-		t.Fatal(err)
-	}
-	stream := vault.StreamName(sys, dbName(db))
-	for ctx.Err() == nil {
-		_, until, err := v.ArchivedUntil(ctx, stream)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !until.Before(target) {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatal("the change log never caught up")
 }

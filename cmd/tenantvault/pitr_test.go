@@ -1,17 +1,13 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/tenantvault/tenantvault/capture"
 	"github.com/tenantvault/tenantvault/internal/testenv"
-	"github.com/tenantvault/tenantvault/repo"
 	"github.com/tenantvault/tenantvault/tenancy"
-	"github.com/tenantvault/tenantvault/vault"
 )
 
 const pitrSchema = `
@@ -36,57 +32,16 @@ INSERT INTO comments (issue_id, body) SELECT id, 'comment' FROM issues`)
 	cfg := tenancy.Config{TenantTable: "public.tenants"}
 	expect(t, 0, "", "snapshot", "--source", db, "--repo", repoURL, "--init", "--tenant-table", "public.tenants")
 
-	b, err := repo.Open(ctx, repoURL, repo.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	v, err := vault.Open(ctx, b, vault.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, Tenancy: cfg, SetReplicaIdentity: true,
-			FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("capture: %v", err)
-		}
-		capture.DropSlot(context.Background(), db, "")
-	}()
-	conn := testenv.Connect(t, db)
-	for {
-		var n int
-		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database() AND confirmed_flush_lsn IS NOT NULL").Scan(&n)
-		if n > 0 {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	v, _ := runCapture(t, ctx, db, repoURL, nil, cfg)
 	expect(t, 0, "", "snapshot", "--source", db, "--repo", repoURL, "--tenant-table", "public.tenants", "--exact-lsn")
 	testenv.Exec(t, db, `DELETE FROM comments WHERE issue_id = (SELECT min(id) FROM issues WHERE tenant_id = 'acme');
 INSERT INTO comments (issue_id, body) SELECT id, 'new' FROM issues WHERE tenant_id = 'acme'`)
 	time.Sleep(50 * time.Millisecond)
-	var at time.Time
-	conn.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&at)
+	at := clock(t, db)
 	time.Sleep(50 * time.Millisecond)
 	testenv.Exec(t, db, `UPDATE issues SET tenant_id = 'globex' WHERE id = (SELECT max(id) FROM issues WHERE tenant_id = 'acme')`)
-	var moved time.Time
-	conn.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&moved)
-	for {
-		_, until, err := v.ArchivedUntil(ctx, streamOf(t, db))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if until.After(moved) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	moved := clock(t, db)
+	waitLog(t, ctx, v, db)
 
 	scratch := testenv.NewDatabase(t)
 	testenv.Exec(t, scratch, pitrSchema)
@@ -130,15 +85,4 @@ INSERT INTO comments (issue_id, body) SELECT id, 'new' FROM issues WHERE tenant_
 	if n != 0 {
 		t.Fatalf("a refused restore wrote %d rows", n)
 	}
-}
-
-func streamOf(t *testing.T, db string) string {
-	t.Helper()
-	var sys string
-	testenv.Connect(t, db).QueryRow(context.Background(), "SELECT system_identifier::text FROM pg_control_system()").Scan(&sys)
-	cfg, err := tenancy.ParseURL(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return vault.StreamName(sys, cfg.Database)
 }
