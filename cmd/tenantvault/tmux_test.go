@@ -450,7 +450,7 @@ ANALYZE;`, live+restored, rowsEach))
 		if n := contains(h[prompt:bar], logRestore); n != restored {
 			t.Fatalf("%d whole 'tenant restored' log lines above the bar, want %d", n, restored)
 		}
-		verified := regexp.MustCompile(`^"t\d+" +\S+ +2 +\d+ +[\d.]+ KiB +0 +[\d.]+s +yes$`)
+		verified := regexp.MustCompile(`^"t\d+" +\S+ +2 +\d+ +[\d.]+ KiB +0 +[\d.]+s +yes: 2 digests$`)
 		if n := contains(h[table:], verified); n != restored || !slicesContain(h[table:], fmt.Sprintf("restored %d of %d tenant(s) in", restored, restored)) {
 			t.Fatalf("final table: %d verified rows, want %d:\n%s", n, restored, strings.Join(h[table:], "\n"))
 		}
