@@ -136,6 +136,7 @@ func TestHistories(t *testing.T) {
 				total.Commits += r.Commits
 				total.Rollbacks += r.Rollbacks
 				total.Moves += r.Moves
+				total.Proofs += r.Proofs
 				total.Records += r.Records
 				total.Shared += r.Shared
 				total.Workload += r.Workload
@@ -164,14 +165,12 @@ func TestHistories(t *testing.T) {
 			})
 		}
 	})
-	wrong := 0
-	for _, d := range total.Divergences {
-		if d.Class == histories.ClassWrong {
-			wrong++
-		}
+	classes := total.Summary()
+	if classes == "" {
+		classes = "none"
 	}
-	testenv.Report(t, "histories: %d histories, %d instants checked, %d refused (moved parents), %d divergences (%d wrong data); %d commits, %d rollbacks, %d moves, %d change records (%d shared); %s in all",
-		n, total.Instants, total.Refused, len(total.Divergences), wrong, total.Commits, total.Rollbacks, total.Moves, total.Records, total.Shared, time.Since(start).Round(time.Second))
+	testenv.Report(t, "histories: %d histories, %d instants checked, %d refused (moved parents), %d divergences (%s); %d set pairs proved by verify --replay; %d commits, %d rollbacks, %d moves, %d change records (%d shared); %s in all",
+		n, total.Instants, total.Refused, len(total.Divergences), classes, total.Proofs, total.Commits, total.Rollbacks, total.Moves, total.Records, total.Shared, time.Since(start).Round(time.Second))
 	if len(failed) > 0 {
 		t.Logf("failing seeds: %s", strings.Join(failed, "; "))
 	}

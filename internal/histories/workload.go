@@ -108,25 +108,25 @@ func (g *gen) op() op {
 		t := s.Tables[g.rng.IntN(len(s.Tables))]
 		tenant := g.tenant()
 		switch w := g.rng.IntN(100); {
-		case w < 32:
+		case w < 28:
 			return g.insert(t, tenant)
-		case w < 57:
+		case w < 50:
 			return g.update(t, tenant)
-		case w < 72:
+		case w < 64:
 			if t.Kind == kindTenant && g.f&TenantDeletes == 0 {
 				continue
 			}
 			return g.delete(t, tenant)
-		case w < 84:
+		case w < 78:
 			if t.Kind != kindChain {
 				continue
 			}
 			dst := tenant
-			if g.f&Moves != 0 && g.rng.IntN(2) == 0 {
+			if g.f&Moves != 0 && g.rng.IntN(3) != 0 {
 				dst = g.other(tenant)
 			}
 			return g.reparent(t, tenant, dst)
-		case w < 94:
+		case w < 92:
 			if t.Kind != kindDirect || t.Referenced() && g.f&Moves == 0 {
 				continue
 			}
@@ -386,7 +386,7 @@ func (s *Schema) populate() string {
 				fmt.Fprintf(&b, "UPDATE %[1]s x SET parent_id = (SELECT min(y.id) FROM %[1]s y WHERE y.%[2]s = x.%[2]s) WHERE x.id %% 3 = 0;\n", t.q(), tc)
 			}
 		case kindChain:
-			cols, vals := []string{ident(t.FK), "name", "n", "body"}, []string{"p.id", "'n' || g", "g", "E'init\\t' || g"}
+			cols, vals := []string{ident(t.FK), "name", "n", "body"}, []string{"p.id", "'n' || g || '.' || p.id", "g", "E'init\\t' || g"}
 			if t.Toast {
 				cols, vals = append(cols, "doc"), append(vals, "(SELECT string_agg(md5(i::text || p.id || g), '') FROM generate_series(1, 80) i)")
 			}
