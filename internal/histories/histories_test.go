@@ -152,6 +152,9 @@ func TestHistories(t *testing.T) {
 				}
 				var b strings.Builder
 				fmt.Fprintf(&b, "history seed=%d (features %s) diverged: %s\n", j.seed, j.features, r.Summary())
+				for _, sig := range r.Signatures() {
+					fmt.Fprintf(&b, "signature: %s\n", sig)
+				}
 				fmt.Fprintf(&b, "rerun: %s=%d %s=%s go test -count=1 -run TestHistories ./internal/histories/\n", envSeed, j.seed, envFeatures, j.features)
 				for i, d := range r.Divergences {
 					if i == 5 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -44,7 +45,7 @@ type Divergence struct {
 }
 
 func (d Divergence) String() string {
-	if d.Class == ClassProof {
+	if d.Class == ClassProof || d.Class == ClassCapture {
 		return fmt.Sprintf("%s: %s", d.Class, d.Detail)
 	}
 	return fmt.Sprintf("%s: tenant %q at instant %d (%s): %s", d.Class, d.Tenant, d.Instant, d.At.Format(time.RFC3339Nano), d.Detail)
@@ -56,6 +57,7 @@ const (
 	ClassFailed  = "restore failed"
 	ClassRefused = "refused without a move"
 	ClassProof   = "replay proof"
+	ClassCapture = "capture stopped"
 )
 
 // Result is what one history did and found.
@@ -129,7 +131,7 @@ func Run(t testing.TB, ctx context.Context, o Options) *Result {
 	}
 
 	stats := &capture.Stats{}
-	stop := startCapture(t, ctx, src, v, cfg, stats)
+	stop, ended := startCapture(t, ctx, src, v, cfg, stats)
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -233,7 +235,14 @@ func Run(t testing.TB, ctx context.Context, o Options) *Result {
 		takeSet()
 	}
 	res.Workload = time.Since(start)
-	waitArchived(t, ctx, v, src)
+	err = waitArchived(t, ctx, v, src, ended)
+	res.Records, res.Shared = stats.Records.Load(), stats.Shared.Load()
+	if err != nil {
+		// Nothing after the capture stopped can be restored; that it
+		// stopped in the middle of a history is the finding.
+		res.Divergences = append(res.Divergences, Divergence{Class: ClassCapture, Detail: err.Error()})
+		return res
+	}
 	stop()
 	stopped = true
 	res.Records, res.Shared = stats.Records.Load(), stats.Shared.Load()
@@ -397,21 +406,37 @@ func (s *Schema) Read(ctx context.Context, q interface {
 
 // startCapture runs the capture on db until the returned stop is called,
 // and returns once its slot exists, so a set taken next is continued by
-// the log.
-func startCapture(t testing.TB, ctx context.Context, db string, v *vault.Vault, cfg tenancy.Config, stats *capture.Stats) (stop func()) {
+// the log. ended reports the error of a capture that stopped by itself.
+func startCapture(t testing.TB, ctx context.Context, db string, v *vault.Vault, cfg tenancy.Config, stats *capture.Stats) (stop func(), ended func() error) {
 	t.Helper()
 	cctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
+	done := make(chan struct{})
+	var runErr error
 	go func() {
-		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, Tenancy: cfg, SetReplicaIdentity: true,
+		defer close(done)
+		runErr = capture.Run(cctx, capture.Options{Source: db, Vault: v, Tenancy: cfg, SetReplicaIdentity: true,
 			FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond, Stats: stats})
 	}()
+	ended = func() error {
+		select {
+		case <-done:
+			if runErr == nil && cctx.Err() == nil {
+				return errors.New("capture returned without being stopped")
+			}
+			return runErr
+		default:
+			return nil
+		}
+	}
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
+			wasRunning := ended() == nil
 			cancel()
-			err := <-done
-			switch {
+			<-done
+			switch err := runErr; {
+			case !wasRunning:
+				// Reported by the history already.
 			case errors.Is(err, context.Canceled):
 				// Stopped in the middle of a query: what it archived before
 				// is complete (waitArchived saw it), so the check goes on.
@@ -433,19 +458,18 @@ func startCapture(t testing.TB, ctx context.Context, db string, v *vault.Vault, 
 			t.Fatal(err)
 		}
 		if n > 0 {
-			return stop
+			return stop, ended
 		}
-		select {
-		case err := <-done:
+		if err := ended(); err != nil {
 			t.Fatalf("capture stopped: %v", err)
-		case <-time.After(50 * time.Millisecond):
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 // waitArchived waits until the change log reaches the source's clock at
-// call time.
-func waitArchived(t testing.TB, ctx context.Context, v *vault.Vault, db string) {
+// call time, or returns the error of a capture that stopped.
+func waitArchived(t testing.TB, ctx context.Context, v *vault.Vault, db string, ended func() error) error {
 	t.Helper()
 	conn := testenv.Connect(t, db)
 	var target time.Time
@@ -464,11 +488,65 @@ func waitArchived(t testing.TB, ctx context.Context, v *vault.Vault, db string) 
 			t.Fatal(err)
 		}
 		if !until.Before(target) {
-			return
+			return nil
+		}
+		if err := ended(); err != nil {
+			return err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatal("the change log never caught up")
+	return nil
+}
+
+var (
+	quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+	digits = regexp.MustCompile(`[0-9]+(?:[./:-][0-9A-F]+)*`)
+)
+
+// Signature is a divergence without its numbers and names in quotes, so
+// that the same bug in different histories looks the same.
+func (d Divergence) Signature() string {
+	detail := firstLine(d.Detail)
+	if d.Class == ClassWrong {
+		// The first table that differs and how.
+		detail = strings.TrimSpace(detail)
+		if table, rest, ok := strings.Cut(detail, ": "); ok {
+			var got, want int
+			fmt.Sscanf(rest, "%d rows, want %d", &got, &want)
+			how := "rows differ"
+			switch {
+			case got > want:
+				how = "extra rows"
+			case got < want:
+				how = "missing rows"
+			}
+			detail = table + ": " + how
+		}
+		if strings.Contains(d.Detail, "(moves before this instant") {
+			detail += " (after a move)"
+		}
+	}
+	if _, rest, ok := strings.Cut(detail, "each rolled back: "); ok {
+		detail = rest
+	}
+	detail = quoted.ReplaceAllString(detail, "…")
+	detail = digits.ReplaceAllString(detail, "N")
+	return d.Class + ": " + detail
+}
+
+// Signatures lists the distinct signatures of a history's divergences.
+func (r *Result) Signatures() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, d := range r.Divergences {
+		if s := d.Signature(); !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Summary renders a history's divergences by class.
