@@ -17,6 +17,7 @@ import (
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/repo"
+	"github.com/tenantvault/tenantvault/restore"
 	"github.com/tenantvault/tenantvault/snapshot"
 	"github.com/tenantvault/tenantvault/vault"
 )
@@ -373,11 +374,103 @@ func (a *Agent) attempt(parent context.Context, s *sourceJob, log *slog.Logger) 
 	}
 	log.Info("snapshot verified", "set", m.ID, "read_data", s.VerifyReadData, "chunks", res.Chunks)
 	a.phase(s, "verified")
+	if s.proof {
+		a.replayProof(ctx, v, s, m, log)
+		a.phase(s, "replay-proof")
+	}
 	if err := a.retention(ctx, v, s, m, by, log); err != nil {
 		// The set is safe; retention runs again after the next one.
 		log.Error("retention failed", "err", err)
 	}
 	return nil
+}
+
+// replayProof proves the change log over the interval that ends at the
+// new set: tenants of the previous exact set, replayed to this one's LSN,
+// must have this one's digests. A divergence is logged with the tenant,
+// table and LSN range, counted, and sent to the webhook; it does not fail
+// the snapshot, which stands on its own digests.
+func (a *Agent) replayProof(ctx context.Context, v *vault.Vault, s *sourceJob, m *manifest.Manifest, log *slog.Logger) {
+	now := func() float64 { return float64(a.clock.Now().UnixNano()) / 1e9 }
+	a.m.replayProofLastRun.WithLabelValues(s.Name).Set(now())
+	scratch := s.scratch
+	if scratch == "" {
+		scratch = s.url
+	}
+	// The set is taken at an LSN the capture may not have archived yet.
+	if err := a.awaitLog(ctx, v, s, m); err != nil {
+		a.replayProofFailed(s, m, log, err.Error())
+		return
+	}
+	checks, err := restore.VerifyReplay(ctx, restore.VerifyReplayOptions{Vault: v, Scratch: scratch, Latest: m.ID,
+		MaxTenants: s.ReplayProofTenants, PgRestore: a.cfg.PgRestore, Logger: log})
+	var ie *tenantvault.InputError
+	switch {
+	case errors.As(err, &ie) && len(checks) == 0:
+		// The first exact set: nothing before it to replay from.
+		log.Info("replay proof: no earlier exact set to prove from", "set", m.ID)
+		return
+	case err != nil:
+		a.replayProofFailed(s, m, log, err.Error())
+		return
+	}
+	for _, c := range checks {
+		for _, u := range c.Unprovable {
+			log.Warn("replay proof: tenant not provable by the change log alone", "from", c.From, "to", c.To, "tenant", u)
+		}
+		switch {
+		case c.Skipped != "":
+			// A log that starts after the older set (the agent's first
+			// run) or has a gap: nothing to prove here. Not a failure, and
+			// not a success either: a stale last success is what alerts.
+			log.Warn("replay proof: interval not provable", "from", c.From, "to", c.To, "lsn_range", c.FromLSN+".."+c.ToLSN, "why", c.Skipped)
+		case len(c.Divergences) > 0:
+			a.m.replayProofDivergences.WithLabelValues(s.Name).Set(float64(len(c.Divergences)))
+			for _, d := range c.Divergences {
+				log.Error("replay proof: the change log does not replay to the next set", "from", c.From, "to", c.To,
+					"lsn_range", c.FromLSN+".."+c.ToLSN, "tenant", d.Tenant, "table", d.Table, "detail", d.Detail)
+			}
+			a.webhooks.send(webhookEvent{Event: "replay_divergence", Source: s.Name, Host: a.host, Time: a.clock.Now().UTC(),
+				Error:   fmt.Sprintf("%d tenant table(s) did not replay from set %s to set %s (LSN %s..%s)", len(c.Divergences), c.From, c.To, c.FromLSN, c.ToLSN),
+				FromSet: c.From, ToSet: c.To, LSNRange: c.FromLSN + ".." + c.ToLSN, Divergences: c.Divergences})
+		default:
+			a.m.replayProofDivergences.WithLabelValues(s.Name).Set(0)
+			a.m.replayProofLastSuccess.WithLabelValues(s.Name).Set(now())
+			log.Info("replay proof: change log replays to the next set exactly", "from", c.From, "to", c.To, "tenants", c.Tenants, "lsn_range", c.FromLSN+".."+c.ToLSN)
+		}
+	}
+}
+
+// awaitLog waits until the source's change log reaches the set's LSN,
+// for as long as a capture that keeps up needs.
+func (a *Agent) awaitLog(ctx context.Context, v *vault.Vault, s *sourceJob, m *manifest.Manifest) error {
+	want, err := vault.ParseLSN(m.LSN)
+	if err != nil {
+		return fmt.Errorf("set %s has a bad LSN %q", m.ID, m.LSN)
+	}
+	stream := vault.StreamName(m.Source.SystemID, m.Source.Database)
+	wait := 10*s.CaptureFlushInterval.D + 30*time.Second
+	for deadline := a.clock.Now().Add(wait); ; {
+		refs, err := v.ListSegments(ctx, stream)
+		if err != nil {
+			return err
+		}
+		if len(refs) > 0 && refs[len(refs)-1].End >= want {
+			return nil
+		}
+		if !a.clock.Now().Before(deadline) {
+			return fmt.Errorf("the change log did not reach set %s (LSN %s) within %s: is the capture behind?", m.ID, m.LSN, durationText(wait))
+		}
+		if !sleep(ctx, a.clock, 200*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
+func (a *Agent) replayProofFailed(s *sourceJob, m *manifest.Manifest, log *slog.Logger, msg string) {
+	a.m.replayProofFailures.WithLabelValues(s.Name).Inc()
+	log.Error("replay proof could not run", "set", m.ID, "err", msg)
+	a.webhooks.send(webhookEvent{Event: "replay_proof_failed", Source: s.Name, Error: msg, Host: a.host, Time: a.clock.Now().UTC(), ToSet: m.ID})
 }
 
 // retention marks the sets of the new set's source that the source's

@@ -40,6 +40,7 @@ type Config struct {
 	GCMinAge        Duration  `yaml:"gc_min_age"`
 	TempDir         string    `yaml:"temp_dir"`
 	PgDump          string    `yaml:"pg_dump"`
+	PgRestore       string    `yaml:"pg_restore"` // for replay proofs
 	Retention       Retention `yaml:"retention"`
 	Sources         []Source  `yaml:"sources"`
 	// Encryption, when set, encrypts every set (docs/SECURITY.md).
@@ -141,12 +142,27 @@ type Source struct {
 	CaptureLagAlert    int64 `yaml:"capture_lag_alert"`
 	CaptureMaxLag      int64 `yaml:"capture_max_lag"`
 	SetReplicaIdentity bool  `yaml:"set_replica_identity"`
+	// ReplayProof proves each new interval of the change log: after a set
+	// is written, tenants of the previous set are restored into a scratch
+	// database, the log replayed to the new set's LSN, and the digests
+	// compared (verify --replay). On by default where capture is on.
+	ReplayProof *bool `yaml:"replay_proof"`
+	// ReplayProofScratch is a database URL on the server where the proof
+	// creates and drops its scratch database (the role needs CREATEDB);
+	// default: the source's own server.
+	ReplayProofScratch    string `yaml:"replay_proof_scratch"`
+	ReplayProofScratchEnv string `yaml:"replay_proof_scratch_env"`
+	// ReplayProofTenants is how many tenants each proof replays (spread
+	// evenly over the set); default 10.
+	ReplayProofTenants int `yaml:"replay_proof_tenants"`
 	// Retention, when given, replaces the top-level keep rules for this
 	// source's sets.
 	Retention *Retention `yaml:"retention"`
 
 	// Resolved by Load.
 	url      string // the secret: never logged
+	proof    bool
+	scratch  string // replay proof's scratch server: a secret too
 	tenancy  tenancy.Config
 	schedule cron.Schedule
 	loc      *time.Location
@@ -734,6 +750,32 @@ func (cfg *Config) checkSource(c *checker, s *Source, path string, defLoc *time.
 	}
 	if s.CaptureLagAlert < 0 || s.CaptureMaxLag < 0 || s.CaptureLagAlert > s.CaptureMaxLag {
 		c.at(path+".capture_lag_alert", "must be between 0 and capture_max_lag (%d bytes)", s.CaptureMaxLag)
+	}
+	s.proof = s.Capture
+	if s.ReplayProof != nil {
+		s.proof = *s.ReplayProof
+		if s.proof && !s.Capture {
+			c.at(path+".replay_proof", "needs capture: true (it proves the change log)")
+		}
+	}
+	if s.ReplayProofScratch != "" && s.ReplayProofScratchEnv != "" {
+		c.at(path+".replay_proof_scratch", "give replay_proof_scratch or replay_proof_scratch_env, not both")
+	}
+	s.scratch = s.ReplayProofScratch
+	if s.ReplayProofScratchEnv != "" {
+		if s.scratch = strings.TrimSpace(getenv(s.ReplayProofScratchEnv)); s.scratch == "" {
+			c.at(path+".replay_proof_scratch_env", "environment variable %s is empty or not set", s.ReplayProofScratchEnv)
+		}
+	}
+	if s.scratch != "" {
+		if err := checkDatabaseURL(s.scratch); err != nil {
+			c.at(path+".replay_proof_scratch", "%v", err)
+		}
+	}
+	if s.ReplayProofTenants == 0 {
+		s.ReplayProofTenants = 10
+	} else if s.ReplayProofTenants < 0 {
+		c.at(path+".replay_proof_tenants", "%d is negative", s.ReplayProofTenants)
 	}
 	r := &cfg.Retention
 	if s.Retention != nil {

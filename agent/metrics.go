@@ -39,6 +39,11 @@ type metrics struct {
 	captureLag      *prometheus.GaugeVec
 	captureArchived *prometheus.GaugeVec
 	captureFailures *prometheus.CounterVec
+
+	replayProofLastRun     *prometheus.GaugeVec
+	replayProofLastSuccess *prometheus.GaugeVec
+	replayProofDivergences *prometheus.GaugeVec
+	replayProofFailures    *prometheus.CounterVec
 }
 
 const ns = "tenantvault"
@@ -97,6 +102,14 @@ func newMetrics(version string) *metrics {
 			Help: "Every change committed before this time (Unix) is archived: restore --at reaches it. now() minus this is the recovery point."}, src),
 		captureFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "capture_failures_total",
 			Help: "Times the source's change capture stopped with an error and was restarted."}, src),
+		replayProofLastRun: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_proof_last_run_timestamp_seconds",
+			Help: "When the agent last tried to prove the source's change log by replaying it between its two newest sets (Unix time)."}, src),
+		replayProofLastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_proof_last_success_timestamp_seconds",
+			Help: "When a replay proof of the source last found the change log equal to the next set (Unix time)."}, src),
+		replayProofDivergences: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_proof_divergences",
+			Help: "Tenant tables whose replay did not reach the next set in the source's last replay proof; 0 means proven."}, src),
+		replayProofFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_proof_failures_total",
+			Help: "Replay proofs of the source that could not run (no scratch database, a gap in the log, ...)."}, src),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
 		Help: "Always 1; the labels tell the build."}, []string{"version", "goversion"})
@@ -107,6 +120,7 @@ func newMetrics(version string) *metrics {
 		m.skipped, m.running, m.verifyFail, m.marked,
 		m.purged, m.gcObjects, m.gcBytes, m.deleteFail, m.purgeFail, m.purgeLastDone, m.webhookFail,
 		m.captureRunning, m.captureRecords, m.captureSegments, m.captureLag, m.captureArchived, m.captureFailures,
+		m.replayProofLastRun, m.replayProofLastSuccess, m.replayProofDivergences, m.replayProofFailures,
 	)
 	return m
 }
@@ -114,7 +128,7 @@ func newMetrics(version string) *metrics {
 // initSource makes every per-source series exist from the start, so that
 // alerts on rate() and absent() see zeros rather than nothing.
 func (m *metrics) initSource(name string) {
-	for _, v := range []*prometheus.CounterVec{m.written, m.reused, m.snapshots, m.failures, m.verifyFail, m.marked} {
+	for _, v := range []*prometheus.CounterVec{m.written, m.reused, m.snapshots, m.failures, m.verifyFail, m.marked, m.replayProofFailures} {
 		v.WithLabelValues(name)
 	}
 	m.skipped.WithLabelValues(name, "locked")

@@ -30,14 +30,16 @@ func newRedactor(cfg *Config) *redactor {
 		}
 	}
 	for _, s := range cfg.Sources {
-		if s.url == "" {
-			continue
-		}
-		add(s.url, tenancy.RedactURL(s.url))
-		if pc, err := pgx.ParseConfig(s.url); err == nil && pc.Password != "" {
-			add(pc.Password, "REDACTED")
-			add(url.QueryEscape(pc.Password), "REDACTED")
-			add(url.PathEscape(pc.Password), "REDACTED")
+		for _, u := range []string{s.url, s.scratch} {
+			if u == "" {
+				continue
+			}
+			add(u, tenancy.RedactURL(u))
+			if pc, err := pgx.ParseConfig(u); err == nil && pc.Password != "" {
+				add(pc.Password, "REDACTED")
+				add(url.QueryEscape(pc.Password), "REDACTED")
+				add(url.PathEscape(pc.Password), "REDACTED")
+			}
 		}
 	}
 	if cfg.WebhookURL != "" {

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/tenantvault/tenantvault/restore"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -15,12 +17,18 @@ import (
 
 // webhookEvent is the JSON body POSTed to webhook_url on a failure.
 type webhookEvent struct {
-	Event    string    `json:"event"` // snapshot_failed, purge_failed
+	Event    string    `json:"event"` // snapshot_failed, purge_failed, capture_failed, replay_divergence, replay_proof_failed
 	Source   string    `json:"source,omitempty"`
 	Error    string    `json:"error"`
 	Attempts int       `json:"attempts,omitempty"`
 	Host     string    `json:"host"`
 	Time     time.Time `json:"time"`
+	// For replay_divergence: the interval proven, as sets and LSNs, and
+	// what did not replay to the newer set.
+	FromSet     string               `json:"from_set,omitempty"`
+	ToSet       string               `json:"to_set,omitempty"`
+	LSNRange    string               `json:"lsn_range,omitempty"`
+	Divergences []restore.Divergence `json:"divergences,omitempty"`
 }
 
 // webhookTimeout bounds one delivery.

@@ -154,6 +154,12 @@ type relInfo struct {
 	key   []int           // positions of the table's key columns
 	tcol  int             // position of the tenant column (direct scope), or -1
 	hop   []int           // positions of the first hop's columns (chain scope)
+	// ident marks the replica identity's columns: the only ones a key-only
+	// old tuple carries (the server sends the others as NULL).
+	ident []bool
+	// parent: other tables are scoped through this one's rows, so a row of
+	// it that changes tenant takes rows the change log never mentions along.
+	parent bool
 }
 
 func (c *capturer) close() {
@@ -191,6 +197,11 @@ func (c *capturer) prepare(ctx context.Context) error {
 		return err
 	}
 	c.res = newResolver(conn, cat.Tables, o.Tenancy)
+	// A horizon older than the slot lets lookups of rows nobody wrote
+	// since the capture began be trusted from the first change on.
+	if err := c.res.takeHorizon(ctx); err != nil {
+		return err
+	}
 	if err := c.checkIdentity(ctx, cat.Tables); err != nil {
 		return err
 	}
@@ -373,6 +384,9 @@ func (c *capturer) receive(ctx context.Context) error {
 		if time.Since(lastFlush) >= o.FlushInterval || b.Size() >= o.FlushBytes {
 			if nextWM.at.IsZero() {
 				if nextWM, err = c.watermark(ctx); err != nil {
+					if ctx.Err() != nil {
+						continue
+					}
 					return err
 				}
 				if wm.at.IsZero() {
@@ -380,6 +394,9 @@ func (c *capturer) receive(ctx context.Context) error {
 				}
 			}
 			if err := flush(false); err != nil {
+				if ctx.Err() != nil {
+					continue // stopping: archive it again with a fresh context
+				}
 				return err
 			}
 			// Behind the watermark and nothing arriving: ask the server
@@ -528,11 +545,13 @@ func (c *capturer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (
 		}
 		ri.rel.Columns = append(ri.rel.Columns, col.Name)
 		ri.rel.Types = append(ri.rel.Types, typ)
+		ri.ident = append(ri.ident, col.Flags&1 != 0)
 	}
 	ri.table = c.res.table(m.Namespace, m.RelationName)
 	if ri.table == nil {
 		return ri, nil
 	}
+	ri.parent = c.res.referenced[m.Namespace+"\x00"+m.RelationName]
 	pos := map[string]int{}
 	for i, n := range ri.rel.Columns {
 		pos[n] = i
@@ -568,6 +587,16 @@ func (c *capturer) change(ctx context.Context, b *vault.SegmentBuilder, cur *txn
 	// carries the description of the relations its records use.
 	b.AddRelation(ri.rel)
 	ch := &vault.Change{LSN: cur.lsn, Time: cur.time, Rel: relID, Op: op, New: values(newT), Old: values(oldT)}
+	if oldType == pglogrepl.UpdateMessageTupleTypeKey {
+		// A key-only old tuple: the columns outside the replica identity
+		// were not sent, whatever they held. Taking them for NULLs once lost
+		// the deletes of rows whose tenant is not in their key.
+		for i := range ch.Old {
+			if i >= len(ri.ident) || !ri.ident[i] {
+				ch.Old[i] = vault.Value{Kind: vault.ValueAbsent}
+			}
+		}
+	}
 	tenants, shared, err := c.res.tenantsOf(ctx, ri, ch)
 	if err != nil {
 		return err

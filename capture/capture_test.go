@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		v := mustVault(ctx, os.Getenv("TV_REPO"))
-		err := capture.Run(ctx, capture.Options{Source: os.Getenv("TV_SOURCE"), Vault: v, FlushInterval: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+		err := capture.Run(ctx, capture.Options{Source: os.Getenv("TV_SOURCE"), Vault: v, SetReplicaIdentity: true, FlushInterval: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 		fmt.Fprintln(os.Stderr, "capture ended:", err)
 		os.Exit(1)
 	}
@@ -167,6 +167,22 @@ func waitUntil(t *testing.T, ctx context.Context, v *vault.Vault, db string) {
 	t.Fatal("the change log did not catch up")
 }
 
+// waitSlot waits until the capture's slot exists in db (the cluster is
+// shared with other tests): changes committed before it are not captured.
+func waitSlot(t *testing.T, ctx context.Context, db string) {
+	t.Helper()
+	conn := testenv.Connect(t, db)
+	for ctx.Err() == nil {
+		var n int
+		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database()").Scan(&n)
+		if n > 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("the capture's replication slot never appeared")
+}
+
 // TestKilledCaptureLosesNothing kills a capture with SIGKILL twice while a
 // writer commits, restarts it, and checks every committed change is in the
 // log exactly once, with no gap between segments.
@@ -187,7 +203,7 @@ func TestKilledCaptureLosesNothing(t *testing.T) {
 		return cmd
 	}
 	child := start()
-	time.Sleep(1500 * time.Millisecond) // slot created
+	waitSlot(t, ctx, db)
 	stop := make(chan struct{})
 	committed := writer(t, db, stop)
 	for range 2 {
@@ -234,14 +250,14 @@ func TestRepositoryOutage(t *testing.T) {
 		defer wg.Done()
 		for cctx.Err() == nil {
 			runs++
-			err := capture.Run(cctx, capture.Options{Source: db, Vault: v, FlushInterval: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+			err := capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 			if err != nil {
 				failures++
 				time.Sleep(200 * time.Millisecond) // the agent backs off likewise
 			}
 		}
 	}()
-	time.Sleep(1500 * time.Millisecond)
+	waitSlot(t, ctx, db)
 	stop := make(chan struct{})
 	committed := writer(t, db, stop)
 	time.Sleep(500 * time.Millisecond)
@@ -273,9 +289,9 @@ func TestCorruptedSegment(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, FlushInterval: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 	}()
-	time.Sleep(1500 * time.Millisecond)
+	waitSlot(t, ctx, db)
 	testenv.Exec(t, db, `INSERT INTO orders (tenant_id, n) VALUES ('a', 1), ('b', 2)`)
 	waitUntil(t, ctx, v, db)
 	cancel()

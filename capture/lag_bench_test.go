@@ -35,7 +35,7 @@ func BenchmarkArchiveLag(b *testing.B) {
 	for range b.N {
 		cctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- capture.Run(cctx, capture.Options{Source: db, Vault: v}) }()
+		go func() { done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true}) }()
 		time.Sleep(time.Second)
 		stop := make(chan struct{})
 		committed := writer(b, db, stop)

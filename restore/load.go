@@ -41,7 +41,7 @@ func (r *runner) restoreTenant(ctx context.Context, p *Plan, it *Item) (res Tena
 		res.Err = err
 		return res
 	}
-	res.Rows, res.Bytes, res.Deleted, res.Tables, res.Err = r.load(ctx, conn, db, it)
+	res.Err = r.load(ctx, conn, db, it, &res)
 	if res.Err != nil || p.Model == tenancy.ModelDatabase {
 		// A connection's state after a failure is unknown; one to a
 		// tenant's own database is not needed again.
@@ -53,7 +53,7 @@ func (r *runner) restoreTenant(ctx context.Context, p *Plan, it *Item) (res Tena
 	return res
 }
 
-func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Item) (rows, bytes, deleted int64, tables int, err error) {
+func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Item, res *TenantResult) (err error) {
 	replacing := len(it.Existing) > 0
 	begin := "BEGIN ISOLATION LEVEL READ COMMITTED"
 	if replacing && r.snap != "" {
@@ -98,7 +98,7 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 				err = fmt.Errorf("delete current rows of %s: %w", t.QualifiedName(), explain(e))
 				return
 			}
-			deleted += tag.RowsAffected()
+			res.Deleted += tag.RowsAffected()
 		}
 	}
 	for _, ti := range order {
@@ -110,9 +110,9 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 		if n, err = r.loadChunk(ctx, conn, set, c); err != nil {
 			return
 		}
-		rows += n
-		bytes += c.Size
-		tables++
+		res.Rows += n
+		res.Bytes += c.Size
+		res.Tables++
 	}
 	if it.Replay == nil {
 		if err = checkForeignKeys(ctx, conn, db, set, order, targetIdx, it.Tenant, replacing); err != nil {
@@ -132,15 +132,17 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 			}
 			return
 		}
+		res.Digests++
 	}
 	if it.Replay != nil {
 		var st replayStats
 		if st, err = r.replay(ctx, conn, set, it); err != nil {
 			return
 		}
-		if rows, err = checkCounts(ctx, conn, set, it, st); err != nil {
+		if res.Rows, err = checkCounts(ctx, conn, set, it, st); err != nil {
 			return
 		}
+		res.Replayed = &ReplayProof{Changes: st.applied, Skipped: st.skipped, LastCommit: st.lastTime, LastLSN: st.lastLSN, At: it.Replay.At}
 		r.o.Logger.Info("replayed changes", "tenant", it.Tenant, "applied", st.applied, "skipped", st.skipped, "until", it.Replay.At)
 		if err = checkForeignKeys(ctx, conn, db, set, order, targetIdx, it.Tenant, true); err != nil {
 			return

@@ -56,23 +56,36 @@ func waitArchived(t testing.TB, ctx context.Context, v *vault.Vault, db string) 
 // taken next is continued by the log.
 func startCapture(t *testing.T, ctx context.Context, db string, v *vault.Vault, stats *capture.Stats) (stop func()) {
 	t.Helper()
+	return startCaptureWith(t, ctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, Stats: stats})
+}
+
+// startCaptureWith is startCapture with more options; flushes are fast
+// unless o says otherwise.
+func startCaptureWith(t *testing.T, ctx context.Context, o capture.Options) (stop func()) {
+	t.Helper()
+	if o.FlushInterval == 0 {
+		o.FlushInterval = 200 * time.Millisecond
+	}
+	if o.Heartbeat == 0 {
+		o.Heartbeat = 200 * time.Millisecond
+	}
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() {
-		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 200 * time.Millisecond, Heartbeat: 200 * time.Millisecond, Stats: stats})
-	}()
+	go func() { done <- capture.Run(cctx, o) }()
 	stop = func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("capture: %v", err)
 		}
-		if err := capture.DropSlot(context.Background(), db, ""); err != nil {
+		if err := capture.DropSlot(context.Background(), o.Source, ""); err != nil {
 			t.Errorf("drop slot: %v", err)
 		}
 	}
+	conn := testenv.Connect(t, o.Source)
 	for {
+		// The cluster is shared: only this database's slot counts.
 		var n int
-		testenv.Connect(t, db).QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%'").Scan(&n)
+		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database()").Scan(&n)
 		if n > 0 {
 			return stop
 		}

@@ -34,6 +34,24 @@ type replayStats struct {
 	applied, skipped int
 	delta            map[*manifest.Table]int64
 	truncated        map[*manifest.Table]bool
+	// last is the newest change applied: its commit LSN and time.
+	lastLSN  uint64
+	lastTime time.Time
+}
+
+// MovedError refuses a replay past a row that changed tenant while rows of
+// other tables are scoped through it: those rows moved with it without a
+// record of their own, so the change log alone cannot say where they were.
+type MovedError struct {
+	Tenant string
+	Table  string
+	LSN    uint64
+	Time   time.Time
+}
+
+func (e *MovedError) Error() string {
+	return fmt.Sprintf("tenant %q cannot be replayed past %s (%s): a row of %s, which rows of other tables belong to through foreign keys, moved between tenants then, and the rows that moved with it have no change records",
+		e.Tenant, e.Time.UTC().Format(time.RFC3339Nano), vault.LSNString(e.LSN), e.Table)
 }
 
 // planReplay finds the change-log segments that take a set to time at, or
@@ -190,12 +208,45 @@ func (r *runner) replay(ctx context.Context, conn *pgx.Conn, set *manifest.Manif
 			if ch.LSN < rp.From || rp.To == 0 && ch.Time.After(rp.At) || rp.To != 0 && ch.LSN >= rp.To {
 				continue
 			}
+			if ch.Op == vault.OpMoved {
+				return st, movedError(it.Tenant, idx.Relations, ch.Rel, ch.LSN, ch.Time)
+			}
 			if err := b.apply(ctx, ch, rels, mine, it.Tenant); err != nil {
 				return st, err
 			}
+			st.lastLSN, st.lastTime = ch.LSN, ch.Time
 		}
 	}
 	return st, b.flush(ctx)
+}
+
+func movedError(tenant string, rels []vault.Relation, oid uint32, lsn uint64, at time.Time) error {
+	name := fmt.Sprintf("relation %d", oid)
+	for _, r := range rels {
+		if r.OID == oid {
+			name = tenancy.Ident(r.Schema, r.Name)
+		}
+	}
+	return &tenantvault.InputError{Err: &MovedError{Tenant: tenant, Table: name, LSN: lsn, Time: at},
+		Hint: "restore to a time before it, or from a snapshot set taken after it"}
+}
+
+// checkMoves refuses, at plan time, a tenant whose replay would cross a
+// move record (see MovedError); replay checks each record again.
+func checkMoves(rp *Replay, tenant string) error {
+	for _, idx := range rp.Segments {
+		for _, s := range idx.Streams {
+			m := s.Moved
+			if s.Shared || s.Tenant != tenant || m == nil || m.LSN < rp.From {
+				continue
+			}
+			if rp.To != 0 && m.LSN >= rp.To || rp.To == 0 && m.Time.After(rp.At) {
+				continue
+			}
+			return movedError(tenant, idx.Relations, m.Rel, m.LSN, m.Time)
+		}
+	}
+	return nil
 }
 
 // errDiverged means the target did not hold the row a change expects: the
@@ -249,20 +300,21 @@ func (b *batch) apply(ctx context.Context, ch vault.TenantChange, rels map[uint3
 		b.st.skipped++
 		return nil
 	}
+	change := ch.Change
 	if ch.Shared {
 		if err := b.flush(ctx); err != nil {
 			return err
 		}
-		ok, err := belongs(ctx, b.conn, t, rel, ch.Change, tenant)
-		if err != nil {
+		var err error
+		if change, err = attribute(ctx, b.conn, t, rel, ch.Change, tenant); err != nil {
 			return fmt.Errorf("replay %s: %w", where, err)
 		}
-		if !ok {
+		if change == nil {
 			b.st.skipped++
 			return nil
 		}
 	}
-	s, err := statement(t, rel, ch.Change)
+	s, err := statement(t, rel, change)
 	if err != nil {
 		return fmt.Errorf("replay %s: %w", where, err)
 	}
@@ -401,7 +453,9 @@ func valueArg(v vault.Value) []byte {
 
 // rowMatch renders the WHERE clause that finds the row a change updates or
 // deletes: by primary key (from the old key tuple, else the new row), or,
-// for a table without one, by every column of the full old row, one row.
+// for a table without one (or whose replica identity is another unique
+// index, so the old tuple lacks the primary key), by every column the old
+// tuple carries, one row.
 func rowMatch(t *manifest.Table, rel *vault.Relation, ch *vault.Change, argBase int) (string, [][]byte, error) {
 	pos := map[string]int{}
 	for i, c := range rel.Columns {
@@ -409,24 +463,30 @@ func rowMatch(t *manifest.Table, rel *vault.Relation, ch *vault.Change, argBase 
 	}
 	var conds []string
 	var args [][]byte
-	if len(t.Key) > 0 {
-		for _, k := range t.Key {
-			p, ok := pos[k]
-			if !ok {
-				return "", nil, tenantvault.Integrityf("key column %s of %s is not in the change log", k, t.QualifiedName())
-			}
-			v, ok := keyValue(ch, p)
-			if !ok {
+	byKey := len(t.Key) > 0
+	for _, k := range t.Key {
+		p, ok := pos[k]
+		if !ok {
+			return "", nil, tenantvault.Integrityf("key column %s of %s is not in the change log", k, t.QualifiedName())
+		}
+		v, ok := keyValue(ch, p)
+		if !ok {
+			if ch.Old == nil {
 				return "", nil, tenantvault.Integrityf("the change to %s does not carry its key column %s", t.QualifiedName(), k)
 			}
-			args = append(args, valueArg(v))
-			conds = append(conds, fmt.Sprintf("%s = $%d", tenancy.Ident(k), argBase+len(args)))
+			byKey = false
+			break
 		}
+		args = append(args, valueArg(v))
+		conds = append(conds, fmt.Sprintf("%s = $%d", tenancy.Ident(k), argBase+len(args)))
+	}
+	if byKey {
 		return strings.Join(conds, " AND "), args, nil
 	}
 	if ch.Old == nil {
 		return "", nil, tenantvault.Integrityf("a change to %s (no primary key) lacks its old row: set REPLICA IDENTITY FULL", t.QualifiedName())
 	}
+	conds, args = nil, nil
 	for i, v := range ch.Old {
 		if v.Kind != vault.ValueText && v.Kind != vault.ValueNull {
 			continue
@@ -448,31 +508,69 @@ func keyValue(ch *vault.Change, p int) (vault.Value, bool) {
 	return vault.Value{}, false
 }
 
-// belongs decides whether a shared change touches the tenant: an insert
-// whose referenced row is the tenant's, or an update or delete of a row the
-// tenant holds.
-func belongs(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vault.Relation, ch *vault.Change, tenant string) (bool, error) {
+// attribute decides what a shared change (one whose tenant was not known
+// when it was captured) does to this tenant, from the tenant's own rows,
+// which the transaction holds as they were at this point of the log: the
+// change itself when the row is the tenant's before and after it; a delete
+// when the row leaves the tenant; an insert of the whole row when it joins;
+// nil when it never was the tenant's.
+func attribute(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vault.Relation, ch *vault.Change, tenant string) (*vault.Change, error) {
 	pos := map[string]int{}
 	for i, c := range rel.Columns {
 		pos[c] = i
 	}
-	var lookup *manifest.Table
-	var cols []string
-	var tuple []vault.Value
-	if ch.Op == vault.OpInsert && t.Scope != nil && len(t.Scope.Hops) > 0 {
-		lookup, cols, tuple = tenancy.ParentScope(t), t.Scope.Hops[0].RefCols, ch.New
-		var vals [][]byte
-		for _, c := range t.Scope.Hops[0].Columns {
-			v, ok := valueAt(tuple, pos[c])
-			if !ok {
-				return false, nil
-			}
-			vals = append(vals, v.Data)
+	var before, after bool
+	var err error
+	if ch.Op != vault.OpInsert {
+		if before, err = rowIsTenants(ctx, conn, t, pos, ch, tenant); err != nil {
+			return nil, err
 		}
-		return tenantIs(ctx, conn, lookup, cols, vals, tenant)
 	}
+	switch ch.Op {
+	case vault.OpInsert:
+		if after, err = parentIsTenants(ctx, conn, t, pos, ch.New, tenant); err != nil {
+			return nil, err
+		}
+	case vault.OpUpdate:
+		after = before
+		if ch.Old != nil && t.Scope != nil && len(t.Scope.Hops) > 0 {
+			if after, err = parentIsTenants(ctx, conn, t, pos, withUnchanged(ch.New, ch.Old), tenant); err != nil {
+				return nil, err
+			}
+		}
+	}
+	switch {
+	case before == after && before:
+		return ch, nil
+	case before:
+		if ch.Op == vault.OpDelete {
+			return ch, nil
+		}
+		return &vault.Change{LSN: ch.LSN, Seq: ch.Seq, Time: ch.Time, Rel: ch.Rel, Op: vault.OpDelete, Old: ch.Old}, nil
+	case after:
+		if ch.Op == vault.OpInsert {
+			return ch, nil
+		}
+		full := withUnchanged(ch.New, ch.Old)
+		for _, v := range full {
+			if v.Kind == vault.ValueUnchanged {
+				return nil, tenantvault.Integrityf("a row of %s joins the tenant, but the change log lacks some of its values", t.QualifiedName())
+			}
+		}
+		return &vault.Change{LSN: ch.LSN, Seq: ch.Seq, Time: ch.Time, Rel: ch.Rel, Op: vault.OpInsert, New: full}, nil
+	}
+	return nil, nil
+}
+
+// rowIsTenants reports whether the row an update or delete finds is the
+// tenant's: by its key, or, for a table without one, by what its old row
+// references.
+func rowIsTenants(ctx context.Context, conn *pgx.Conn, t *manifest.Table, pos map[string]int, ch *vault.Change, tenant string) (bool, error) {
 	if len(t.Key) == 0 {
-		return false, tenantvault.Integrityf("cannot attribute a change to %s: no primary key", t.QualifiedName())
+		if t.Scope == nil || len(t.Scope.Hops) == 0 || ch.Old == nil {
+			return false, tenantvault.Integrityf("cannot attribute a change to %s: no primary key", t.QualifiedName())
+		}
+		return parentIsTenants(ctx, conn, t, pos, ch.Old, tenant)
 	}
 	var vals [][]byte
 	for _, k := range t.Key {
@@ -483,6 +581,35 @@ func belongs(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vault.
 		vals = append(vals, v.Data)
 	}
 	return tenantIs(ctx, conn, t, t.Key, vals, tenant)
+}
+
+// parentIsTenants reports whether the row a chain-scoped tuple references
+// is the tenant's.
+func parentIsTenants(ctx context.Context, conn *pgx.Conn, t *manifest.Table, pos map[string]int, tuple []vault.Value, tenant string) (bool, error) {
+	if t.Scope == nil || len(t.Scope.Hops) == 0 {
+		return false, nil
+	}
+	var vals [][]byte
+	for _, c := range t.Scope.Hops[0].Columns {
+		v, ok := valueAt(tuple, pos[c])
+		if !ok {
+			return false, nil
+		}
+		vals = append(vals, v.Data)
+	}
+	return tenantIs(ctx, conn, tenancy.ParentScope(t), t.Scope.Hops[0].RefCols, vals, tenant)
+}
+
+// withUnchanged fills the unchanged (unsent TOAST) columns of a new tuple
+// from the old one where it has them.
+func withUnchanged(newT, oldT []vault.Value) []vault.Value {
+	full := append([]vault.Value(nil), newT...)
+	for i, v := range full {
+		if v.Kind == vault.ValueUnchanged && i < len(oldT) && (oldT[i].Kind == vault.ValueText || oldT[i].Kind == vault.ValueNull) {
+			full[i] = oldT[i]
+		}
+	}
+	return full
 }
 
 func valueAt(t []vault.Value, i int) (vault.Value, bool) {

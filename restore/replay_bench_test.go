@@ -30,7 +30,7 @@ INSERT INTO items (tenant_id, n, body) SELECT 'a', g, repeat('x', 200) FROM gene
 	cctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, FlushInterval: 500 * time.Millisecond, Heartbeat: 500 * time.Millisecond})
+		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 500 * time.Millisecond, Heartbeat: 500 * time.Millisecond})
 	}()
 	defer func() {
 		stop()

@@ -24,8 +24,11 @@ type VerifyReplayOptions struct {
 	// Tenants limits the check; empty means up to MaxTenants of each pair.
 	Tenants    []string
 	MaxTenants int
-	PgRestore  string
-	Logger     *slog.Logger
+	// Latest, when set, checks only the interval that ends at this set
+	// (the agent proves each new interval as its set is written).
+	Latest    string
+	PgRestore string
+	Logger    *slog.Logger
 }
 
 // ReplayCheck is the outcome for one pair of consecutive sets.
@@ -34,7 +37,35 @@ type ReplayCheck struct {
 	Tenants  int
 	Changes  int
 	Skipped  string // why the pair was not checked (no continuous log)
-	Problems []string
+	// FromLSN and ToLSN bound the interval: the two sets' LSNs.
+	FromLSN, ToLSN string
+	// Unprovable lists tenants left out because their rows moved between
+	// tenants in the interval (MovedError): the log alone cannot replay them.
+	Unprovable []string
+	// Divergences are the tenants (and tables) whose replay did not end
+	// at the newer set's content; Problems says the same in words.
+	Divergences []Divergence
+	Problems    []string
+}
+
+// Divergence is one tenant's replay that did not reach the newer set:
+// a table whose digest differs, or (Table empty) a replay that failed.
+type Divergence struct {
+	Tenant string `json:"tenant"`
+	Table  string `json:"table,omitempty"`
+	Detail string `json:"detail"`
+}
+
+func (c *ReplayCheck) diverged(d Divergence) {
+	c.Divergences = append(c.Divergences, d)
+	where := fmt.Sprintf("tenant %q", d.Tenant)
+	if d.Table != "" {
+		where += " table " + d.Table
+	}
+	if d.Tenant == "" {
+		where = "replay"
+	}
+	c.Problems = append(c.Problems, where+": "+d.Detail)
 }
 
 // VerifyReplay proves the change log: for each pair of consecutive sets
@@ -68,6 +99,9 @@ func VerifyReplay(ctx context.Context, o VerifyReplayOptions) ([]ReplayCheck, er
 	for _, list := range streams {
 		sort.Slice(list, func(i, j int) bool { return lsn(list[i]) < lsn(list[j]) })
 		for i := 1; i < len(list); i++ {
+			if o.Latest != "" && list[i].ID != o.Latest {
+				continue
+			}
 			c, err := verifyPair(ctx, o, list[i-1], list[i])
 			if err != nil {
 				return out, err
@@ -87,7 +121,7 @@ func lsn(m *manifest.Manifest) uint64 {
 }
 
 func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.Manifest) (ReplayCheck, error) {
-	c := ReplayCheck{From: from.ID, To: to.ID}
+	c := ReplayCheck{From: from.ID, To: to.ID, FromLSN: from.LSN, ToLSN: to.LSN}
 	rp, err := planReplayTo(ctx, o.Vault, from, to.ConsistentAt, lsn(to))
 	if err != nil || rp == nil {
 		// The log does not run continuously from one set to the next
@@ -120,8 +154,17 @@ func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.M
 			tenants = picked
 		}
 	}
+	kept := tenants[:0]
+	for _, id := range tenants {
+		if err := checkMoves(rp, id); err != nil {
+			c.Unprovable = append(c.Unprovable, fmt.Sprintf("%q: %v", id, err))
+			continue
+		}
+		kept = append(kept, id)
+	}
+	tenants = kept
 	if len(tenants) == 0 {
-		c.Skipped = "no tenant in both sets"
+		c.Skipped = "no tenant in both sets that the change log can replay"
 		return c, nil
 	}
 	c.Tenants = len(tenants)
@@ -132,11 +175,19 @@ func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.M
 	defer drop()
 	rep, err := Run(ctx, Options{Vault: o.Vault, Target: scratch, Tenants: tenants, Select: Selector{SetID: from.ID},
 		CreateSchema: true, Replay: rp, PgRestore: o.PgRestore, Logger: o.Logger})
+	if rep != nil {
+		for _, tr := range rep.Tenants {
+			if tr.Err != nil {
+				c.diverged(Divergence{Tenant: tr.Tenant, Detail: tr.Err.Error()})
+			}
+		}
+	}
 	if err != nil {
-		c.Problems = append(c.Problems, err.Error())
+		if len(c.Divergences) == 0 {
+			c.diverged(Divergence{Detail: err.Error()})
+		}
 		return c, nil
 	}
-	_ = rep
 	cfg, err := tenancy.ParseURL(scratch)
 	if err != nil {
 		return c, err
@@ -164,8 +215,8 @@ func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.M
 				return c, fmt.Errorf("read %s of %q in the scratch database: %w", t.QualifiedName(), id, err)
 			}
 			if got := hex.EncodeToString(h.Sum(nil)); got != want.Digest {
-				c.Problems = append(c.Problems, fmt.Sprintf("tenant %q table %s: %d rows after replaying to %s, set %s has %d (digests differ)",
-					id, t.QualifiedName(), tag.RowsAffected(), to.LSN, to.ID, want.Rows))
+				c.diverged(Divergence{Tenant: id, Table: t.QualifiedName(), Detail: fmt.Sprintf("%d rows after replaying %s..%s, set %s has %d (digests differ)",
+					tag.RowsAffected(), from.LSN, to.LSN, to.ID, want.Rows)})
 			}
 		}
 	}

@@ -334,6 +334,34 @@ func TenantByKeySQL(t *manifest.Table, cols []string) string {
 	return fmt.Sprintf("SELECT %s::text FROM %s WHERE %s LIMIT 1", key, fromClause, strings.Join(conds, " AND "))
 }
 
+// TenantByKeyWithXminSQL is TenantByKeySQL that also returns the newest
+// full (epoch-qualified) transaction ID that wrote any of the rows the
+// answer was read from, as text: the caller can tell whether the answer
+// was already true at an earlier point of the log.
+func TenantByKeyWithXminSQL(t *manifest.Table, cols []string) string {
+	fromClause, key := from(t, false)
+	conds := make([]string, len(cols))
+	for i, c := range cols {
+		conds[i] = fmt.Sprintf("t0.%s = $%d", Ident(c), i+1)
+	}
+	if key == "" {
+		key = Literal(t.Owner)
+	}
+	hops := 0
+	if t.Scope != nil {
+		hops = len(t.Scope.Hops)
+	}
+	// xmin is a 32-bit ID; place it in the epoch of the snapshot's xmax,
+	// or the one before when it is larger (it wrapped since).
+	xids := make([]string, hops+1)
+	for i := range xids {
+		x := fmt.Sprintf("t%d.xmin::text::bigint", i)
+		xids[i] = fmt.Sprintf("((s.nx >> 32) << 32 | %s) - CASE WHEN %s > (s.nx & 4294967295) THEN 4294967296 ELSE 0 END", x, x)
+	}
+	return fmt.Sprintf("SELECT %s::text, greatest(%s)::text FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nx) s, %s WHERE %s LIMIT 1",
+		key, strings.Join(xids, ", "), fromClause, strings.Join(conds, " AND "))
+}
+
 // ParentScope returns the table a chain-scoped table's first hop reaches,
 // with the rest of the path as its scope: what TenantByKeySQL needs to find
 // the tenant of a referenced row.

@@ -36,6 +36,11 @@ const (
 	OpUpdate   byte = 'U'
 	OpDelete   byte = 'D'
 	OpTruncate byte = 'T'
+	// OpMoved marks, in the stream of each tenant involved, a row that
+	// changed tenant while rows of other tables are scoped through it:
+	// those rows moved with it and no record of theirs says so, so replay
+	// cannot go past it (readers that predate it refuse the segment).
+	OpMoved byte = 'M'
 )
 
 // Value kinds of a tuple column.
@@ -83,6 +88,17 @@ type SegmentStream struct {
 	Length  int64  `json:"length"`
 	Records int    `json:"records"`
 	SHA256  string `json:"sha256"`
+	// Moved is the first move record (OpMoved) of the tenant's stream:
+	// restore plans see it without reading the records.
+	Moved *Move `json:"moved,omitempty"`
+}
+
+// Move locates a move record: its commit LSN and time, and the relation
+// of the row that moved.
+type Move struct {
+	LSN  uint64    `json:"lsn"`
+	Time time.Time `json:"time"`
+	Rel  uint32    `json:"rel"`
 }
 
 // SegmentIndex describes one segment of a change stream.
@@ -245,7 +261,7 @@ func (cr *ChangeReader) Next() (*Change, error) {
 			c.Rels = append(c.Rels, uint32(r))
 		}
 		return c, nil
-	case OpInsert, OpUpdate, OpDelete:
+	case OpInsert, OpUpdate, OpDelete, OpMoved:
 	default:
 		return nil, errBadRecord
 	}
@@ -308,6 +324,7 @@ type SegmentBuilder struct {
 	frames  map[string]*bytes.Buffer // by tenant; "\x00shared" for shared records
 	counts  map[string]int
 	relSeen map[uint32]bool
+	moved   map[string]*Move
 	size    int
 }
 
@@ -317,7 +334,7 @@ const sharedKey = "\x00shared"
 func NewSegmentBuilder(stream, epoch string, start uint64) *SegmentBuilder {
 	return &SegmentBuilder{
 		Index:  SegmentIndex{Version: SegmentVersion, Stream: stream, Epoch: epoch, Start: start, End: start},
-		frames: map[string]*bytes.Buffer{}, counts: map[string]int{}, relSeen: map[uint32]bool{},
+		frames: map[string]*bytes.Buffer{}, counts: map[string]int{}, relSeen: map[uint32]bool{}, moved: map[string]*Move{},
 	}
 }
 
@@ -347,6 +364,9 @@ func (b *SegmentBuilder) Add(tenant string, shared bool, c *Change) {
 	buf.Write(EncodeChange(nil, c))
 	b.size += buf.Len() - before
 	b.counts[key]++
+	if c.Op == OpMoved && b.moved[key] == nil {
+		b.moved[key] = &Move{LSN: c.LSN, Time: c.Time, Rel: c.Rel}
+	}
 	b.Index.Records++
 	if b.Index.First.IsZero() || c.Time.Before(b.Index.First) {
 		b.Index.First = c.Time
@@ -399,7 +419,7 @@ func (v *Vault) WriteSegment(ctx context.Context, b *SegmentBuilder, end uint64,
 		}
 		data = append(data, frame...)
 		sum := sha256.Sum256(data[start:])
-		s := SegmentStream{Tenant: k, Offset: int64(start), Length: int64(len(data) - start), Records: b.counts[k], SHA256: hex.EncodeToString(sum[:])}
+		s := SegmentStream{Tenant: k, Offset: int64(start), Length: int64(len(data) - start), Records: b.counts[k], SHA256: hex.EncodeToString(sum[:]), Moved: b.moved[k]}
 		if k == sharedKey {
 			s.Tenant, s.Shared = "", true
 		}

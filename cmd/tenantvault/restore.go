@@ -15,6 +15,7 @@ import (
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/restore"
 	"github.com/tenantvault/tenantvault/snapshot"
+	"github.com/tenantvault/tenantvault/vault"
 )
 
 type restoreOptions struct {
@@ -210,12 +211,23 @@ func (a *app) printRestorePlan(p *restore.Plan) {
 func (a *app) printRestoreReport(rep *restore.Report) {
 	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TENANT\tSET\tTABLES\tROWS\tBYTES\tREPLACED\tTIME\tVERIFIED")
-	ok := 0
+	ok, replayed := 0, 0
 	for _, t := range rep.Tenants {
-		verified := "yes"
-		if !t.Verified {
+		var verified string
+		switch {
+		case !t.Verified:
 			verified = "NO, rolled back: " + t.Err.Error()
-		} else {
+		case t.Replayed != nil:
+			// Not a bare yes: the digests prove the base, not the changes.
+			verified = fmt.Sprintf("base: %d digests; then %d change(s) replayed", t.Digests, t.Replayed.Changes)
+			if !t.Replayed.LastCommit.IsZero() {
+				verified += ", last committed " + t.Replayed.LastCommit.UTC().Format(time.RFC3339Nano)
+			}
+			replayed++
+		default:
+			verified = fmt.Sprintf("yes: %d digests", t.Digests)
+		}
+		if t.Verified {
 			ok++
 		}
 		fmt.Fprintf(tw, "%q\t%s\t%d\t%d\t%s\t%d\t%.2fs\t%s\n", t.Tenant, t.Set, t.Tables, t.Rows, humanBytes(t.Bytes), t.Deleted, t.Duration.Seconds(), verified)
@@ -226,6 +238,9 @@ func (a *app) printRestoreReport(rep *restore.Report) {
 		fmt.Fprintf(a.stdout, "; replaced rows saved in set %s", rep.PreRestoreSet)
 	}
 	fmt.Fprintln(a.stdout)
+	if replayed > 0 {
+		fmt.Fprintln(a.stdout, "note: for tenants restored to a time after their set, every table's content digest proved the set's rows; the changes replayed on top were checked by row counts and foreign keys, not digests (verify --replay proves the change log against the next set)")
+	}
 }
 
 type restoreTenantJSON struct {
@@ -236,8 +251,28 @@ type restoreTenantJSON struct {
 	Bytes    int64   `json:"bytes"`
 	Replaced int64   `json:"replaced_rows"`
 	Seconds  float64 `json:"seconds"`
-	Verified bool    `json:"verified"`
-	Error    string  `json:"error,omitempty"`
+	// Verified: every check ran and passed; Proof says which.
+	Verified bool      `json:"verified"`
+	Proof    proofJSON `json:"proof"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// proofJSON is what a tenant's restore proved, and how.
+type proofJSON struct {
+	// Digests: tables whose content digest was recomputed from the target
+	// and matched the set.
+	Digests  int           `json:"digests_matched"`
+	Replayed *replayedJSON `json:"replayed,omitempty"`
+	Method   string        `json:"method"`
+}
+
+type replayedJSON struct {
+	Changes    int    `json:"changes"`
+	Skipped    int    `json:"skipped"`
+	LastCommit string `json:"last_commit,omitempty"`
+	LastLSN    string `json:"last_lsn,omitempty"`
+	At         string `json:"at"`
+	CheckedBy  string `json:"checked_by"`
 }
 
 type planItemJSON struct {
@@ -260,7 +295,15 @@ func planJSON(p *restore.Plan) any {
 func restoreJSON(rep *restore.Report) any {
 	out := make([]restoreTenantJSON, len(rep.Tenants))
 	for i, t := range rep.Tenants {
-		out[i] = restoreTenantJSON{Tenant: t.Tenant, Set: t.Set, Tables: t.Tables, Rows: t.Rows, Bytes: t.Bytes, Replaced: t.Deleted, Seconds: t.Duration.Seconds(), Verified: t.Verified}
+		out[i] = restoreTenantJSON{Tenant: t.Tenant, Set: t.Set, Tables: t.Tables, Rows: t.Rows, Bytes: t.Bytes, Replaced: t.Deleted, Seconds: t.Duration.Seconds(), Verified: t.Verified,
+			Proof: proofJSON{Digests: t.Digests, Method: "content digests of every table"}}
+		if r := t.Replayed; r != nil {
+			p := &replayedJSON{Changes: r.Changes, Skipped: r.Skipped, At: r.At.UTC().Format(time.RFC3339Nano), CheckedBy: "row counts and foreign keys"}
+			if !r.LastCommit.IsZero() {
+				p.LastCommit, p.LastLSN = r.LastCommit.UTC().Format(time.RFC3339Nano), vault.LSNString(r.LastLSN)
+			}
+			out[i].Proof.Replayed, out[i].Proof.Method = p, "content digests of the set's rows; replayed changes checked by row counts and foreign keys"
+		}
 		if t.Err != nil {
 			out[i].Error = t.Err.Error()
 		}

@@ -112,6 +112,9 @@ func (a *app) runVerify(ctx context.Context, o *verifyOptions) error {
 			case len(c.Problems) == 0:
 				fmt.Fprintf(a.stdout, "replay %s -> %s: %d tenant(s) replayed to the next set's digests exactly\n", c.From, c.To, c.Tenants)
 			}
+			for _, u := range c.Unprovable {
+				fmt.Fprintf(a.stdout, "replay %s -> %s: not provable: %s\n", c.From, c.To, u)
+			}
 		}
 		for _, p := range res.Problems {
 			fmt.Fprintln(a.stdout, "PROBLEM", p.String())
