@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -77,6 +78,7 @@ type Result struct {
 	Shared      int64 // of which archived as shared
 	Log         []string
 	Proofs      int // pairs of sets proved by verify --replay
+	Unprovable  int // tenants verify --replay left out after a move
 	Restores    int
 	RestoreTime time.Duration
 	Workload    time.Duration
@@ -277,8 +279,9 @@ func Run(t testing.TB, ctx context.Context, o Options) *Result {
 			if !together {
 				if err := restoreInto(in.at, []string{id}); err != nil {
 					var ie *tenantvault.InputError
+					var me *restore.MovedError
 					switch {
-					case errors.As(err, &ie) && len(in.moved[id]) > 0:
+					case errors.As(err, &me) && errors.As(err, &ie) && len(in.moved[id]) > 0:
 						res.Refused++
 						logf("instant %d, tenant %q: refused after %s: %v", i, id, strings.Join(in.moved[id], ", "), err)
 					case errors.As(err, &ie):
@@ -313,8 +316,23 @@ func Run(t testing.TB, ctx context.Context, o Options) *Result {
 		for _, m := range moves {
 			moved = append(moved, m.what)
 		}
+		movedTenants := map[string]bool{}
+		for _, m := range moves {
+			movedTenants[m.from], movedTenants[m.to] = true, true
+		}
 		for _, c := range checks {
 			res.Proofs++
+			for _, u := range c.Unprovable {
+				// Each entry is the quoted tenant ID and why.
+				id := u
+				if q, err := strconv.QuotedPrefix(u); err == nil {
+					id, _ = strconv.Unquote(q)
+				}
+				if !movedTenants[id] {
+					res.Divergences = append(res.Divergences, Divergence{Class: ClassProof, Detail: fmt.Sprintf("sets %s to %s: tenant %q called unprovable (moved rows), but no row of it moved", c.From, c.To, id)})
+				}
+			}
+			res.Unprovable += len(c.Unprovable)
 			for _, p := range c.Problems {
 				d := Divergence{Class: ClassProof, Detail: fmt.Sprintf("sets %s to %s: %s", c.From, c.To, p)}
 				if len(moved) > 0 {

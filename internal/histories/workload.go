@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // move is a committed change that took a row other tenant rows reference
@@ -240,11 +241,17 @@ func (g *gen) update(t *Table, tenant string) op {
 
 func (g *gen) delete(t *Table, tenant string) op {
 	salt := g.salt()
+	detaches := g.s.detaches(t)
+	deleted := func(tag pgconn.CommandTag, err error) (*move, error) {
+		if err != nil || !detaches || tag.RowsAffected() == 0 {
+			return nil, err
+		}
+		return &move{what: fmt.Sprintf("a delete of %s rows set referenced rows' foreign keys to NULL", t.q()), from: tenant}, nil
+	}
 	if t.Kind == kindTenant {
 		sql := fmt.Sprintf("DELETE FROM %s WHERE id = $1", t.q())
 		return op{desc: fmt.Sprintf("delete tenant %q (cascades)", tenant), run: func(ctx context.Context, tx pgx.Tx) (*move, error) {
-			_, err := tx.Exec(ctx, sql, tenant)
-			return nil, err
+			return deleted(tx.Exec(ctx, sql, tenant))
 		}}
 	}
 	where, what := "id = ("+g.pick(t, 1, 2)+")", "one row"
@@ -257,9 +264,30 @@ func (g *gen) delete(t *Table, tenant string) op {
 	}
 	sql := fmt.Sprintf("DELETE FROM %s WHERE %s", t.q(), where)
 	return op{desc: fmt.Sprintf("delete %s of %s for %q", what, t.q(), tenant), run: func(ctx context.Context, tx pgx.Tx) (*move, error) {
-		_, err := tx.Exec(ctx, sql, tenant, salt)
-		return nil, err
+		return deleted(tx.Exec(ctx, sql, tenant, salt))
 	}}
+}
+
+// detaches reports whether deleting rows of t may set the foreign key of
+// rows that others are scoped through to NULL (ON DELETE SET NULL): those
+// rows leave their tenant, and what references them with them.
+func (s *Schema) detaches(t *Table) bool {
+	var children []*Table
+	if t.Kind == kindTenant {
+		for _, d := range s.Tables {
+			if d.Kind == kindDirect {
+				children = append(children, d)
+			}
+		}
+	} else {
+		children = t.Children
+	}
+	for _, c := range children {
+		if c.Kind == kindChain && c.OnDelete == "SET NULL" && c.Referenced() || (c.Kind == kindDirect || c.OnDelete == "CASCADE") && s.detaches(c) {
+			return true
+		}
+	}
+	return false
 }
 
 // tenantOf reads the tenant a row of t belongs to now ("" for none).
