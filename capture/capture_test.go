@@ -174,7 +174,7 @@ func waitSlot(t *testing.T, ctx context.Context, db string) {
 	conn := testenv.Connect(t, db)
 	for ctx.Err() == nil {
 		var n int
-		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database()").Scan(&n)
+		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database() AND confirmed_flush_lsn IS NOT NULL").Scan(&n)
 		if n > 0 {
 			return
 		}

@@ -85,7 +85,7 @@ func startCaptureWith(t *testing.T, ctx context.Context, o capture.Options) (sto
 	for {
 		// The cluster is shared: only this database's slot counts.
 		var n int
-		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database()").Scan(&n)
+		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database() AND confirmed_flush_lsn IS NOT NULL").Scan(&n)
 		if n > 0 {
 			return stop
 		}

@@ -61,7 +61,7 @@ INSERT INTO comments (issue_id, body) SELECT id, 'comment' FROM issues`)
 	conn := testenv.Connect(t, db)
 	for {
 		var n int
-		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database()").Scan(&n)
+		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database() AND confirmed_flush_lsn IS NOT NULL").Scan(&n)
 		if n > 0 {
 			break
 		}
