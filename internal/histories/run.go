@@ -472,7 +472,7 @@ func startCapture(t testing.TB, ctx context.Context, db string, v *vault.Vault, 
 	conn := testenv.Connect(t, db)
 	for {
 		var n int
-		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database()").Scan(&n); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database() AND confirmed_flush_lsn IS NOT NULL").Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		if n > 0 {
