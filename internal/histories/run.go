@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"regexp"
 	"sort"
 	"strconv"
@@ -103,13 +102,16 @@ func Run(t testing.TB, ctx context.Context, o Options) *Result {
 		o.Rounds = 12
 	}
 	res := &Result{Seed: o.Seed, Features: o.Features}
-	rng := rand.New(rand.NewPCG(o.Seed, 0x7e5a17))
+	rng := newRand(o.Seed)
 	s := generateSchema(rng, o.Features)
 	res.Schema = s.Describe()
 	g := &gen{s: s, f: o.Features, rng: rng}
 	rounds := g.rounds(o.Rounds)
 	checked := append([]string(nil), s.Tenants[:2]...)
 	cfg := tenancy.Config{TenantTable: s.TenantTable.Name}
+	if !s.ViaTenantTable {
+		cfg.TenantColumn = s.TenantCol
+	}
 	logf := func(format string, args ...any) { res.Log = append(res.Log, fmt.Sprintf(format, args...)) }
 	logf("schema: %s", res.Schema)
 	logf("checked tenants: %q", checked)

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantvault/tenantvault/manifest"
 )
 
 // Features select what a history may contain, so that a subset known to
@@ -41,6 +43,31 @@ const (
 )
 
 var featureNames = []string{"narrow-keys", "moves", "truncates", "concurrent", "second-set", "tenant-deletes", "toast", "keyless-chains"}
+
+// ParseFeatures reads a comma-separated list of feature names (as String
+// writes them), "all" or "none"; "" means all.
+func ParseFeatures(s string) (Features, error) {
+	if s == "" || s == "all" {
+		return All, nil
+	}
+	var f Features
+	for _, name := range strings.Split(s, ",") {
+		if name == "none" {
+			continue
+		}
+		found := false
+		for i, n := range featureNames {
+			if n == name {
+				f |= 1 << i
+				found = true
+			}
+		}
+		if !found {
+			return 0, fmt.Errorf("unknown feature %q (known: %s)", name, All)
+		}
+	}
+	return f, nil
+}
 
 func (f Features) String() string {
 	var out []string
@@ -85,9 +112,13 @@ type Table struct {
 type Schema struct {
 	TenantTable *Table
 	TenantCol   string
-	Tables      []*Table // creation order: parents first
-	Tenants     []string // tenants loaded initially
-	Spare       []string // tenant IDs that do not exist initially
+	// ViaTenantTable: the tenant column is not named to tenantvault, so
+	// tables with it are scoped by their foreign key to the tenant table
+	// (one hop) instead of by the column.
+	ViaTenantTable bool
+	Tables         []*Table // creation order: parents first
+	Tenants        []string // tenants loaded initially
+	Spare          []string // tenant IDs that do not exist initially
 }
 
 func ident(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
@@ -137,6 +168,7 @@ func generateSchema(rng *rand.Rand, f Features) *Schema {
 	rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
 	n := 3 + rng.IntN(2)
 	s.Tenants, s.Spare = ids[:n], ids[n:n+2]
+	s.ViaTenantTable = s.TenantCol != "tenant_id" && n == 3
 	s.TenantTable = &Table{Name: pick("tenants"), Kind: kindTenant, Key: []string{"id"}, Named: "tenant table"}
 	s.Tables = append(s.Tables, s.TenantTable)
 
@@ -218,6 +250,66 @@ func generateSchema(rng *rand.Rand, f Features) *Schema {
 	return s
 }
 
+// GenerateSchema draws the schema of the history with this seed, as Run
+// does.
+func GenerateSchema(seed uint64, f Features) *Schema {
+	return generateSchema(newRand(seed), f)
+}
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x7e5a17)) }
+
+// Populate is the SQL of the initial rows.
+func (s *Schema) Populate() string { return s.populate() }
+
+// CheckScopes compares the scope tenantvault discovered for each table
+// with the path the oracle joins along: the oracle is only an oracle if
+// both mean the same rows.
+func (s *Schema) CheckScopes(tables []manifest.Table) error {
+	found := map[string]*manifest.Table{}
+	for i := range tables {
+		found[tables[i].Name] = &tables[i]
+	}
+	for _, t := range s.Tables {
+		m := found[t.Name]
+		if m == nil || m.Kind != manifest.TableScoped || m.Scope == nil {
+			return fmt.Errorf("%s is not scoped", t.q())
+		}
+		switch t.Kind {
+		case kindTenant:
+			if len(m.Scope.Hops) != 0 || m.Scope.Column != "id" {
+				return fmt.Errorf("%s: scope %+v, want its key", t.q(), *m.Scope)
+			}
+		case kindDirect, kindChain:
+			path := t.path()
+			if s.ViaTenantTable {
+				path = append(path, s.TenantTable)
+			}
+			if len(m.Scope.Hops) != len(path) {
+				return fmt.Errorf("%s: %d hops, want %d", t.q(), len(m.Scope.Hops), len(path))
+			}
+			cur := t
+			for i, p := range path {
+				h, fk := m.Scope.Hops[i], cur.FK
+				if p == s.TenantTable {
+					fk = s.TenantCol
+				}
+				if h.RefTable != p.Name || len(h.Columns) != 1 || h.Columns[0] != fk || len(h.RefCols) != 1 || h.RefCols[0] != "id" {
+					return fmt.Errorf("%s: hop %d is %+v, want %s -> %s(id)", t.q(), i, h, fk, p.q())
+				}
+				cur = p
+			}
+			want := s.TenantCol
+			if s.ViaTenantTable {
+				want = "id"
+			}
+			if m.Scope.Column != want {
+				return fmt.Errorf("%s: scope column %s, want %s", t.q(), m.Scope.Column, want)
+			}
+		}
+	}
+	return nil
+}
+
 // path lists a chain table's hops: its parent, its parent's parent, up to
 // the direct table.
 func (t *Table) path() []*Table {
@@ -232,6 +324,9 @@ func (t *Table) path() []*Table {
 func (s *Schema) Describe() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "tenant column %q, tenants %q", s.TenantCol, s.Tenants)
+	if s.ViaTenantTable {
+		b.WriteString(" (the column is not named to tenantvault: its tables are scoped through the tenant table)")
+	}
 	for _, t := range s.Tables {
 		fmt.Fprintf(&b, "\n  %s: %s", t.q(), t.Named)
 		if t.Parent != nil {
