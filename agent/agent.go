@@ -100,7 +100,7 @@ func New(cfg *Config, opts Options) *Agent {
 	a.host, _ = os.Hostname()
 	for i := range cfg.Sources {
 		a.sources = append(a.sources, &sourceJob{Source: &cfg.Sources[i]})
-		a.m.initSource(cfg.Sources[i].Name)
+		a.m.initSource(&cfg.Sources[i], a.clock.Now())
 	}
 	a.webhooks = webhookSender{url: cfg.WebhookURL, log: a.log, red: a.red, fail: a.m.webhookFail, sem: make(chan struct{}, 4)}
 	return a
@@ -392,7 +392,7 @@ func (a *Agent) attempt(parent context.Context, s *sourceJob, log *slog.Logger) 
 // the snapshot, which stands on its own digests.
 func (a *Agent) replayProof(ctx context.Context, v *vault.Vault, s *sourceJob, m *manifest.Manifest, log *slog.Logger) {
 	now := func() float64 { return float64(a.clock.Now().UnixNano()) / 1e9 }
-	a.m.replayProofLastRun.WithLabelValues(s.Name).Set(now())
+	defer func() { a.m.replayProofLastRun.WithLabelValues(s.Name).Set(now()) }()
 	scratch := s.scratch
 	if scratch == "" {
 		scratch = s.url

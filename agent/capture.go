@@ -7,6 +7,10 @@ import (
 	"github.com/tenantvault/tenantvault/vault"
 )
 
+// captureStandBy is how often a replica that does not capture a source
+// tries to take over.
+const captureStandBy = 10 * time.Second
+
 // captureLoop keeps a source's change capture running while the agent
 // schedules: restarted with backoff when it stops, stopped (after
 // archiving what is complete) when scheduling stops.
@@ -18,8 +22,25 @@ func (a *Agent) captureLoop(s *sourceJob) {
 	defer close(done)
 	go a.captureMetrics(s, stats, done)
 	backoff := time.Second
+	standingBy := false
 	for a.schedCtx.Err() == nil {
-		v, err := vault.Open(a.schedCtx, a.backend, vault.Options{Init: true, Logger: log, Now: a.clock.Now, Keys: a.cfg.keys})
+		// One replica captures a source; the others wait for its lock.
+		lock, err := tryLock(a.schedCtx, s.url, captureLockKey, "tenantvault agent capture lock")
+		if err == nil && lock == nil {
+			if !standingBy {
+				log.Info("another agent replica captures this source; standing by")
+				standingBy = true
+			}
+			if !sleep(a.schedCtx, a.clock, captureStandBy) {
+				return
+			}
+			continue
+		}
+		standingBy = false
+		var v *vault.Vault
+		if err == nil {
+			v, err = vault.Open(a.schedCtx, a.backend, vault.Options{Init: true, Logger: log, Now: a.clock.Now, Keys: a.cfg.keys})
+		}
 		if err == nil {
 			a.m.captureRunning.WithLabelValues(s.Name).Set(1)
 			start := a.clock.Now()
@@ -32,6 +53,9 @@ func (a *Agent) captureLoop(s *sourceJob) {
 			if a.clock.Now().Sub(start) > 5*time.Minute {
 				backoff = time.Second // it ran a good while: start over
 			}
+		}
+		if lock != nil {
+			lock.release()
 		}
 		if err == nil || a.schedCtx.Err() != nil {
 			return

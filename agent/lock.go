@@ -29,19 +29,33 @@ func LockKey(database string) int64 {
 	return int64(h.Sum64())
 }
 
-// lockSource tries to take the source's lock without waiting. It returns
-// nil and no error when another session holds it.
+// captureLockKey is the key of the lock a source's change capture holds
+// for as long as it runs: one replica captures, the others stand by (two
+// would fight over the one replication slot).
+func captureLockKey(database string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("tenantvault-capture:" + database))
+	return int64(h.Sum64())
+}
+
+// lockSource tries to take the source's snapshot lock without waiting. It
+// returns nil and no error when another session holds it.
 func lockSource(ctx context.Context, dbURL string) (*sourceLock, error) {
+	return tryLock(ctx, dbURL, LockKey, "tenantvault agent lock")
+}
+
+// tryLock takes the advisory lock key(database) on a connection of its own.
+func tryLock(ctx context.Context, dbURL string, key func(string) int64, app string) (*sourceLock, error) {
 	cfg, err := tenancy.ParseURL(dbURL)
 	if err != nil {
 		return nil, err
 	}
-	cfg.RuntimeParams["application_name"] = "tenantvault agent lock"
+	cfg.RuntimeParams["application_name"] = app
 	conn, err := tenancy.Connect(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	l := &sourceLock{conn: conn, key: LockKey(cfg.Database)}
+	l := &sourceLock{conn: conn, key: key(cfg.Database)}
 	var got bool
 	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", l.key).Scan(&got); err != nil {
 		conn.Close(context.Background())

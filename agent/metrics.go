@@ -2,6 +2,7 @@ package agent
 
 import (
 	"runtime"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -14,6 +15,7 @@ type metrics struct {
 
 	lastSuccess  *prometheus.GaugeVec
 	lastDuration *prometheus.GaugeVec
+	lateAfter    *prometheus.GaugeVec
 	written      *prometheus.CounterVec
 	reused       *prometheus.CounterVec
 	tenants      *prometheus.GaugeVec
@@ -39,7 +41,13 @@ type metrics struct {
 	captureLag      *prometheus.GaugeVec
 	captureArchived *prometheus.GaugeVec
 	captureFailures *prometheus.CounterVec
+	// The source's capture_lag_alert and capture_max_lag, so that alert
+	// rules compare the lag with the thresholds the agent itself uses.
+	captureLagAlert *prometheus.GaugeVec
+	captureMaxLag   *prometheus.GaugeVec
 
+	// Replay proofs (issue 14): the definitions alert rules and the
+	// dashboard use; the proof itself sets them.
 	replayProofLastRun     *prometheus.GaugeVec
 	replayProofLastSuccess *prometheus.GaugeVec
 	replayProofDivergences *prometheus.GaugeVec
@@ -56,6 +64,8 @@ func newMetrics(version string) *metrics {
 			Help: "When the source's last successful snapshot set finished (Unix time)."}, src),
 		lastDuration: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "snapshot_last_duration_seconds",
 			Help: "How long the source's last successful snapshot took."}, src),
+		lateAfter: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "snapshot_late_after_seconds",
+			Help: "How long after the source's last successful set /readyz calls it late: twice its schedule interval (at the agent's start) plus its jitter."}, src),
 		written: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "snapshot_bytes_written_total",
 			Help: "Compressed bytes the source's snapshots uploaded."}, src),
 		reused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "snapshot_bytes_reused_total",
@@ -102,24 +112,29 @@ func newMetrics(version string) *metrics {
 			Help: "Every change committed before this time (Unix) is archived: restore --at reaches it. now() minus this is the recovery point."}, src),
 		captureFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "capture_failures_total",
 			Help: "Times the source's change capture stopped with an error and was restarted."}, src),
+		captureLagAlert: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "capture_lag_alert_bytes",
+			Help: "The source's capture_lag_alert: past this slot lag /readyz fails."}, src),
+		captureMaxLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "capture_max_lag_bytes",
+			Help: "The source's capture_max_lag: past this slot lag the capture drops its slot to protect the source."}, src),
 		replayProofLastRun: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_proof_last_run_timestamp_seconds",
-			Help: "When the agent last tried to prove the source's change log by replaying it between its two newest sets (Unix time)."}, src),
+			Help: "When the source's last replay proof finished, whatever its result (Unix time)."}, src),
 		replayProofLastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_proof_last_success_timestamp_seconds",
-			Help: "When a replay proof of the source last found the change log equal to the next set (Unix time)."}, src),
+			Help: "When the source's last replay proof that found no divergence finished (Unix time)."}, src),
 		replayProofDivergences: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "replay_proof_divergences",
-			Help: "Tenant tables whose replay did not reach the next set in the source's last replay proof; 0 means proven."}, src),
+			Help: "Tables the source's last replay proof found divergent (0: the replayed change log matched)."}, src),
 		replayProofFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "replay_proof_failures_total",
-			Help: "Replay proofs of the source that could not run (no scratch database, a gap in the log, ...)."}, src),
+			Help: "Replay proofs of the source that could not run to a result."}, src),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
 		Help: "Always 1; the labels tell the build."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	m.reg.MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build,
-		m.lastSuccess, m.lastDuration, m.written, m.reused, m.tenants, m.rows, m.snapshots, m.failures,
+		m.lastSuccess, m.lastDuration, m.lateAfter, m.written, m.reused, m.tenants, m.rows, m.snapshots, m.failures,
 		m.skipped, m.running, m.verifyFail, m.marked,
 		m.purged, m.gcObjects, m.gcBytes, m.deleteFail, m.purgeFail, m.purgeLastDone, m.webhookFail,
 		m.captureRunning, m.captureRecords, m.captureSegments, m.captureLag, m.captureArchived, m.captureFailures,
+		m.captureLagAlert, m.captureMaxLag,
 		m.replayProofLastRun, m.replayProofLastSuccess, m.replayProofDivergences, m.replayProofFailures,
 	)
 	return m
@@ -127,11 +142,26 @@ func newMetrics(version string) *metrics {
 
 // initSource makes every per-source series exist from the start, so that
 // alerts on rate() and absent() see zeros rather than nothing.
-func (m *metrics) initSource(name string) {
-	for _, v := range []*prometheus.CounterVec{m.written, m.reused, m.snapshots, m.failures, m.verifyFail, m.marked, m.replayProofFailures} {
+func (m *metrics) initSource(s *Source, now time.Time) {
+	name := s.Name
+	// The alert on stale sets compares with this, so that it fires when
+	// readiness fails, whatever the schedule.
+	m.lateAfter.WithLabelValues(name).Set((2*interval(s.schedule, now) + s.Jitter.D).Seconds())
+	for _, v := range []*prometheus.CounterVec{m.written, m.reused, m.snapshots, m.failures, m.verifyFail, m.marked} {
 		v.WithLabelValues(name)
 	}
 	m.skipped.WithLabelValues(name, "locked")
 	m.skipped.WithLabelValues(name, "overrun")
 	m.running.WithLabelValues(name).Set(0)
+	if s.Capture {
+		// capture_running exists only for sources that capture, from the
+		// start: a capture that never gets going then alerts as stopped.
+		// Its timestamps and replay proofs stay absent until they happen,
+		// so that a zero never reads as "1970".
+		m.captureRunning.WithLabelValues(name).Set(0)
+		m.captureFailures.WithLabelValues(name)
+		m.captureLagAlert.WithLabelValues(name).Set(float64(s.CaptureLagAlert))
+		m.captureMaxLag.WithLabelValues(name).Set(float64(s.CaptureMaxLag))
+		m.replayProofFailures.WithLabelValues(name)
+	}
 }
