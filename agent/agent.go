@@ -335,7 +335,7 @@ func (a *Agent) attempt(parent context.Context, s *sourceJob, log *slog.Logger) 
 	m, err := snapshot.Run(ctx, snapshot.Options{
 		Source: s.url, Vault: v, Tenancy: s.tenancy, Parallel: s.Parallel, Level: s.CompressionLevel,
 		WorkMem: s.WorkMem, LockTimeout: s.LockTimeout.D, TempDir: a.cfg.TempDir, PgDump: a.cfg.PgDump,
-		Kind: manifest.KindScheduled, SourceName: s.Name, Logger: log, Now: a.clock.Now,
+		SchemaArchive: s.SchemaArchive, Kind: manifest.KindScheduled, SourceName: s.Name, Logger: log, Now: a.clock.Now,
 		ExactLSN: s.Capture,
 	})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tenantvault/tenantvault/capture"
+	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/repo"
 	"github.com/tenantvault/tenantvault/snapshot"
 	"github.com/tenantvault/tenantvault/tenancy"
@@ -132,6 +133,8 @@ type Source struct {
 	WorkMem          string   `yaml:"work_mem"`
 	LockTimeout      Duration `yaml:"lock_timeout"`
 	VerifyReadData   bool     `yaml:"verify_read_data"`
+	// SchemaArchive is pg_dump (default) or none (snapshot --schema-archive).
+	SchemaArchive string `yaml:"schema_archive"`
 	// Capture archives every committed change for point-in-time restores
 	// (docs/CHANGE-CAPTURE.md); snapshots are then taken at exact LSNs.
 	Capture              bool     `yaml:"capture"`
@@ -736,6 +739,13 @@ func (cfg *Config) checkSource(c *checker, s *Source, path string, defLoc *time.
 		s.CompressionLevel = snapshot.DefaultLevel
 	} else if s.CompressionLevel < 1 || s.CompressionLevel > 4 {
 		c.at(path+".compression_level", "%d is out of range 1 (fastest) .. 4 (smallest)", s.CompressionLevel)
+	}
+	switch s.SchemaArchive {
+	case "":
+		s.SchemaArchive = manifest.SchemaArchivePgDump
+	case manifest.SchemaArchivePgDump, manifest.SchemaArchiveNone:
+	default:
+		c.at(path+".schema_archive", "%q: use pg_dump or none", s.SchemaArchive)
 	}
 	c.duration(&s.LockTimeout, path+".lock_timeout", 30*time.Second)
 	c.duration(&s.CaptureFlushInterval, path+".capture_flush_interval", capture.DefaultFlushInterval)

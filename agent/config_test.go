@@ -133,6 +133,8 @@ func TestConfigProblems(t *testing.T) {
 			"line 10: sources[0].compression_level: 9 is out of range 1 (fastest) .. 4 (smallest)",
 			"line 11: sources[0].retries: `many` is not a whole number",
 		}},
+		{"schema archive", head + src + "    schema_archive: pgdump\n", []string{
+			`line 6: sources[0].schema_archive: "pgdump": use pg_dump or none`}},
 		{"tenancy", head + src + "    tenancy: schema\n", []string{
 			"line 6: sources[0].tenancy: tenancy schema needs schema_pattern (a LIKE pattern such as tenant_%)"}},
 		{"duplicate names and per-source grace", head + src + "    retention:\n      grace: 1d\n  - name: main\n    url: postgres://u@h/db2\n    schedule: '@daily'\n", []string{

@@ -205,7 +205,7 @@ func (c *capturer) prepare(ctx context.Context) error {
 	if err := c.checkIdentity(ctx, cat.Tables); err != nil {
 		return err
 	}
-	if err := c.ensurePublication(ctx); err != nil {
+	if err := c.ensurePublication(ctx, cat.Tables); err != nil {
 		return err
 	}
 	replCfg := c.cfg.Config.Copy()
@@ -217,12 +217,29 @@ func (c *capturer) prepare(ctx context.Context) error {
 	return c.ensureSlot(ctx)
 }
 
-func (c *capturer) ensurePublication(ctx context.Context) error {
-	var n int
-	if err := c.conn.QueryRow(ctx, `SELECT count(*) FROM pg_publication WHERE pubname = $1`, c.o.Publication).Scan(&n); err != nil {
-		return err
+func (c *capturer) ensurePublication(ctx context.Context, tables []manifest.Table) error {
+	var viaRoot, all bool
+	err := c.conn.QueryRow(ctx, `SELECT pubviaroot, puballtables FROM pg_publication WHERE pubname = $1`, c.o.Publication).Scan(&viaRoot, &all)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("read publication %s: %w", c.o.Publication, err)
 	}
-	if n > 0 {
+	if err == nil {
+		// Without publish_via_partition_root, a partition's changes
+		// arrive under the partition's name, which is no tenant table of
+		// the catalog (partitions are read through their parent): they
+		// would be missed, silently.
+		for i := range tables {
+			if t := &tables[i]; t.Partitioned && t.Kind == manifest.TableScoped && !viaRoot {
+				return &tenantvault.InputError{
+					Msg: fmt.Sprintf("publication %s does not publish through partition roots: changes to the partitions of %s would be missed", c.o.Publication, t.QualifiedName()),
+					Hint: "run ALTER PUBLICATION " + tenancy.Ident(c.o.Publication) + " SET (publish_via_partition_root = true), " +
+						"or drop it and let the capture create its own",
+				}
+			}
+		}
+		if !all {
+			return c.checkPublished(ctx, tables)
+		}
 		return nil
 	}
 	if _, err := c.conn.Exec(ctx, "CREATE PUBLICATION "+tenancy.Ident(c.o.Publication)+" FOR ALL TABLES WITH (publish_via_partition_root = true)"); err != nil {
@@ -231,6 +248,41 @@ func (c *capturer) ensurePublication(ctx context.Context) error {
 	}
 	c.o.Logger.Info("created publication", "publication", c.o.Publication)
 	return nil
+}
+
+// checkPublished refuses a publication that leaves out a tenant table:
+// its changes would never reach the log, and replays would silently lack
+// them.
+func (c *capturer) checkPublished(ctx context.Context, tables []manifest.Table) error {
+	rows, err := c.conn.Query(ctx, `SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1`, c.o.Publication)
+	if err != nil {
+		return fmt.Errorf("read publication %s: %w", c.o.Publication, err)
+	}
+	published := map[string]bool{}
+	for rows.Next() {
+		var schema, name string
+		if err := rows.Scan(&schema, &name); err != nil {
+			rows.Close()
+			return err
+		}
+		published[schema+"\x00"+name] = true
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	var missing []string
+	for i := range tables {
+		if t := &tables[i]; t.Kind == manifest.TableScoped && !published[t.Schema+"\x00"+t.Name] {
+			missing = append(missing, t.QualifiedName())
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return &tenantvault.InputError{
+		Msg:  fmt.Sprintf("publication %s leaves out tenant table(s) %s: their changes would be missed", c.o.Publication, strings.Join(missing, ", ")),
+		Hint: "add them with ALTER PUBLICATION " + tenancy.Ident(c.o.Publication) + " ADD TABLE ..., or drop it and let the capture create its own (FOR ALL TABLES)",
+	}
 }
 
 // ensureSlot resumes the archived chain of this slot, or starts a new one.
@@ -460,6 +512,12 @@ func (c *capturer) receive(ctx context.Context) error {
 					return err
 				}
 				if err := c.handle(ctx, b, &cur, &committed, xld.WALData); err != nil {
+					if ctx.Err() != nil {
+						// Stopping in the middle of a transaction (a
+						// lookup was cancelled): it was not acknowledged,
+						// so the server sends it again next time.
+						continue
+					}
 					return err
 				}
 			}

@@ -150,6 +150,26 @@ func checkExactlyOnce(t *testing.T, committed []int64, seen map[int64]int) {
 	}
 }
 
+// waitSlot waits until the capture's slot is consistent, which its first
+// (empty) segment records: changes count from there on. A slot is listed
+// before it is consistent, and a fixed sleep was too short on a busy server.
+func waitSlot(t *testing.T, ctx context.Context, v *vault.Vault, db string) {
+	t.Helper()
+	cfg, _ := tenancy.ParseURL(db)
+	var sys string
+	testenv.Connect(t, db).QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&sys)
+	for {
+		refs, err := v.ListSegments(ctx, vault.StreamName(sys, cfg.Database))
+		if err == nil && len(refs) > 0 {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the capture never started its change log")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // waitUntil waits for the log to reach the source's clock.
 func waitUntil(t *testing.T, ctx context.Context, v *vault.Vault, db string) {
 	t.Helper()
@@ -165,22 +185,6 @@ func waitUntil(t *testing.T, ctx context.Context, v *vault.Vault, db string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatal("the change log did not catch up")
-}
-
-// waitSlot waits until the capture's slot exists in db (the cluster is
-// shared with other tests): changes committed before it are not captured.
-func waitSlot(t *testing.T, ctx context.Context, db string) {
-	t.Helper()
-	conn := testenv.Connect(t, db)
-	for ctx.Err() == nil {
-		var n int
-		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database() AND confirmed_flush_lsn IS NOT NULL").Scan(&n)
-		if n > 0 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("the capture's replication slot never appeared")
 }
 
 // TestKilledCaptureLosesNothing kills a capture with SIGKILL twice while a
@@ -203,7 +207,7 @@ func TestKilledCaptureLosesNothing(t *testing.T) {
 		return cmd
 	}
 	child := start()
-	waitSlot(t, ctx, db)
+	waitSlot(t, ctx, v, db)
 	stop := make(chan struct{})
 	committed := writer(t, db, stop)
 	for range 2 {
@@ -257,7 +261,7 @@ func TestRepositoryOutage(t *testing.T) {
 			}
 		}
 	}()
-	waitSlot(t, ctx, db)
+	waitSlot(t, ctx, v, db)
 	stop := make(chan struct{})
 	committed := writer(t, db, stop)
 	time.Sleep(500 * time.Millisecond)
@@ -291,7 +295,8 @@ func TestCorruptedSegment(t *testing.T) {
 	go func() {
 		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 	}()
-	waitSlot(t, ctx, db)
+	waitSlot(t, ctx, v, db)
+	cfg, _ := tenancy.ParseURL(db)
 	testenv.Exec(t, db, `INSERT INTO orders (tenant_id, n) VALUES ('a', 1), ('b', 2)`)
 	waitUntil(t, ctx, v, db)
 	cancel()
@@ -300,7 +305,6 @@ func TestCorruptedSegment(t *testing.T) {
 	}
 	var sys string
 	testenv.Connect(t, db).QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&sys)
-	cfg, _ := tenancy.ParseURL(db)
 	refs, _ := v.ListSegments(ctx, vault.StreamName(sys, cfg.Database))
 	var idx *vault.SegmentIndex
 	for _, ref := range refs {
@@ -336,5 +340,25 @@ func TestCorruptedSegment(t *testing.T) {
 	}
 	if failed == 0 {
 		t.Fatal("a damaged segment read back without error")
+	}
+}
+
+// TestPublicationMustCoverTenantTables: an existing publication that
+// leaves out a tenant table would make the log silently miss its changes;
+// the capture refuses it and names the tables.
+func TestPublicationMustCoverTenantTables(t *testing.T) {
+	ctx := testenv.Context(t, time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, schema+`CREATE PUBLICATION tenantvault FOR TABLE tenants, orders`)
+	v := mustVault(ctx, "file://"+t.TempDir())
+	err := capture.Run(ctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true})
+	var ie *tenantvault.InputError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), "publication tenantvault leaves out tenant table(s) public.lines") || !strings.Contains(ie.Hint, "ADD TABLE") {
+		t.Fatalf("capture with a partial publication: %v", err)
+	}
+	var slots int
+	testenv.Connect(t, db).QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()").Scan(&slots)
+	if slots != 0 {
+		t.Fatalf("a refused capture left %d replication slot(s)", slots)
 	}
 }

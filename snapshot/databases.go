@@ -106,13 +106,17 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 		return err
 	}
 	r.o.Progress.TablesTotal.Add(int64(len(cat.Tables)))
-	var schema bytes.Buffer
-	if err := dumpSchema(ctx, r.o.PgDump, cfg, r.ssl, snap.name, &schema); err != nil {
-		return fmt.Errorf("database %s: %w", db, err)
-	}
-	d, err := r.w.PutSchema(ctx, db, schema.Bytes())
-	if err != nil {
-		return err
+	var d *manifest.SchemaDump
+	if r.o.SchemaArchive != manifest.SchemaArchiveNone {
+		var schema bytes.Buffer
+		if err := dumpSchema(ctx, r.o.PgDump, cfg, r.ssl, snap.name, snap.source.ServerNum, &schema); err != nil {
+			return fmt.Errorf("database %s: %w", db, err)
+		}
+		sd, err := r.w.PutSchema(ctx, db, schema.Bytes())
+		if err != nil {
+			return err
+		}
+		d = &sd
 	}
 	var results []tableResult
 	for _, i := range bySize(cat) {
@@ -135,7 +139,9 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 		res.table += base
 		r.results = append(r.results, res)
 	}
-	r.m.Schemas = append(r.m.Schemas, d)
+	if d != nil {
+		r.m.Schemas = append(r.m.Schemas, *d)
+	}
 	if snap.at.After(r.m.ConsistentAt) {
 		r.m.ConsistentAt, r.m.LSN = snap.at, snap.lsn
 	}

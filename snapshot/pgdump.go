@@ -103,16 +103,34 @@ func pgDumpCommand(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl 
 	return cmd
 }
 
-// dumpSchema writes pg_dump's schema-only custom-format archive of cfg's
-// database, as of the exported snapshot, to w.
-func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, w io.Writer) error {
+func lookPgDump(pgDump string) (string, error) {
 	if pgDump == "" {
 		pgDump = "pg_dump"
 	}
 	path, err := exec.LookPath(pgDump)
 	if err != nil {
-		return tenantvault.WithHint(fmt.Sprintf("cannot run %s: %v", pgDump, err),
-			"install the PostgreSQL client (pg_dump of the server's major version or newer), or point --pg-dump at it")
+		return "", tenantvault.WithHint(fmt.Sprintf("cannot run %s: %v", pgDump, err),
+			"install the PostgreSQL client (pg_dump of the server's major version or newer) or point --pg-dump at it, "+
+				"or snapshot without a schema archive: --schema-archive=none")
+	}
+	return path, nil
+}
+
+// pgDumpTooOld says what to do when pg_dump cannot read the server.
+func pgDumpTooOld(server int, detail string) error {
+	major := server / 10000
+	return tenantvault.WithHint(fmt.Sprintf("pg_dump cannot read this server: %s", detail),
+		fmt.Sprintf("install pg_dump %d or newer (the PostgreSQL %d client, e.g. postgresql-client-%d from apt.postgresql.org) and point --pg-dump at it, "+
+			"or snapshot without a schema archive with --schema-archive=none (such a set restores into an existing schema, e.g. one your migrations create, not with --create-schema)",
+			major, major, major))
+}
+
+// dumpSchema writes pg_dump's schema-only custom-format archive of cfg's
+// database, as of the exported snapshot, to w.
+func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int, w io.Writer) error {
+	path, err := lookPgDump(pgDump)
+	if err != nil {
+		return err
 	}
 	args := []string{"--schema-only", "--format=custom", "--no-sync"}
 	if snapshotName != "" {
@@ -128,8 +146,7 @@ func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map
 		}
 		msg := strings.TrimSpace(stderr.String())
 		if strings.Contains(msg, "server version mismatch") {
-			return tenantvault.WithHint("pg_dump is older than the server: "+firstLine(msg),
-				"install a pg_dump of the server's major version or newer, or point --pg-dump at it")
+			return pgDumpTooOld(server, strings.ReplaceAll(strings.TrimSpace(msg), "\n", "; "))
 		}
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && msg != "" {

@@ -44,6 +44,11 @@ type Options struct {
 	LockTimeout time.Duration
 	// PgDump is the pg_dump binary used for the schema; "" means from PATH.
 	PgDump string
+	// SchemaArchive is manifest.SchemaArchivePgDump ("" means it) or
+	// manifest.SchemaArchiveNone: no pg_dump, for a schema kept in
+	// migrations or a server newer than the pg_dump at hand. Such a set
+	// restores into an existing schema only.
+	SchemaArchive string
 	// Kind, Note and SourceName are recorded in the manifest.
 	Kind       string
 	Note       string
@@ -106,6 +111,13 @@ func (o *Options) normalize() error {
 	if o.Kind == "" {
 		o.Kind = manifest.KindManual
 	}
+	switch o.SchemaArchive {
+	case "":
+		o.SchemaArchive = manifest.SchemaArchivePgDump
+	case manifest.SchemaArchivePgDump, manifest.SchemaArchiveNone:
+	default:
+		return tenantvault.Inputf("--schema-archive %q: use pg_dump or none", o.SchemaArchive)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -158,6 +170,9 @@ func Run(ctx context.Context, o Options) (*manifest.Manifest, error) {
 	r.m = &manifest.Manifest{
 		Version: manifest.Version, ID: vault.NewSetID(started), Kind: o.Kind, Note: o.Note,
 		Tenancy: o.Tenancy.Manifest(), StartedAt: started.UTC(), Partial: len(o.Tenants) > 0,
+	}
+	if o.SchemaArchive == manifest.SchemaArchiveNone {
+		r.m.SchemaArchive = manifest.SchemaArchiveNone
 	}
 	r.w, err = o.Vault.NewSetWriter(ctx, r.m.ID, vault.WriterOptions{TempDir: o.TempDir, PackSize: o.PackSize, Level: o.Level})
 	if err != nil {
@@ -268,15 +283,19 @@ func (r *run) single(ctx context.Context) error {
 	o.Progress.TablesTotal.Store(int64(len(cat.Tables)))
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		var buf bytes.Buffer
-		if err := dumpSchema(gctx, o.PgDump, r.cfg, r.ssl, snap.name, &buf); err != nil {
+	if o.SchemaArchive != manifest.SchemaArchiveNone {
+		g.Go(func() error {
+			// A pg_dump older than the server refuses it within
+			// milliseconds, which cancels the export at once.
+			var buf bytes.Buffer
+			if err := dumpSchema(gctx, o.PgDump, r.cfg, r.ssl, snap.name, snap.source.ServerNum, &buf); err != nil {
+				return err
+			}
+			d, err := r.w.PutSchema(gctx, r.cfg.Database, buf.Bytes())
+			r.m.Schemas = []manifest.SchemaDump{d}
 			return err
-		}
-		d, err := r.w.PutSchema(gctx, r.cfg.Database, buf.Bytes())
-		r.m.Schemas = []manifest.SchemaDump{d}
-		return err
-	})
+		})
+	}
 	jobs := make(chan int, len(cat.Tables))
 	for _, i := range bySize(cat) {
 		if r.wanted(&cat.Tables[i]) {

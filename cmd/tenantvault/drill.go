@@ -28,6 +28,7 @@ type drillOptions struct {
 	keep      bool
 	parallel  int
 	pgRestore string
+	template  string
 }
 
 func (a *app) drillCmd() *cobra.Command {
@@ -74,6 +75,7 @@ it on the scratch server; the drill refuses a server that already has one.`,
 	fs.BoolVar(&o.keep, "keep", false, "keep the scratch database for inspection instead of dropping it")
 	fs.IntVar(&o.parallel, "parallel", 2, "tenants restored at once")
 	fs.StringVar(&o.pgRestore, "pg-restore", "pg_restore", "pg_restore binary, to create the schema")
+	fs.StringVar(&o.template, "template", "", "create the drill's database as a copy of this database on the scratch server, which holds the schema and no rows (e.g. made by your migrations); needed for sets taken with --schema-archive=none")
 	return cmd
 }
 
@@ -121,7 +123,7 @@ func (a *app) runDrill(ctx context.Context, o *drillOptions, countSet bool) erro
 	stop := a.progress(func() string { return fmt.Sprintf("drill: restored %d tenant(s)", done.Load()) })
 	rep, err := drill.Run(ctx, drill.Options{
 		Repo: v, Scratch: o.scratch, Tenants: o.tenants, Count: o.count, Seed: o.seed, SetID: o.snapshot,
-		MaxRTO: o.maxRTO, Keep: o.keep, Parallel: o.parallel, PgRestore: o.pgRestore, Logger: a.log,
+		MaxRTO: o.maxRTO, Keep: o.keep, Parallel: o.parallel, PgRestore: o.pgRestore, Template: o.template, Logger: a.log,
 		Progress: func(drill.TenantResult) { done.Add(1) },
 	})
 	stop()

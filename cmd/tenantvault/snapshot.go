@@ -25,6 +25,7 @@ type snapshotOptions struct {
 	lockTimeout time.Duration
 	tempDir     string
 	pgDump      string
+	schemaArch  string
 	full        bool
 	exactLSN    bool
 	dryRun      bool
@@ -39,7 +40,8 @@ func (a *app) snapshotCmd() *cobra.Command {
 		Long: `Take one snapshot set: every tenant of the source captured at one consistent
 instant (an exported snapshot shared by parallel workers, as pg_dump -j does),
 each tenant's rows per table compressed and checksummed, the schema with
-pg_dump --schema-only, and a manifest written last. Only ACCESS SHARE locks
+pg_dump --schema-only (unless --schema-archive=none), and a manifest
+written last. Only ACCESS SHARE locks
 are taken: the source keeps serving writes. Chunks equal to the previous
 set's are referenced instead of stored again.`,
 		Args: cobra.NoArgs,
@@ -60,7 +62,8 @@ set's are referenced instead of stored again.`,
 	fs.StringVar(&o.workMem, "work-mem", "64MB", "sort memory of each export session")
 	fs.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "longest wait for the ACCESS SHARE table locks")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for packs while they fill (default: the system temp dir)")
-	fs.StringVar(&o.pgDump, "pg-dump", "pg_dump", "pg_dump binary for the schema")
+	fs.StringVar(&o.pgDump, "pg-dump", "pg_dump", "pg_dump binary for the schema (of the server's major version or newer)")
+	fs.StringVar(&o.schemaArch, "schema-archive", manifest.SchemaArchivePgDump, "pg_dump: store the schema (restore --create-schema needs it); none: no pg_dump, restore into an existing schema only (e.g. one your migrations create)")
 	fs.BoolVar(&o.full, "full", false, "store every chunk, even those equal to the previous set's")
 	fs.BoolVar(&o.exactLSN, "exact-lsn", false, "take the set at a replication slot's consistent point, so the change log (capture) continues it exactly")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print what would be captured, and write nothing")
@@ -72,10 +75,13 @@ func (a *app) runSnapshot(ctx context.Context, o *snapshotOptions) error {
 	if o.source == "" {
 		return &usageError{"--source is required (or TENANTVAULT_SOURCE)"}
 	}
+	if o.schemaArch != manifest.SchemaArchivePgDump && o.schemaArch != manifest.SchemaArchiveNone {
+		return &usageError{fmt.Sprintf("--schema-archive %q: use pg_dump or none", o.schemaArch)}
+	}
 	so := snapshot.Options{
 		Source: o.source, Tenancy: o.tenancy, Tenants: o.tenants, Parallel: o.parallel, Level: o.level,
 		WorkMem: o.workMem, LockTimeout: o.lockTimeout, TempDir: o.tempDir, PgDump: o.pgDump,
-		Full: o.full, ExactLSN: o.exactLSN, SourceName: o.name, Logger: a.log,
+		SchemaArchive: o.schemaArch, Full: o.full, ExactLSN: o.exactLSN, SourceName: o.name, Logger: a.log,
 	}
 	if o.dryRun {
 		p, err := snapshot.Explain(ctx, so)
