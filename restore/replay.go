@@ -194,7 +194,17 @@ func (r *runner) replay(ctx context.Context, conn *pgx.Conn, set *manifest.Manif
 		t := &set.Tables[ti]
 		mine[t.Schema+"\x00"+t.Name] = t
 	}
-	b := &batch{conn: conn, st: &st}
+	// Tables other tables are scoped through: a shared change that moves
+	// one of their rows between tenants moves rows the log never names.
+	parents := map[*manifest.Table]bool{}
+	for i := range set.Tables {
+		if sc := set.Tables[i].Scope; sc != nil && len(sc.Hops) > 0 {
+			if t := mine[sc.Hops[0].RefSchema+"\x00"+sc.Hops[0].RefTable]; t != nil {
+				parents[t] = true
+			}
+		}
+	}
+	b := &batch{conn: conn, st: &st, parents: parents}
 	for _, idx := range rp.Segments {
 		rels := map[uint32]*vault.Relation{}
 		for i := range idx.Relations {
@@ -257,6 +267,7 @@ var errDiverged = errors.New("the change does not match the tenant's rows")
 type batch struct {
 	conn    *pgx.Conn
 	st      *replayStats
+	parents map[*manifest.Table]bool
 	pending []stmt
 }
 
@@ -308,6 +319,11 @@ func (b *batch) apply(ctx context.Context, ch vault.TenantChange, rels map[uint3
 		var err error
 		if change, err = attribute(ctx, b.conn, t, rel, ch.Change, tenant); err != nil {
 			return fmt.Errorf("replay %s: %w", where, err)
+		}
+		if ch.Op == vault.OpUpdate && b.parents[t] && change != nil && change.Op != vault.OpUpdate {
+			// The row joins or leaves the tenant, and rows scoped
+			// through it go with it: what a move record would say.
+			return movedError(tenant, []vault.Relation{*rel}, rel.OID, ch.LSN, ch.Time)
 		}
 		if change == nil {
 			b.st.skipped++
