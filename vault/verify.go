@@ -151,7 +151,11 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		}
 		i := 0
 		eachChunk(s.m, func(tenant string, _ bool, c manifest.Chunk) {
-			jobs = append(jobs, job{x: s.x, m: s.m, tenant: tenant, table: s.m.Tables[c.Table].QualifiedName(), ic: s.x.Chunks[i], c: c})
+			ic := IndexChunk{Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256}
+			if s.x.Encrypted() {
+				ic = s.x.Chunks[i] // checked against the body when it was read
+			}
+			jobs = append(jobs, job{x: s.x, m: s.m, tenant: tenant, table: s.m.Tables[c.Table].QualifiedName(), ic: ic, c: c})
 			i++
 		})
 	}
