@@ -486,3 +486,99 @@ func (s *Set) Tenants(ctx context.Context, fn func(*manifest.Tenant) error) erro
 	}
 	return nil
 }
+
+// release drops what Tenant keeps for the next call (the directory and the
+// last page read), so that a caller looking through many sets holds one
+// set's worth at a time.
+func (s *Set) release() {
+	s.mu.Lock()
+	s.dir, s.dirLoaded, s.lastPage, s.lastItems = nil, false, -1, nil
+	s.mu.Unlock()
+}
+
+// TenantHistory looks tenant up in every set of ids, several sets at a
+// time: per set of format 2, the header, the directory and at most one
+// page. It returns the headers of the sets that hold the tenant, oldest
+// first as in ids, and the tenant's entry in each.
+func (v *Vault) TenantHistory(ctx context.Context, ids []string, tenant string) ([]*manifest.Manifest, []*manifest.Tenant, error) {
+	type hit struct {
+		m *manifest.Manifest
+		t *manifest.Tenant
+	}
+	hits, err := parallelReadN(ctx, ids, 16, func(ctx context.Context, id string) (hit, error) {
+		s, err := v.OpenSet(ctx, id)
+		if err != nil {
+			return hit{}, err
+		}
+		defer s.release()
+		t, err := s.Tenant(ctx, tenant)
+		return hit{s.Header(), t}, err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var sets []*manifest.Manifest
+	var entries []*manifest.Tenant
+	for _, h := range hits {
+		if h.t != nil {
+			sets, entries = append(sets, h.m), append(entries, h.t)
+		}
+	}
+	return sets, entries, nil
+}
+
+// pageCache keeps the last pages read from one set for lookups from
+// several goroutines at once (the snapshot's table workers, each walking
+// the tenants in order): a bounded number of pages, never the whole index.
+type pageCache struct {
+	s     *Set
+	max   int
+	mu    sync.Mutex
+	pages map[int][]manifest.Tenant
+	order []int
+}
+
+func newPageCache(s *Set, max int) *pageCache {
+	return &pageCache{s: s, max: max, pages: map[int][]manifest.Tenant{}}
+}
+
+// tenant finds tenant id through the cache.
+func (c *pageCache) tenant(ctx context.Context, id string) (*manifest.Tenant, error) {
+	s := c.s
+	if s.m.Index == nil {
+		return s.m.Tenant(id), nil
+	}
+	s.mu.Lock()
+	dir, err := s.directory(ctx)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	i := sort.Search(len(dir), func(i int) bool { return dir[i].first > id }) - 1
+	if i < 0 {
+		return nil, nil
+	}
+	c.mu.Lock()
+	items, ok := c.pages[i]
+	c.mu.Unlock()
+	if !ok {
+		if items, err = s.page(ctx, dir, i); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		if _, ok := c.pages[i]; !ok {
+			c.pages[i] = items
+			c.order = append(c.order, i)
+			if len(c.order) > c.max {
+				delete(c.pages, c.order[0])
+				c.order = c.order[1:]
+			}
+		}
+		c.mu.Unlock()
+	}
+	j := sort.Search(len(items), func(j int) bool { return items[j].ID >= id })
+	if j < len(items) && items[j].ID == id {
+		return &items[j], nil
+	}
+	return nil, nil
+}

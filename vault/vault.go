@@ -487,9 +487,13 @@ func (v *Vault) ReadManifests(ctx context.Context, ids []string) ([]*manifest.Ma
 }
 
 func parallelRead[T any](ctx context.Context, ids []string, read func(context.Context, string) (T, error)) ([]T, error) {
+	return parallelReadN(ctx, ids, 8, read)
+}
+
+func parallelReadN[T any](ctx context.Context, ids []string, n int, read func(context.Context, string) (T, error)) ([]T, error) {
 	out := make([]T, len(ids))
 	errs := make([]error, len(ids))
-	sem := make(chan struct{}, 8)
+	sem := make(chan struct{}, n)
 	var wg sync.WaitGroup
 	for i, id := range ids {
 		wg.Add(1)
