@@ -271,6 +271,8 @@ func (m *Manifest) Validate() error {
 	case m.Index != nil && (m.Index.Pages < 0 || m.Index.Tenants < 0 || m.Index.Size < 0 || m.Index.Directory.Offset < 0 || m.Index.Directory.Length <= 0 ||
 		m.Index.Directory.Offset+m.Index.Directory.Length > m.Index.Size || len(m.Index.Directory.SHA256) != 64):
 		return fmt.Errorf("manifest %s: bad tenant index reference", m.ID)
+	case m.Index != nil && m.Index.Tenants != m.Stats.Tenants:
+		return fmt.Errorf("manifest %s: the tenant index holds %d tenants, the stats say %d", m.ID, m.Index.Tenants, m.Stats.Tenants)
 	}
 	return m.ValidateTenants(m.Tenants)
 }
