@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sort"
 	"strings"
@@ -165,6 +166,11 @@ func Run(ctx context.Context, o Options) (*manifest.Manifest, error) {
 		return nil, err
 	}
 	o.Progress.Written = r.w.Written
+	defer func() {
+		for _, res := range r.results {
+			res.spool.close()
+		}
+	}()
 	if o.Tenancy.Model == tenancy.ModelDatabase {
 		err = r.databases(ctx)
 	} else {
@@ -205,8 +211,12 @@ type prevKey struct {
 
 // tableResult is what exporting one table produced.
 type tableResult struct {
-	table  int
+	table int
+	// chunks are the global chunks and, until the table spills, its
+	// tenant chunks (scoped counts those).
 	chunks []tenantChunk
+	scoped int
+	spool  *chunkSpool
 }
 
 type tenantChunk struct {
@@ -531,8 +541,14 @@ func (r *run) finish(ctx context.Context) error {
 		return c
 	}
 	sort.Slice(r.results, func(a, b int) bool { return r.results[a].table < r.results[b].table })
-	// Global chunks first, in table order; each table's tenant chunks in
-	// ID order for the merge.
+	// Global chunks first, in table order; then each table's tenant
+	// chunks, in ID order, merged.
+	h := &mergeHeap{}
+	defer func() {
+		for _, c := range *h {
+			c.spool.close()
+		}
+	}()
 	for i := range r.results {
 		res := &r.results[i]
 		scoped := res.chunks[:0]
@@ -547,8 +563,25 @@ func (r *run) finish(ctx context.Context) error {
 			}
 			scoped = append(scoped, tc)
 		}
-		res.chunks = scoped
-		sort.SliceStable(res.chunks, func(a, b int) bool { return res.chunks[a].tenant < res.chunks[b].tenant })
+		cur := &mergeCursor{table: res.table}
+		if res.spool != nil {
+			sp, err := res.spool.inOrder(r.o.TempDir)
+			if err != nil {
+				return err
+			}
+			res.spool, cur.spool = nil, sp
+		} else {
+			sort.SliceStable(scoped, func(a, b int) bool { return scoped[a].tenant < scoped[b].tenant })
+			cur.mem = scoped
+		}
+		res.chunks = nil
+		ok, err := cur.advance()
+		if err != nil {
+			return err
+		}
+		if ok {
+			heap.Push(h, cur)
+		}
 	}
 	var iw *vault.IndexWriter
 	if r.o.Vault.WritesIndexed() {
@@ -561,41 +594,37 @@ func (r *run) finish(ctx context.Context) error {
 	// Tenants that exist without rows (schema and database models, and
 	// every requested one) get an entry too.
 	empty := dedupe(append(append([]string(nil), r.owners...), r.o.Tenants...))
-	h := &mergeHeap{}
-	for i := range r.results {
-		if len(r.results[i].chunks) > 0 {
-			heap.Push(h, mergeCursor{res: &r.results[i]})
-		}
-	}
 	next := 0 // into empty
 	for h.Len() > 0 || next < len(empty) {
 		var id string
 		switch {
 		case h.Len() == 0:
 			id = empty[next]
-		case next < len(empty) && empty[next] < (*h)[0].head():
+		case next < len(empty) && empty[next] < (*h)[0].head.tenant:
 			id = empty[next]
 		default:
-			id = (*h)[0].head()
+			id = (*h)[0].head.tenant
 		}
 		if next < len(empty) && empty[next] == id {
 			next++
 		}
 		t := manifest.Tenant{ID: id}
-		for h.Len() > 0 && (*h)[0].head() == id {
-			cur := &(*h)[0]
-			tc := cur.res.chunks[cur.i]
-			c := chunk(cur.res.table, tc)
+		for h.Len() > 0 && (*h)[0].head.tenant == id {
+			cur := (*h)[0]
+			c := chunk(cur.table, cur.head)
 			t.Chunks = append(t.Chunks, c)
 			t.Rows += c.Rows
 			t.Size += c.Size
 			t.Stored += c.Length
-			cur.i++
-			if cur.i == len(cur.res.chunks) {
-				cur.res.chunks = nil // merged: let it go
-				heap.Pop(h)
-			} else {
+			ok, err := cur.advance()
+			if err != nil {
+				return err
+			}
+			if ok {
 				heap.Fix(h, 0)
+			} else {
+				heap.Pop(h)
+				cur.spool.close()
 			}
 		}
 		if iw != nil {
@@ -624,27 +653,48 @@ func (r *run) finish(ctx context.Context) error {
 	return r.o.Vault.WriteManifest(ctx, m)
 }
 
-// mergeCursor walks one table's tenant chunks, in ID order.
+// mergeCursor walks one table's tenant chunks, in ID order, from memory
+// or from its spool.
 type mergeCursor struct {
-	res *tableResult
-	i   int
+	table int
+	mem   []tenantChunk
+	spool *chunkSpool
+	head  tenantChunk
 }
 
-func (c mergeCursor) head() string { return c.res.chunks[c.i].tenant }
+// advance moves to the next chunk; false at the end.
+func (c *mergeCursor) advance() (bool, error) {
+	if c.spool != nil {
+		tc, err := c.spool.next()
+		if errors.Is(err, io.EOF) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		c.head = tc
+		return true, nil
+	}
+	if len(c.mem) == 0 {
+		return false, nil
+	}
+	c.head, c.mem = c.mem[0], c.mem[1:]
+	return true, nil
+}
 
 // mergeHeap orders cursors by their next tenant, then by table, so that a
 // tenant's chunks come in table order.
-type mergeHeap []mergeCursor
+type mergeHeap []*mergeCursor
 
 func (h mergeHeap) Len() int { return len(h) }
 func (h mergeHeap) Less(a, b int) bool {
-	if ha, hb := h[a].head(), h[b].head(); ha != hb {
+	if ha, hb := h[a].head.tenant, h[b].head.tenant; ha != hb {
 		return ha < hb
 	}
-	return h[a].res.table < h[b].res.table
+	return h[a].table < h[b].table
 }
 func (h mergeHeap) Swap(a, b int) { h[a], h[b] = h[b], h[a] }
-func (h *mergeHeap) Push(x any)   { *h = append(*h, x.(mergeCursor)) }
+func (h *mergeHeap) Push(x any)   { *h = append(*h, x.(*mergeCursor)) }
 func (h *mergeHeap) Pop() any {
 	old := *h
 	x := old[len(old)-1]

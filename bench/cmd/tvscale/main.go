@@ -33,7 +33,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -142,7 +141,10 @@ func run() error {
 // measure runs the tenantvault binary and returns its wall time and peak
 // RSS.
 func (c *config) measure(args ...string) (time.Duration, int64, string, error) {
-	cmd := exec.Command(c.tv, args...)
+	// Through /usr/bin/time: the peak RSS a child reports to this process
+	// includes what this process held when it forked.
+	rssFile := filepath.Join(c.work, "rss")
+	cmd := exec.Command("/usr/bin/time", append([]string{"-f", "%M", "-o", rssFile, c.tv}, args...)...)
 	var out strings.Builder
 	cmd.Stdout = &out
 	cmd.Stderr = &out
@@ -150,10 +152,10 @@ func (c *config) measure(args ...string) (time.Duration, int64, string, error) {
 	err := cmd.Run()
 	wall := time.Since(start)
 	var rss int64
-	if cmd.ProcessState != nil {
-		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			rss = ru.Maxrss << 10
-		}
+	if b, rerr := os.ReadFile(rssFile); rerr == nil {
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		kb, _ := strconv.ParseInt(lines[len(lines)-1], 10, 64)
+		rss = kb << 10
 	}
 	if err != nil {
 		return wall, rss, out.String(), fmt.Errorf("tenantvault %s: %v\n%s", strings.Join(args, " "), err, out.String())
