@@ -249,6 +249,7 @@ type Set struct {
 	dirLoaded bool
 	lastPage  int
 	lastItems []manifest.Tenant
+	pageHits  map[int]int
 }
 
 // OpenSet reads the header of set id (see ReadManifest for the errors).
@@ -331,12 +332,14 @@ func (s *Set) read(ctx context.Context, offset, length int64) ([]byte, error) {
 		return nil, fmt.Errorf("read tenant index %s: %w", s.m.Index.Key, err)
 	}
 	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, length+1))
-	if err != nil {
-		return nil, fmt.Errorf("read tenant index %s: %w", s.m.Index.Key, err)
+	if length > maxPage {
+		return nil, s.integrity("a page of %d bytes", length)
 	}
-	if int64(len(data)) != length {
-		return nil, s.integrity("truncated: %d bytes at %d, want %d", len(data), offset, length)
+	data := make([]byte, length)
+	if n, err := io.ReadFull(rc, data); errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return nil, s.integrity("truncated: %d bytes at %d, want %d", n, offset, length)
+	} else if err != nil {
+		return nil, fmt.Errorf("read tenant index %s: %w", s.m.Index.Key, err)
 	}
 	return data, nil
 }
@@ -362,12 +365,15 @@ func (s *Set) directory(ctx context.Context) ([]pageRef, error) {
 	if err != nil {
 		return nil, s.integrity("%v", err)
 	}
-	s.dir, s.dirLoaded = dir, true
+	s.dir, s.dirLoaded, s.pageHits = dir, true, map[int]int{}
 	return dir, nil
 }
 
-// page reads and checks page i of dir.
-func (s *Set) page(ctx context.Context, dir []pageRef, i int) ([]manifest.Tenant, error) {
+// page reads and checks page i of dir and decodes its entries: all of
+// them when want is "", else only the one of tenant want (or none), which
+// spares decoding the chunks of every other tenant on the page. Every
+// entry's ID is checked either way.
+func (s *Set) page(ctx context.Context, dir []pageRef, i int, want ...string) ([]manifest.Tenant, error) {
 	p := dir[i]
 	stored, err := s.read(ctx, p.offset, p.length)
 	if err != nil {
@@ -380,31 +386,70 @@ func (s *Set) page(ctx context.Context, dir []pageRef, i int) ([]manifest.Tenant
 	if err != nil {
 		return nil, s.integrity("page %d: %v", i, err)
 	}
-	items := make([]manifest.Tenant, 0, p.tenants)
+	var items []manifest.Tenant
+	var first, last string
+	n := 0
 	for len(content) > 0 {
 		line, rest, ok := bytes.Cut(content, []byte{'\n'})
 		if !ok {
 			return nil, s.integrity("page %d: unterminated entry", i)
 		}
 		content = rest
-		var t manifest.Tenant
-		if err := json.Unmarshal(line, &t); err != nil {
+		id, err := entryID(line)
+		if err != nil {
 			return nil, s.integrity("page %d: %v", i, err)
+		}
+		if n > 0 && id <= last {
+			return nil, s.integrity("page %d: tenants not sorted or duplicated at %q", i, id)
+		}
+		if n == 0 {
+			first = id
+		}
+		last = id
+		n++
+		if len(want) > 0 && id != want[0] {
+			continue
+		}
+		var t manifest.Tenant
+		if err := json.Unmarshal(line, &t); err != nil || t.ID != id {
+			return nil, s.integrity("page %d: entry %q is damaged", i, id)
 		}
 		items = append(items, t)
 	}
 	switch {
-	case len(items) != p.tenants:
-		return nil, s.integrity("page %d holds %d tenants, its directory entry says %d", i, len(items), p.tenants)
-	case items[0].ID != p.first:
-		return nil, s.integrity("page %d starts at %q, its directory entry says %q", i, items[0].ID, p.first)
-	case i+1 < len(dir) && items[len(items)-1].ID >= dir[i+1].first:
+	case n != p.tenants:
+		return nil, s.integrity("page %d holds %d tenants, its directory entry says %d", i, n, p.tenants)
+	case first != p.first:
+		return nil, s.integrity("page %d starts at %q, its directory entry says %q", i, first, p.first)
+	case i+1 < len(dir) && last >= dir[i+1].first:
 		return nil, s.integrity("page %d overlaps the next", i)
 	}
 	if err := s.m.ValidateTenants(items); err != nil {
 		return nil, s.integrity("page %d: %v", i, err)
 	}
 	return items, nil
+}
+
+// entryID reads the ID of an entry line without decoding the rest: the
+// writer (encoding/json, manifest.Tenant) puts "id" first.
+func entryID(line []byte) (string, error) {
+	rest, ok := bytes.CutPrefix(line, []byte(`{"id":"`))
+	if !ok {
+		return "", errors.New("entry does not start with its ID")
+	}
+	for j := 0; j < len(rest); j++ {
+		switch rest[j] {
+		case '\\':
+			j++
+		case '"':
+			var id string
+			if err := json.Unmarshal(line[len(`{"id":`):len(`{"id":"`)+j+1], &id); err != nil {
+				return "", fmt.Errorf("entry ID: %v", err)
+			}
+			return id, nil
+		}
+	}
+	return "", errors.New("entry ID is not terminated")
 }
 
 // usable refuses an entry this build cannot read.
@@ -435,16 +480,24 @@ func (s *Set) Tenant(ctx context.Context, id string) (*manifest.Tenant, error) {
 	if i < 0 {
 		return nil, nil
 	}
+	items := s.lastItems
 	if s.lastPage != i {
-		items, err := s.page(ctx, dir, i)
-		if err != nil {
-			return nil, err
+		// A lookup of one tenant decodes only its entry; several lookups
+		// in one page (a restore of many tenants) decode it once, whole.
+		if s.pageHits[i]++; s.pageHits[i] < 2 {
+			if items, err = s.page(ctx, dir, i, id); err != nil {
+				return nil, err
+			}
+		} else {
+			if items, err = s.page(ctx, dir, i); err != nil {
+				return nil, err
+			}
+			s.lastPage, s.lastItems = i, items
 		}
-		s.lastPage, s.lastItems = i, items
 	}
-	j := sort.Search(len(s.lastItems), func(j int) bool { return s.lastItems[j].ID >= id })
-	if j < len(s.lastItems) && s.lastItems[j].ID == id {
-		t := s.lastItems[j]
+	j := sort.Search(len(items), func(j int) bool { return items[j].ID >= id })
+	if j < len(items) && items[j].ID == id {
+		t := items[j]
 		if err := usable(&t); err != nil {
 			return nil, err
 		}
@@ -492,7 +545,7 @@ func (s *Set) Tenants(ctx context.Context, fn func(*manifest.Tenant) error) erro
 // set's worth at a time.
 func (s *Set) release() {
 	s.mu.Lock()
-	s.dir, s.dirLoaded, s.lastPage, s.lastItems = nil, false, -1, nil
+	s.dir, s.dirLoaded, s.lastPage, s.lastItems, s.pageHits = nil, false, -1, nil, nil
 	s.mu.Unlock()
 }
 

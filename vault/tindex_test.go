@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -178,6 +179,26 @@ func TestSetFormat1StillWritten(t *testing.T) {
 		s, err := rv.OpenSet(ctx, id)
 		if err != nil || s.Indexed() != (id == newer) || s.TenantCount() != 50 {
 			t.Fatalf("set %s: %v", id, err)
+		}
+	}
+	// IDs that JSON escapes are found as they are.
+	odd := vault.NewSetID(time.Date(2026, 3, 1, 14, 0, 0, 0, time.UTC))
+	m := bigSet(odd, 0)
+	ids := []string{"", "\"q\"", "a&b<c>", "back\\slash", "tab\there", "Ünïcödé", "\u2028x"}
+	sort.Strings(ids)
+	for _, id := range ids {
+		m.Tenants = append(m.Tenants, manifest.Tenant{ID: id})
+	}
+	if err := openWith(t, b, nil, false).WriteManifest(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	os, err := openWith(t, b, nil, false).OpenSet(ctx, odd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if got, err := os.Tenant(ctx, id); err != nil || got == nil || got.ID != id {
+			t.Errorf("tenant %q: %+v, %v", id, got, err)
 		}
 	}
 	if _, err := vault.Open(ctx, b, vault.Options{SetFormat: 3}); err == nil {
