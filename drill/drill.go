@@ -221,10 +221,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	set, err := chooseSet(ctx, o.Repo, o.SetID)
+	opened, err := chooseSet(ctx, o.Repo, o.SetID)
 	if err != nil {
 		return nil, err
 	}
+	set := opened.Header()
 	if o.Template == "" && !set.HasSchemaArchive() {
 		return nil, &tenantvault.InputError{
 			Msg: fmt.Sprintf("snapshot set %s has no schema archive (it was taken with --schema-archive=none): "+
@@ -240,12 +241,20 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		Repository: o.Repo.Location(), Set: set.ID, SetTime: set.ConsistentAt, Model: set.Tenancy.Model,
 		Started: o.Now().UTC(), MaxRTO: o.MaxRTO,
 	}
-	tenants, err := chooseTenants(set, &o, rep)
+	tenants, err := chooseTenants(ctx, opened, &o, rep)
 	if err != nil {
 		return nil, err
 	}
+	entries := map[string]*manifest.Tenant{}
+	for _, id := range tenants {
+		t, err := opened.Tenant(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		entries[id] = t
+	}
 	rep.Scratch = tenancy.Describe(cfg)
-	d := &drill{o: o, cfg: cfg, set: set, rep: rep, tenants: tenants}
+	d := &drill{o: o, cfg: cfg, set: set, entries: entries, rep: rep, tenants: tenants}
 	err = d.run(ctx)
 	rep.Duration = time.Since(start)
 	return rep, d.finish(ctx, err)
@@ -282,26 +291,27 @@ func (o *Options) normalize() error {
 // chooseSet reads the given set, or finds the newest complete one: a
 // pre-restore set holds what a restore replaced, not a backup, and a partial
 // set would narrow the sample to the few tenants someone snapshotted by hand.
-func chooseSet(ctx context.Context, v *vault.Vault, id string) (*manifest.Manifest, error) {
+func chooseSet(ctx context.Context, v *vault.Vault, id string) (*vault.Set, error) {
 	if id != "" {
-		return v.ReadManifest(ctx, id)
+		return v.OpenSet(ctx, id)
 	}
 	ids, err := v.ListSets(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var partial *manifest.Manifest
+	var partial *vault.Set
 	for i := len(ids) - 1; i >= 0; i-- {
-		m, err := v.ReadManifest(ctx, ids[i])
+		s, err := v.OpenSet(ctx, ids[i])
 		if err != nil {
 			return nil, err
 		}
+		m := s.Header()
 		switch {
 		case m.Kind == manifest.KindPreRestore:
 		case !m.Partial:
-			return m, nil
+			return s, nil
 		case partial == nil:
-			partial = m
+			partial = s
 		}
 	}
 	if partial != nil {
@@ -311,7 +321,8 @@ func chooseSet(ctx context.Context, v *vault.Vault, id string) (*manifest.Manife
 }
 
 // chooseTenants checks the given tenants against the set, or samples.
-func chooseTenants(set *manifest.Manifest, o *Options, rep *Report) ([]string, error) {
+func chooseTenants(ctx context.Context, s *vault.Set, o *Options, rep *Report) ([]string, error) {
+	set := s.Header()
 	if len(o.Tenants) > 0 {
 		seen := map[string]bool{}
 		var ids, missing []string
@@ -320,7 +331,11 @@ func chooseTenants(set *manifest.Manifest, o *Options, rep *Report) ([]string, e
 				continue
 			}
 			seen[id] = true
-			if set.Tenant(id) == nil {
+			t, err := s.Tenant(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			if t == nil {
 				missing = append(missing, id)
 			}
 			ids = append(ids, id)
@@ -332,14 +347,22 @@ func chooseTenants(set *manifest.Manifest, o *Options, rep *Report) ([]string, e
 		sort.Strings(ids)
 		return ids, nil
 	}
-	if len(set.Tenants) == 0 {
+	// What sampling weighs, a few bytes a tenant: not their chunks.
+	var all []manifest.Tenant
+	if err := s.Tenants(ctx, func(t *manifest.Tenant) error {
+		all = append(all, manifest.Tenant{ID: t.ID, Size: t.Size})
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if len(all) == 0 {
 		return nil, tenantvault.Inputf("snapshot set %s holds no tenants", set.ID)
 	}
 	if o.Seed == 0 {
 		o.Seed = newSeed()
 	}
 	rep.Seed, rep.Sampled = o.Seed, true
-	return sample(set.Tenants, o.Count, o.Seed), nil
+	return sample(all, o.Count, o.Seed), nil
 }
 
 // drill is the state of one run.
@@ -347,6 +370,7 @@ type drill struct {
 	o       Options
 	cfg     *pgx.ConnConfig // the scratch URL
 	set     *manifest.Manifest
+	entries map[string]*manifest.Tenant // the drilled tenants' entries in set
 	rep     *Report
 	tenants []string
 	// created lists the databases this drill made and must drop.
@@ -397,7 +421,7 @@ func (d *drill) run(ctx context.Context) error {
 	}
 	results := map[string]*TenantResult{}
 	for _, id := range d.tenants {
-		t := d.set.Tenant(id)
+		t := d.entries[id]
 		db := rep.Database
 		if d.set.Tenancy.Model == tenancy.ModelDatabase {
 			db = id

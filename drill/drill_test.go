@@ -49,6 +49,10 @@ func newWorld(t *testing.T, ctx context.Context) *world {
 	if w.set, err = snapshot.Run(ctx, snapshot.Options{Source: w.src, Vault: v}); err != nil {
 		t.Fatal(err)
 	}
+	// Set format 2: the tenants are in the index, not in what Run returns.
+	if w.set, err = v.ReadManifest(ctx, w.set.ID); err != nil {
+		t.Fatal(err)
+	}
 	w.faulty = repo.NewFaulty(b)
 	if w.v, err = vault.Open(ctx, w.faulty, vault.Options{}); err != nil {
 		t.Fatal(err)
@@ -368,6 +372,10 @@ INSERT INTO notes SELECT g, 1 + g %% %d, 'note' FROM generate_series(1, 30) g;`,
 	set, err := snapshot.Run(ctx, snapshot.Options{Source: testenv.PostgresURL(t), Vault: v,
 		Tenancy: tenancy.Config{Model: tenancy.ModelDatabase, DatabasePattern: prefix + "\\_%"}})
 	if err != nil {
+		t.Fatal(err)
+	}
+	// Set format 2: the tenants are in the index, not in what Run returns.
+	if set, err = v.ReadManifest(ctx, set.ID); err != nil {
 		t.Fatal(err)
 	}
 	if len(set.Tenants) != 2 {

@@ -13,9 +13,17 @@ import (
 	"github.com/tenantvault/tenantvault"
 )
 
-// Version is the manifest format this build writes. Readers accept every
-// version up to it; a newer one is refused, never guessed at.
-const Version = 1
+// Set formats (docs/FORMAT.md). Version is the newest this build reads;
+// readers accept every version up to it, a newer one is refused, never
+// guessed at.
+const (
+	// Version1 is one manifest holding every tenant.
+	Version1 = 1
+	// Version2 is a header (this manifest without tenants) plus a tenant
+	// index read page by page.
+	Version2 = 2
+	Version  = Version2
+)
 
 // Kinds of snapshot set.
 const (
@@ -84,9 +92,33 @@ type Manifest struct {
 	Packs []string `json:"packs"`
 	// Global holds the chunks of global tables and the rows of scoped
 	// tables that belong to no tenant.
-	Global  []Chunk  `json:"global"`
-	Tenants []Tenant `json:"tenants"`
-	Stats   Stats    `json:"stats"`
+	Global []Chunk `json:"global"`
+	// Tenants holds every tenant in a set format 1 manifest; a set format 2
+	// header has none (its tenants are in the index), unless a reader
+	// assembled the whole set in memory.
+	Tenants []Tenant `json:"tenants,omitempty"`
+	// Index locates the tenant index of a set format 2 header.
+	Index *Index `json:"index,omitempty"`
+	Stats Stats  `json:"stats"`
+}
+
+// Index locates a set's tenant index (set format 2).
+type Index struct {
+	Key       string `json:"key"`
+	Size      int64  `json:"size"`
+	Pages     int    `json:"pages"`
+	Tenants   int    `json:"tenants"`
+	Directory Range  `json:"directory"`
+	// Locator holds the chunks' places for readers without keys
+	// (encrypted sets only).
+	Locator *Range `json:"locator,omitempty"`
+}
+
+// Range is a checksummed byte range of an object.
+type Range struct {
+	Offset int64  `json:"offset"`
+	Length int64  `json:"length"`
+	SHA256 string `json:"sha256"`
 }
 
 // Source identifies the database a set was taken from.
@@ -204,6 +236,9 @@ type Tenant struct {
 	Size   int64   `json:"size"`   // uncompressed bytes
 	Stored int64   `json:"stored"` // compressed bytes of its chunks
 	Chunks []Chunk `json:"chunks"`
+	// Key names the data key that sealed this tenant's chunks; empty means
+	// the set's own. Reserved for per-tenant keys (set format 2 only).
+	Key string `json:"key,omitempty"`
 }
 
 // Stats summarises a set.
@@ -244,6 +279,23 @@ func (m *Manifest) Validate() error {
 	if m.ID == "" {
 		return fmt.Errorf("manifest: empty id")
 	}
+	switch {
+	case m.Version == Version1 && m.Index != nil:
+		return fmt.Errorf("manifest %s: set format 1 with a tenant index", m.ID)
+	case m.Version == Version2 && m.Index == nil:
+		return fmt.Errorf("manifest %s: set format 2 without a tenant index", m.ID)
+	case m.Index != nil && (m.Index.Pages < 0 || m.Index.Tenants < 0 || m.Index.Size < 0 || m.Index.Directory.Offset < 0 || m.Index.Directory.Length <= 0 ||
+		m.Index.Directory.Offset+m.Index.Directory.Length > m.Index.Size || len(m.Index.Directory.SHA256) != 64):
+		return fmt.Errorf("manifest %s: bad tenant index reference", m.ID)
+	case m.Index != nil && m.Index.Tenants != m.Stats.Tenants:
+		return fmt.Errorf("manifest %s: the tenant index holds %d tenants, the stats say %d", m.ID, m.Index.Tenants, m.Stats.Tenants)
+	}
+	return m.ValidateTenants(m.Tenants)
+}
+
+// ValidateTenants checks entries against the manifest's tables and packs:
+// sorted, unique, every chunk reference in range.
+func (m *Manifest) ValidateTenants(tenants []Tenant) error {
 	check := func(who string, c Chunk) error {
 		if c.Table < 0 || c.Table >= len(m.Tables) {
 			return fmt.Errorf("manifest %s: %s: table index %d out of range", m.ID, who, c.Table)
@@ -264,12 +316,12 @@ func (m *Manifest) Validate() error {
 			return err
 		}
 	}
-	for i := range m.Tenants {
-		if i > 0 && m.Tenants[i-1].ID >= m.Tenants[i].ID {
-			return fmt.Errorf("manifest %s: tenants not sorted or duplicated at %q", m.ID, m.Tenants[i].ID)
+	for i := range tenants {
+		if i > 0 && tenants[i-1].ID >= tenants[i].ID {
+			return fmt.Errorf("manifest %s: tenants not sorted or duplicated at %q", m.ID, tenants[i].ID)
 		}
-		for _, c := range m.Tenants[i].Chunks {
-			if err := check(fmt.Sprintf("tenant %q", m.Tenants[i].ID), c); err != nil {
+		for _, c := range tenants[i].Chunks {
+			if err := check(fmt.Sprintf("tenant %q", tenants[i].ID), c); err != nil {
 				return err
 			}
 		}
@@ -338,6 +390,9 @@ func Decode(data []byte) (*Manifest, error) {
 			}
 		}
 		return nil, tenantvault.Integrityf("manifest %s is damaged: %v", probe.ID, err)
+	}
+	if m.Version == Version2 && m.Tenants != nil {
+		return nil, tenantvault.Integrityf("manifest %s: a set format 2 header holds tenants", m.ID)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, tenantvault.Integrityf("%v", err)

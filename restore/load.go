@@ -116,7 +116,7 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 		res.Tables++
 	}
 	if it.Replay == nil {
-		if err = checkForeignKeys(ctx, conn, db, set, order, targetIdx, it.Tenant, replacing); err != nil {
+		if err = checkForeignKeys(ctx, conn, db, set, order, targetIdx, it.T, replacing); err != nil {
 			return
 		}
 	}
@@ -145,7 +145,7 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 		}
 		res.Replayed = &ReplayProof{Changes: st.applied, Skipped: st.skipped, LastCommit: st.lastTime, LastLSN: st.lastLSN, At: it.Replay.At}
 		r.o.Logger.Info("replayed changes", "tenant", it.Tenant, "applied", st.applied, "skipped", st.skipped, "until", it.Replay.At)
-		if err = checkForeignKeys(ctx, conn, db, set, order, targetIdx, it.Tenant, true); err != nil {
+		if err = checkForeignKeys(ctx, conn, db, set, order, targetIdx, it.T, true); err != nil {
 			return
 		}
 	}
@@ -339,7 +339,8 @@ func concurrentWrites(ctx context.Context, conn *pgx.Conn, t *manifest.Table, c 
 // after a replace, no global row points at a deleted one. Each table's
 // references are checked in one pass; only a failure looks at them one by
 // one, to name the constraint.
-func checkForeignKeys(ctx context.Context, conn *pgx.Conn, db *targetDB, set *manifest.Manifest, order []int, targetIdx map[int]int, tenant string, replaced bool) error {
+func checkForeignKeys(ctx context.Context, conn *pgx.Conn, db *targetDB, set *manifest.Manifest, order []int, targetIdx map[int]int, tn *manifest.Tenant, replaced bool) error {
+	tenant := tn.ID
 	restored := map[int]int{} // target index -> set index
 	for _, si := range order {
 		restored[targetIdx[si]] = si
@@ -356,7 +357,7 @@ func checkForeignKeys(ctx context.Context, conn *pgx.Conn, db *targetDB, set *ma
 		var t *manifest.Table
 		if si, from := restored[fk.From]; from {
 			t = &set.Tables[si]
-			if provenByScope(set, t, fk, to, tenant) {
+			if provenByScope(set, t, fk, to, tn) {
 				continue
 			}
 		} else if _, into := restored[fk.To]; replaced && into && !isScoped(set, &db.cat.Tables[fk.From]) {
@@ -404,7 +405,7 @@ func checkForeignKeys(ctx context.Context, conn *pgx.Conn, db *targetDB, set *ma
 // is in the same tenant's chunk of the referenced table), or fk is t's tenant
 // key column referencing the tenants table, whose chunk for this tenant
 // holds that very row. The digests proved both chunks were restored exactly.
-func provenByScope(set *manifest.Manifest, t *manifest.Table, fk tenancy.ForeignKey, to *manifest.Table, tenant string) bool {
+func provenByScope(set *manifest.Manifest, t *manifest.Table, fk tenancy.ForeignKey, to *manifest.Table, tn *manifest.Tenant) bool {
 	if t.Scope == nil {
 		return false
 	}
@@ -416,7 +417,6 @@ func provenByScope(set *manifest.Manifest, t *manifest.Table, fk tenancy.Foreign
 	if !slices.Equal(fk.Columns, []string{t.Scope.Column}) {
 		return false
 	}
-	tn := set.Tenant(tenant)
 	for _, c := range tn.Chunks {
 		root := &set.Tables[c.Table]
 		if root.Schema == to.Schema && root.Name == to.Name && root.Scope != nil && len(root.Scope.Hops) == 0 &&

@@ -92,14 +92,19 @@ type Selector struct {
 // it could not resolve; nothing has been written at that point.
 func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selector) ([]Item, error) {
 	if sel.SetID != "" {
-		m, err := v.ReadManifest(ctx, sel.SetID)
+		set, err := v.OpenSet(ctx, sel.SetID)
 		if err != nil {
 			return nil, err
 		}
+		m := set.Header()
 		var items []Item
 		var missing []string
 		for _, id := range tenants {
-			if t := m.Tenant(id); t != nil {
+			t, err := set.Tenant(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			if t != nil {
 				items = append(items, Item{Tenant: id, Set: m, T: t})
 			} else {
 				missing = append(missing, id)
@@ -140,10 +145,11 @@ func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selec
 		if _, marked := marks[ids[i]]; marked {
 			continue
 		}
-		m, err := v.ReadManifest(ctx, ids[i])
+		set, err := v.OpenSet(ctx, ids[i])
 		if err != nil {
 			return nil, err
 		}
+		m := set.Header()
 		if m.Kind == manifest.KindPreRestore {
 			continue // only ever chosen by ID: it holds the state a restore replaced
 		}
@@ -155,7 +161,11 @@ func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selec
 			if _, done := found[id]; done {
 				continue
 			}
-			if t := m.Tenant(id); t != nil {
+			t, err := set.Tenant(ctx, id)
+			if err != nil {
+				return nil, err
+			}
+			if t != nil {
 				found[id] = Item{Tenant: id, Set: m, T: t}
 			}
 		}
@@ -168,10 +178,11 @@ func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selec
 	}
 	if len(missing) > 0 {
 		if !sel.At.IsZero() && oldest == nil {
-			first, err := v.ReadManifest(ctx, ids[0])
+			firstSet, err := v.OpenSet(ctx, ids[0])
 			if err != nil {
 				return nil, err
 			}
+			first := firstSet.Header()
 			return nil, tenantvault.Inputf("--at %s is before the oldest snapshot set (%s, taken at %s)",
 				sel.At.UTC().Format(time.RFC3339), first.ID, first.ConsistentAt.Format(time.RFC3339))
 		}

@@ -752,11 +752,16 @@ func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manife
 		for _, it := range p.Items {
 			restoring[it.Tenant] = true
 		}
-		for _, t := range set.Tenants {
-			if !restoring[t.ID] {
-				exclude = append(exclude, t.ID)
+		// A schema-model tenant is the owner of its tables: the header's
+		// tables name every one, without reading the tenant index.
+		seen := map[string]bool{}
+		for _, t := range set.Tables {
+			if t.Owner != "" && !restoring[t.Owner] && !seen[t.Owner] {
+				seen[t.Owner] = true
+				exclude = append(exclude, t.Owner)
 			}
 		}
+		sort.Strings(exclude)
 	}
 	return renderSchema(ctx, r.o.PgRestore, archive, "", exclude)
 }

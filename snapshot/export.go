@@ -143,7 +143,9 @@ func (s *splitter) finishChunk() error {
 		return err
 	}
 	tc.ref = ref
-	s.res.chunks = append(s.res.chunks, tc)
+	if err := s.res.add(tc, s.r.o.TempDir); err != nil {
+		return err
+	}
 	s.r.o.Progress.Rows.Add(s.rows)
 	s.rows = 0
 	s.cw = nil

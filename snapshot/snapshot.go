@@ -3,9 +3,11 @@ package snapshot
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sort"
 	"strings"
@@ -197,6 +199,11 @@ func Run(ctx context.Context, o Options) (*manifest.Manifest, error) {
 		return nil, err
 	}
 	o.Progress.Written = r.w.Written
+	defer func() {
+		for _, res := range r.results {
+			res.spool.close()
+		}
+	}()
 	if o.Tenancy.Model == tenancy.ModelDatabase {
 		err = r.databases(ctx)
 	} else {
@@ -237,8 +244,12 @@ type prevKey struct {
 
 // tableResult is what exporting one table produced.
 type tableResult struct {
-	table  int
+	table int
+	// chunks are the global chunks and, until the table spills, its
+	// tenant chunks (scoped counts those).
 	chunks []tenantChunk
+	scoped int
+	spool  *chunkSpool
 }
 
 type tenantChunk struct {
@@ -539,7 +550,9 @@ func (r *run) loadPrevious(ctx context.Context) error {
 	return err
 }
 
-// finish assembles and writes the manifest.
+// finish assembles the set and writes it: in set format 2 the tenants are
+// merged from the tables' results in ID order straight into the tenant
+// index's pages, so no second copy of every tenant's chunks is built.
 func (r *run) finish(ctx context.Context) error {
 	m := r.m
 	packIndex := map[string]int{}
@@ -552,54 +565,124 @@ func (r *run) finish(ctx context.Context) error {
 		}
 		return i
 	}
-	tenants := map[string]*manifest.Tenant{}
-	for _, id := range r.owners {
-		tenants[id] = &manifest.Tenant{ID: id}
-	}
-	for _, id := range r.o.Tenants {
-		tenants[id] = &manifest.Tenant{ID: id}
+	st := &m.Stats
+	chunk := func(table int, tc tenantChunk) manifest.Chunk {
+		c := manifest.Chunk{
+			Table: table, Rows: tc.rows, Size: tc.ref.Size, Digest: tc.ref.Digest,
+			Pack: pack(tc.ref.Pack), Offset: tc.ref.Offset, Length: tc.ref.Length, SHA256: tc.ref.SHA256, Reused: tc.ref.Reused,
+		}
+		st.Chunks++
+		st.Rows += c.Rows
+		st.Size += c.Size
+		st.Stored += c.Length
+		if c.Reused {
+			st.Reused += c.Length
+			st.ReusedChunks++
+		} else {
+			st.Written += c.Length
+		}
+		return c
 	}
 	sort.Slice(r.results, func(a, b int) bool { return r.results[a].table < r.results[b].table })
-	st := &m.Stats
-	for _, res := range r.results {
+	// Global chunks first, in table order; then each table's tenant
+	// chunks, in ID order, merged.
+	h := &mergeHeap{}
+	defer func() {
+		for _, c := range *h {
+			c.spool.close()
+		}
+	}()
+	for i := range r.results {
+		res := &r.results[i]
+		scoped := res.chunks[:0]
 		for _, tc := range res.chunks {
-			c := manifest.Chunk{
-				Table: res.table, Rows: tc.rows, Size: tc.ref.Size, Digest: tc.ref.Digest,
-				Pack: pack(tc.ref.Pack), Offset: tc.ref.Offset, Length: tc.ref.Length, SHA256: tc.ref.SHA256, Reused: tc.ref.Reused,
-			}
-			st.Chunks++
-			st.Rows += c.Rows
-			st.Size += c.Size
-			st.Stored += c.Length
-			if c.Reused {
-				st.Reused += c.Length
-				st.ReusedChunks++
-			} else {
-				st.Written += c.Length
-			}
 			if tc.global {
+				c := chunk(res.table, tc)
 				m.Global = append(m.Global, c)
 				if m.Tables[res.table].Kind == manifest.TableScoped {
 					st.Unscoped += c.Rows
 				}
 				continue
 			}
-			t := tenants[tc.tenant]
-			if t == nil {
-				t = &manifest.Tenant{ID: tc.tenant}
-				tenants[tc.tenant] = t
+			scoped = append(scoped, tc)
+		}
+		cur := &mergeCursor{table: res.table}
+		if res.spool != nil {
+			sp, err := res.spool.inOrder(r.o.TempDir)
+			if err != nil {
+				return err
 			}
+			res.spool, cur.spool = nil, sp
+		} else {
+			sort.SliceStable(scoped, func(a, b int) bool { return scoped[a].tenant < scoped[b].tenant })
+			cur.mem = scoped
+		}
+		res.chunks = nil
+		ok, err := cur.advance()
+		if err != nil {
+			return err
+		}
+		if ok {
+			heap.Push(h, cur)
+		}
+	}
+	var iw *vault.IndexWriter
+	if r.o.Vault.WritesIndexed() {
+		var err error
+		if iw, err = r.o.Vault.NewIndexWriter(m.ID, r.o.TempDir); err != nil {
+			return err
+		}
+		defer iw.Close()
+	}
+	// Tenants that exist without rows (schema and database models, and
+	// every requested one) get an entry too.
+	empty := dedupe(append(append([]string(nil), r.owners...), r.o.Tenants...))
+	next := 0 // into empty
+	for h.Len() > 0 || next < len(empty) {
+		var id string
+		switch {
+		case h.Len() == 0:
+			id = empty[next]
+		case next < len(empty) && empty[next] < (*h)[0].head.tenant:
+			id = empty[next]
+		default:
+			id = (*h)[0].head.tenant
+		}
+		if next < len(empty) && empty[next] == id {
+			next++
+		}
+		t := manifest.Tenant{ID: id}
+		for h.Len() > 0 && (*h)[0].head.tenant == id {
+			cur := (*h)[0]
+			c := chunk(cur.table, cur.head)
 			t.Chunks = append(t.Chunks, c)
 			t.Rows += c.Rows
 			t.Size += c.Size
 			t.Stored += c.Length
+			ok, err := cur.advance()
+			if err != nil {
+				return err
+			}
+			if ok {
+				heap.Fix(h, 0)
+			} else {
+				heap.Pop(h)
+				cur.spool.close()
+			}
+		}
+		if iw != nil {
+			if err := iw.Add(&t); err != nil {
+				return err
+			}
+			st.Tenants++
+		} else {
+			m.Tenants = append(m.Tenants, t)
 		}
 	}
-	for _, t := range tenants {
-		m.Tenants = append(m.Tenants, *t)
+	r.results = nil
+	if iw == nil {
+		st.Tenants = len(m.Tenants)
 	}
-	m.SortTenants()
-	st.Tenants = len(m.Tenants)
 	st.Tables = len(m.Tables)
 	m.Fingerprint = tenancy.Fingerprint(m.Tables)
 	m.FinishedAt = r.o.Now().UTC()
@@ -607,10 +690,59 @@ func (r *run) finish(ctx context.Context) error {
 	if st.Unscoped > 0 {
 		r.o.Logger.Warn("some rows of tenant tables belong to no tenant; they are kept with the global data", "rows", st.Unscoped)
 	}
-	if err := r.o.Vault.WriteManifest(ctx, m); err != nil {
-		return err
+	if iw != nil {
+		return r.o.Vault.CommitSet(ctx, m, iw)
 	}
-	return nil
+	return r.o.Vault.WriteManifest(ctx, m)
+}
+
+// mergeCursor walks one table's tenant chunks, in ID order, from memory
+// or from its spool.
+type mergeCursor struct {
+	table int
+	mem   []tenantChunk
+	spool *chunkSpool
+	head  tenantChunk
+}
+
+// advance moves to the next chunk; false at the end.
+func (c *mergeCursor) advance() (bool, error) {
+	if c.spool != nil {
+		tc, err := c.spool.next()
+		if errors.Is(err, io.EOF) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		c.head = tc
+		return true, nil
+	}
+	if len(c.mem) == 0 {
+		return false, nil
+	}
+	c.head, c.mem = c.mem[0], c.mem[1:]
+	return true, nil
+}
+
+// mergeHeap orders cursors by their next tenant, then by table, so that a
+// tenant's chunks come in table order.
+type mergeHeap []*mergeCursor
+
+func (h mergeHeap) Len() int { return len(h) }
+func (h mergeHeap) Less(a, b int) bool {
+	if ha, hb := h[a].head.tenant, h[b].head.tenant; ha != hb {
+		return ha < hb
+	}
+	return h[a].table < h[b].table
+}
+func (h mergeHeap) Swap(a, b int) { h[a], h[b] = h[b], h[a] }
+func (h *mergeHeap) Push(x any)   { *h = append(*h, x.(*mergeCursor)) }
+func (h *mergeHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // Plan is what a snapshot would capture, for --dry-run.

@@ -480,7 +480,9 @@ func TestManifestUploadAnswerLost(t *testing.T) {
 		}
 		openWith(t, b, writer, true)
 		f := repo.NewFaulty(b)
-		isManifest := func(k string) bool { return strings.HasPrefix(k, vault.SetsPrefix) }
+		isManifest := func(k string) bool {
+			return strings.HasPrefix(k, vault.SetsPrefix) && strings.HasSuffix(k, ".json.zst")
+		}
 		f.Inject(repo.Fault{Op: repo.OpPut, Match: isManifest, Err: errors.New("connection reset by peer"), Lost: true})
 		v := openWith(t, f, writer, false)
 		m := writeTenantSet(t, v, tenantSet{at: at, tenants: map[string]string{"acme": "1\tx\n"}})

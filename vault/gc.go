@@ -129,6 +129,18 @@ func (v *Vault) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list schema archives: %w", err)
 	}
+	err = v.b.List(ctx, SetsPrefix, func(o repo.ObjectInfo) error {
+		id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, SetsPrefix), indexExt)
+		if !ok || !ValidSetID(id) || live[id] {
+			return nil
+		}
+		started, _ := time.Parse(setIDLayout, id[:len(setIDLayout)])
+		consider(o, started, "tenant index of a set that does not exist")
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list tenant indexes: %w", err)
+	}
 	for _, prefix := range []string{DeletionsPrefix, VerifiedPrefix} {
 		err := v.listRecords(ctx, prefix, func(id string, o repo.ObjectInfo) error {
 			if !live[id] {

@@ -374,6 +374,7 @@ func (v *Vault) Purge(ctx context.Context, opts PurgeOptions) (*PurgeResult, err
 		}
 		v.mcache.Delete(id)
 		v.icache.Delete(id)
+		v.sets.Delete(id)
 		live[id] = false
 		res.Purged = append(res.Purged, m)
 		v.log.Info("purged snapshot set", "set", id, "marked_at", m.MarkedAt, "reason", m.Reason)

@@ -322,8 +322,9 @@ func TestMarkUnmarkPurgeAndGC(t *testing.T) {
 	for _, g := range res.GC.Collected {
 		collected = append(collected, g.Key)
 	}
-	if !reflect.DeepEqual(collected, []string{old.Schemas[0].Key}) {
-		t.Fatalf("collected %v, want only old's schema archive", collected)
+	sort.Strings(collected)
+	if !reflect.DeepEqual(collected, []string{old.Schemas[0].Key, vault.IndexKey(old.ID)}) {
+		t.Fatalf("collected %v, want only old's schema archive and tenant index", collected)
 	}
 	if _, err := b.Stat(ctx, old.Packs[0]); err != nil {
 		t.Fatalf("old's pack, still referenced by newer, is gone: %v", err)

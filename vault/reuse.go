@@ -13,17 +13,15 @@ import (
 type ReuseIndex struct {
 	// Set is the earlier set, "" when there is none.
 	Set string
-	// plaintext sets: by tenant, global and table signature
-	byKey map[reuseKey]ChunkRef
+	// plaintext sets: the earlier set's global chunks by table signature,
+	// its tenants' looked up in its tenant index (a few pages cached)
+	prev   *Set
+	pages  *pageCache
+	global map[string]ChunkRef
+	log    func(msg string, args ...any)
 	// encrypted sets: by tag (which covers the content digest and size)
 	byTag  map[string]ChunkRef
 	tagKey []byte
-}
-
-type reuseKey struct {
-	tenant string
-	global bool
-	sig    string
 }
 
 // maxReuseLookback is how many of the newest sets PreviousChunks looks at.
@@ -80,23 +78,22 @@ func (v *Vault) PreviousChunks(ctx context.Context, m *manifest.Manifest) (*Reus
 			v.log.Debug("deduplicating against earlier set", "set", x.ID)
 			return ix, nil
 		}
-		prev, err := v.ReadManifest(ctx, ids[i])
+		ps, err := v.OpenSet(ctx, ids[i])
 		if err != nil {
 			v.log.Warn("skipping unreadable earlier set for deduplication", "set", ids[i], "err", err)
 			continue
 		}
+		prev := ps.Header()
 		if !sameSource(prev.Source, m.Source) || prev.Tenancy != m.Tenancy {
 			continue
 		}
 		if !v.packsPresent(ctx, prev.ID, prev.Packs) {
 			continue
 		}
-		ix := &ReuseIndex{Set: prev.ID, byKey: map[reuseKey]ChunkRef{}}
-		eachChunk(prev, func(tenant string, global bool, c manifest.Chunk) {
-			ix.byKey[reuseKey{tenant, global, prev.Tables[c.Table].Signature}] = ChunkRef{
-				Pack: prev.Packs[c.Pack], Offset: c.Offset, Length: c.Length, SHA256: c.SHA256, Size: c.Size, Digest: c.Digest,
-			}
-		})
+		ix := &ReuseIndex{Set: prev.ID, prev: ps, pages: newPageCache(ps, reusePages), global: map[string]ChunkRef{}, log: v.log.Warn}
+		for _, c := range prev.Global {
+			ix.global[prev.Tables[c.Table].Signature] = prevRef(prev, c)
+		}
 		v.log.Debug("deduplicating against earlier set", "set", prev.ID)
 		return ix, nil
 	}
@@ -132,9 +129,28 @@ func (ix *ReuseIndex) Lookup(tenant string, global bool, signature string) *Chun
 	switch {
 	case ix == nil:
 		return nil
-	case ix.byKey != nil:
-		if r, ok := ix.byKey[reuseKey{tenant, global, signature}]; ok {
+	case ix.prev != nil && global:
+		if r, ok := ix.global[signature]; ok {
 			return &r
+		}
+	case ix.prev != nil:
+		// The snapshot's table workers each walk the tenants in order, so
+		// consecutive lookups hit the same cached page: in effect a merge
+		// with the earlier set's index, not a map of it.
+		t, err := ix.pages.tenant(context.Background(), tenant)
+		if err != nil {
+			ix.log("not reusing chunks of an earlier set whose tenant index cannot be read", "set", ix.Set, "err", err)
+			return nil
+		}
+		if t == nil {
+			return nil
+		}
+		m := ix.prev.Header()
+		for _, c := range t.Chunks {
+			if m.Tables[c.Table].Signature == signature {
+				r := prevRef(m, c)
+				return &r
+			}
 		}
 	case ix.byTag != nil:
 		return &ChunkRef{find: func(digest string, size int64) (ChunkRef, bool) {
@@ -143,4 +159,12 @@ func (ix *ReuseIndex) Lookup(tenant string, global bool, signature string) *Chun
 		}}
 	}
 	return nil
+}
+
+// reusePages is how many pages of the earlier set a snapshot keeps for
+// reuse lookups: a few per table worker.
+const reusePages = 32
+
+func prevRef(m *manifest.Manifest, c manifest.Chunk) ChunkRef {
+	return ChunkRef{Pack: m.Packs[c.Pack], Offset: c.Offset, Length: c.Length, SHA256: c.SHA256, Size: c.Size, Digest: c.Digest}
 }

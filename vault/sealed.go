@@ -116,6 +116,9 @@ func indexFromManifest(m *manifest.Manifest) *SetIndex {
 		x.Chunks = append(x.Chunks, IndexChunk{Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256})
 	})
 	x.Stats = IndexStats{Chunks: len(x.Chunks), Stored: m.Stats.Stored, Written: m.Stats.Written}
+	if m.Index != nil {
+		x.Stats.Chunks = m.Stats.Chunks // the tenants' are in the index
+	}
 	return x
 }
 

@@ -141,9 +141,13 @@ type Vault struct {
 	log    *slog.Logger
 	now    func() time.Time
 	keys   *Keys
-	mcache sync.Map // set ID -> *manifest.Manifest (immutable once written)
-	icache sync.Map // set ID -> *SetIndex
-	bodies sync.Map // set ID -> []byte: the sealed body of an encrypted set, read with its index
+	mcache sync.Map // set ID -> *manifest.Manifest (immutable once written), complete
+	sets   sync.Map // set ID -> *Set
+	// setFormat is the set format WriteManifest writes into a plaintext
+	// repository.
+	setFormat int
+	icache    sync.Map // set ID -> *SetIndex
+	bodies    sync.Map // set ID -> []byte: the sealed body of an encrypted set, read with its index
 
 	keyrings sync.Map // set ID -> *keyring: data keys of the sets a decrypted manifest reads from
 	schemas  sync.Map // schema archive key -> set ID whose data key sealed it
@@ -165,6 +169,10 @@ type Options struct {
 	// must be encrypted; with recipients (and a signing key), Init makes
 	// an encrypted repository.
 	Keys *Keys
+	// SetFormat is the set format new sets of a plaintext repository are
+	// written in: 0 (the default) means manifest.Version2; 1 writes what
+	// older builds read. Encrypted repositories get set format 1.
+	SetFormat int
 }
 
 // Open reads the repository config and checks its format version. An empty
@@ -176,7 +184,13 @@ type Options struct {
 // repository someone replaced with a plaintext one, and a writer that was
 // told to encrypt must not write plaintext).
 func Open(ctx context.Context, b repo.Backend, opts Options) (*Vault, error) {
-	v := &Vault{b: b, log: opts.Logger, now: opts.Now, keys: opts.Keys}
+	v := &Vault{b: b, log: opts.Logger, now: opts.Now, keys: opts.Keys, setFormat: opts.SetFormat}
+	if v.setFormat == 0 {
+		v.setFormat = manifest.Version2
+	}
+	if v.setFormat != manifest.Version1 && v.setFormat != manifest.Version2 {
+		return nil, tenantvault.Inputf("set format %d is not one this build writes (1 or 2)", opts.SetFormat)
+	}
 	if v.log == nil {
 		v.log = slog.New(slog.DiscardHandler)
 	}
@@ -324,22 +338,25 @@ func (v *Vault) ReadManifest(ctx context.Context, id string) (*manifest.Manifest
 	if v.cfg.Encrypted() {
 		return v.readSealedManifest(ctx, id)
 	}
-	data, err := v.readManifestObject(ctx, id)
+	s, err := v.OpenSet(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	if IsSealedManifest(data) {
-		return nil, tenantvault.Integrityf("manifest %s is encrypted, but the repository is not", ManifestKey(id))
-	}
-	m, err := manifest.Decode(data)
-	if err != nil {
-		return nil, err
-	}
-	if m.ID != id {
-		return nil, tenantvault.Integrityf("manifest %s claims to be set %s", ManifestKey(id), m.ID)
+	m := s.Header()
+	if m.Index != nil {
+		// The whole set in memory, for callers that need every tenant at
+		// once: its cost grows with the tenant count (OpenSet does not).
+		full := *m
+		full.Tenants = make([]manifest.Tenant, 0, m.Index.Tenants)
+		if err := s.Tenants(ctx, func(t *manifest.Tenant) error {
+			full.Tenants = append(full.Tenants, *t)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		m = &full
 	}
 	v.mcache.Store(id, m)
-	v.icache.Store(id, indexFromManifest(m))
 	return m, nil
 }
 
@@ -363,10 +380,13 @@ func (v *Vault) ReadIndex(ctx context.Context, id string) (*SetIndex, error) {
 		return x.(*SetIndex), nil
 	}
 	if !v.cfg.Encrypted() {
-		if _, err := v.ReadManifest(ctx, id); err != nil {
+		// From the header: in set format 2 its Chunks are the global
+		// chunks only (the tenants' are in the index).
+		s, err := v.OpenSet(ctx, id)
+		if err != nil {
 			return nil, err
 		}
-		x, _ := v.icache.Load(id)
+		x, _ := v.icache.LoadOrStore(id, indexFromManifest(s.Header()))
 		return x.(*SetIndex), nil
 	}
 	if !ValidSetID(id) {
@@ -467,9 +487,13 @@ func (v *Vault) ReadManifests(ctx context.Context, ids []string) ([]*manifest.Ma
 }
 
 func parallelRead[T any](ctx context.Context, ids []string, read func(context.Context, string) (T, error)) ([]T, error) {
+	return parallelReadN(ctx, ids, 8, read)
+}
+
+func parallelReadN[T any](ctx context.Context, ids []string, n int, read func(context.Context, string) (T, error)) ([]T, error) {
 	out := make([]T, len(ids))
 	errs := make([]error, len(ids))
-	sem := make(chan struct{}, 8)
+	sem := make(chan struct{}, n)
 	var wg sync.WaitGroup
 	for i, id := range ids {
 		wg.Add(1)
@@ -490,6 +514,12 @@ func parallelRead[T any](ctx context.Context, ids []string, read func(context.Co
 // WriteManifest stores m; it is the last write of a set, after which the set
 // exists. It refuses to overwrite an existing manifest.
 func (v *Vault) WriteManifest(ctx context.Context, m *manifest.Manifest) error {
+	if m.Index != nil {
+		return fmt.Errorf("refusing to write manifest %s: it is a set format 2 header, not a whole set", m.ID)
+	}
+	if m.Version == manifest.Version2 {
+		m.Version = manifest.Version1 // validated as the whole set it is
+	}
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("refusing to write an invalid manifest: %w", err)
 	}
@@ -501,6 +531,25 @@ func (v *Vault) WriteManifest(ctx context.Context, m *manifest.Manifest) error {
 	}
 	if err := v.checkShared(ctx, m); err != nil {
 		return err
+	}
+	if v.WritesIndexed() {
+		w, err := v.NewIndexWriter(m.ID, "")
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		for i := range m.Tenants {
+			if err := w.Add(&m.Tenants[i]); err != nil {
+				return err
+			}
+		}
+		hdr := *m
+		hdr.Tenants = nil
+		if err := v.CommitSet(ctx, &hdr, w); err != nil {
+			return err
+		}
+		v.mcache.Store(m.ID, m)
+		return nil
 	}
 	data, err := manifest.Encode(m)
 	if err != nil {
@@ -531,6 +580,59 @@ func (v *Vault) WriteManifest(ctx context.Context, m *manifest.Manifest) error {
 	}
 	v.mcache.Store(m.ID, m)
 	v.icache.Store(m.ID, x)
+	return nil
+}
+
+// WritesIndexed reports whether new sets are written in set format 2
+// (CommitSet) rather than as one manifest (WriteManifest).
+func (v *Vault) WritesIndexed() bool {
+	return !v.cfg.Encrypted() && v.setFormat == manifest.Version2
+}
+
+// CommitSet writes a set in set format 2: the tenant index w holds, then
+// hdr (a manifest without tenants) as the set's header, the last write,
+// after which the set exists. It refuses to overwrite an existing set.
+func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexWriter) error {
+	if !v.WritesIndexed() {
+		return fmt.Errorf("write set %s: this repository takes set format 1", hdr.ID)
+	}
+	if len(hdr.Tenants) > 0 {
+		return fmt.Errorf("write set %s: a header holds no tenants", hdr.ID)
+	}
+	key := ManifestKey(hdr.ID)
+	if _, err := v.b.Stat(ctx, key); err == nil {
+		return fmt.Errorf("manifest %s already exists", key)
+	} else if !errors.Is(err, repo.ErrNotFound) {
+		return fmt.Errorf("write manifest %s: %w", key, err)
+	}
+	hdr.Version, hdr.Index = manifest.Version1, nil
+	if err := hdr.Validate(); err != nil {
+		return fmt.Errorf("refusing to write an invalid manifest: %w", err)
+	}
+	if err := v.checkShared(ctx, hdr); err != nil {
+		return err
+	}
+	ix, err := w.finish(ctx)
+	if err != nil {
+		return err
+	}
+	hdr.Version, hdr.Index, hdr.Stats.Tenants = manifest.Version2, ix, ix.Tenants
+	if err := hdr.Validate(); err != nil {
+		return fmt.Errorf("refusing to write an invalid manifest: %w", err)
+	}
+	data, err := manifest.Encode(hdr)
+	if err != nil {
+		return err
+	}
+	if err := v.b.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
+		if !v.landed(ctx, key, data) {
+			v.attempted.Store(hdr.ID, true)
+			return fmt.Errorf("write manifest %s: %w", key, err)
+		}
+		v.log.Warn("the manifest upload reported an error, but the manifest is stored, complete: the set exists", "set", hdr.ID, "err", err)
+	}
+	v.sets.Store(hdr.ID, &Set{v: v, m: hdr, lastPage: -1})
+	v.icache.Store(hdr.ID, indexFromManifest(hdr))
 	return nil
 }
 

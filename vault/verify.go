@@ -79,11 +79,15 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		return false
 	}
 	packSizes := map[string]int64{} // -1: missing
+	// Sets are held by their headers only: the chunks of a set in set
+	// format 2 are streamed from its tenant index page by page, so memory
+	// does not grow with the tenant count.
 	type set struct {
 		x *SetIndex
-		m *manifest.Manifest // nil when the set cannot be decrypted here
+		s *Set // nil when the set cannot be decrypted here
 	}
 	var sets []set
+	var total int64
 	for _, id := range ids {
 		x, err := v.ReadIndex(ctx, id)
 		if err != nil {
@@ -92,9 +96,9 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 			}
 			return nil, err
 		}
-		var m *manifest.Manifest
+		var s *Set
 		if v.CanDecrypt() {
-			if m, err = v.ReadManifest(ctx, id); err != nil {
+			if s, err = v.OpenSet(ctx, id); err != nil {
 				if unreadable(id, err) {
 					continue
 				}
@@ -103,7 +107,8 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		} else if x.Encrypted() && !x.Authenticated() {
 			res.Unpinned = append(res.Unpinned, id)
 		}
-		sets = append(sets, set{x, m})
+		sets = append(sets, set{x, s})
+		total += int64(x.Stats.Chunks)
 		for _, d := range x.Schemas {
 			if problem, err := v.verifyObject(ctx, d, readData); err != nil {
 				return nil, err
@@ -141,22 +146,7 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		ic     IndexChunk
 		c      manifest.Chunk
 	}
-	var jobs []job
-	for _, s := range sets {
-		if s.m == nil {
-			for _, ic := range s.x.Chunks {
-				jobs = append(jobs, job{x: s.x, ic: ic})
-			}
-			continue
-		}
-		i := 0
-		eachChunk(s.m, func(tenant string, _ bool, c manifest.Chunk) {
-			jobs = append(jobs, job{x: s.x, m: s.m, tenant: tenant, table: s.m.Tables[c.Table].QualifiedName(), ic: s.x.Chunks[i], c: c})
-			i++
-		})
-	}
-	res.Chunks = int64(len(jobs))
-	var done atomic.Int64
+	var done, chunks atomic.Int64
 	work := make(chan job)
 	var wg sync.WaitGroup
 	var fatal error
@@ -197,19 +187,64 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 					}
 				}
 				if progress != nil {
-					progress(done.Add(1), int64(len(jobs)))
+					progress(done.Add(1), max(total, chunks.Load()))
 				}
 			}
 		}()
 	}
-	for _, j := range jobs {
-		if ctx.Err() != nil {
+	send := func(j job) error {
+		select {
+		case work <- j:
+			chunks.Add(1)
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, st := range sets {
+		if st.s == nil {
+			for _, ic := range st.x.Chunks {
+				if send(job{x: st.x, ic: ic}) != nil {
+					break
+				}
+			}
+			continue
+		}
+		m := st.s.Header()
+		i := 0
+		emit := func(tenant string, c manifest.Chunk) error {
+			ic := IndexChunk{Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256}
+			if st.x.Encrypted() {
+				ic = st.x.Chunks[i] // checked against the body when it was read
+			}
+			i++
+			return send(job{x: st.x, m: m, tenant: tenant, table: m.Tables[c.Table].QualifiedName(), ic: ic, c: c})
+		}
+		var err error
+		for _, c := range m.Global {
+			if err = emit("", c); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = st.s.Tenants(ctx, func(t *manifest.Tenant) error {
+				for _, c := range t.Chunks {
+					if err := emit(t.ID, c); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		st.s.release()
+		if err != nil && !unreadable(st.x.ID, err) && ctx.Err() == nil {
+			fatalOnce.Do(func() { fatal = err })
 			break
 		}
-		work <- j
 	}
 	close(work)
 	wg.Wait()
+	res.Chunks = chunks.Load()
 	if fatal != nil {
 		return nil, fatal
 	}

@@ -70,8 +70,19 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 	if !v.CanDecrypt() && o.tenant == "" {
 		return a.listSealed(ctx, v, ids)
 	}
-	sets, err := v.ReadManifests(ctx, ids)
-	if err != nil {
+	// Headers only: a set's tenants are read (one page of its index) only
+	// for --tenant.
+	var sets []*manifest.Manifest
+	var entries []*manifest.Tenant
+	if o.tenant == "" {
+		opened, err := v.OpenSets(ctx, ids)
+		if err != nil {
+			return err
+		}
+		for _, s := range opened {
+			sets = append(sets, s.Header())
+		}
+	} else if sets, entries, err = v.TenantHistory(ctx, ids, o.tenant); err != nil {
 		return err
 	}
 	marks, err := v.Marks(ctx)
@@ -110,11 +121,8 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 		return tw.Flush()
 	}
 	var hist []tenantHistoryJSON
-	for _, m := range sets {
-		t := m.Tenant(o.tenant)
-		if t == nil {
-			continue
-		}
+	for i, m := range sets {
+		t := entries[i]
 		hist = append(hist, tenantHistoryJSON{Set: m.ID, Kind: m.Kind, ConsistentAt: m.ConsistentAt, Rows: t.Rows, Bytes: t.Size, Stored: t.Stored, Tables: len(t.Chunks), Status: status(m.ID)})
 	}
 	if len(hist) == 0 {
@@ -194,11 +202,12 @@ type tenantRangeJSON struct {
 
 // restorableRange spans from the tenant's oldest set to the newest archived
 // change after its newest exact set, or to its newest set without a log.
+// sets are those that hold the tenant.
 func restorableRange(ctx context.Context, v *vault.Vault, sets []*manifest.Manifest, tenant string) (tenantRangeJSON, error) {
 	r := tenantRangeJSON{Tenant: tenant}
 	var newestExact *manifest.Manifest
 	for _, m := range sets {
-		if m.Tenant(tenant) == nil || m.Kind == manifest.KindPreRestore {
+		if m.Kind == manifest.KindPreRestore {
 			continue
 		}
 		if r.From.IsZero() || m.ConsistentAt.Before(r.From) {

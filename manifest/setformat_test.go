@@ -1,0 +1,55 @@
+package manifest_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+)
+
+// TestSetFormat2Header: a set format 2 header is read only as what it is:
+// with its index reference, without tenants; a newer format is refused as
+// such, not as damage.
+func TestSetFormat2Header(t *testing.T) {
+	h := strings.Repeat("0", 64)
+	hdr := func() *manifest.Manifest {
+		return &manifest.Manifest{Version: manifest.Version2, ID: "20261128T110145.123Z-1a2b3c4d", Kind: manifest.KindManual,
+			Index: &manifest.Index{Key: "sets/20261128T110145.123Z-1a2b3c4d.tidx", Size: 100, Pages: 1, Tenants: 2,
+				Directory: manifest.Range{Offset: 60, Length: 40, SHA256: h}},
+			Stats: manifest.Stats{Tenants: 2}}
+	}
+	decode := func(m *manifest.Manifest) error {
+		data, err := manifest.Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = manifest.Decode(data)
+		return err
+	}
+	if err := decode(hdr()); err != nil {
+		t.Fatalf("header: %v", err)
+	}
+	withTenants := hdr()
+	withTenants.Tenants = []manifest.Tenant{{ID: "a"}}
+	noIndex := hdr()
+	noIndex.Index = nil
+	badCount := hdr()
+	badCount.Stats.Tenants = 3
+	outside := hdr()
+	outside.Index.Directory.Offset = 80
+	v1WithIndex := hdr()
+	v1WithIndex.Version = manifest.Version1
+	for name, m := range map[string]*manifest.Manifest{"tenants": withTenants, "no index": noIndex, "count": badCount, "directory outside": outside, "v1 with index": v1WithIndex} {
+		if err := decode(m); !errors.Is(err, tenantvault.ErrIntegrity) {
+			t.Errorf("%s: %v, want an integrity error", name, err)
+		}
+	}
+	newer := hdr()
+	newer.Version = manifest.Version + 1
+	var ie *tenantvault.InputError
+	if err := decode(newer); !errors.As(err, &ie) || !errors.Is(err, manifest.ErrNewerVersion) {
+		t.Errorf("newer format: %v", err)
+	}
+}

@@ -1,0 +1,637 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/repo"
+)
+
+// Tenant index of set format 2 (docs/FORMAT.md, "Tenant index"): tenant
+// entries sorted by ID in pages, a directory of the pages after them.
+const (
+	indexMagic = "tenantvault tenant index 1\n"
+	indexExt   = ".tidx"
+	// PageTarget is the content size at which a writer closes a page.
+	PageTarget = 64 << 10
+	// maxPage bounds what a reader inflates for one page or directory.
+	maxPage = 256 << 20
+	// maxEntry bounds one tenant entry's line.
+	maxEntry = 64 << 20
+)
+
+// IndexKey is where the tenant index of set id lives.
+func IndexKey(id string) string { return SetsPrefix + id + indexExt }
+
+// pageRef is one directory entry.
+type pageRef struct {
+	first   string
+	tenants int
+	offset  int64
+	length  int64
+	sha     [32]byte
+}
+
+var (
+	pageEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	pageDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxPage))
+)
+
+// storePage renders page content as stored: codec byte and zstd frame.
+func storePage(content []byte) []byte {
+	return pageEncoder.EncodeAll(content, []byte{CodecZstd})
+}
+
+// loadPage inflates a stored page.
+func loadPage(stored []byte) ([]byte, error) {
+	if len(stored) == 0 || stored[0] != CodecZstd {
+		return nil, errors.New("unknown page codec")
+	}
+	return pageDecoder.DecodeAll(stored[1:], nil)
+}
+
+// IndexWriter streams tenant entries, in ID order, into the pages of a set's
+// tenant index, spooled to a temporary file: its memory is one page and the
+// directory (about 50 bytes per page), whatever the tenant count.
+type IndexWriter struct {
+	v       *Vault
+	setID   string
+	f       *os.File
+	off     int64
+	page    bytes.Buffer
+	first   string
+	n       int
+	last    string
+	started bool
+	dir     []pageRef
+	tenants int
+	line    []byte
+}
+
+// NewIndexWriter starts the tenant index of set setID; tempDir "" means
+// the system's.
+func (v *Vault) NewIndexWriter(setID, tempDir string) (*IndexWriter, error) {
+	f, err := os.CreateTemp(tempDir, "tenantvault-index-*")
+	if err != nil {
+		return nil, fmt.Errorf("tenant index: %w", err)
+	}
+	os.Remove(f.Name()) // gone with the last reference, whatever happens
+	if _, err := f.WriteString(indexMagic); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("tenant index: %w", err)
+	}
+	return &IndexWriter{v: v, setID: setID, f: f, off: int64(len(indexMagic))}, nil
+}
+
+// Add appends one tenant's entry; IDs must come in strictly increasing
+// byte order.
+func (w *IndexWriter) Add(t *manifest.Tenant) error {
+	if w.started && t.ID <= w.last {
+		return fmt.Errorf("tenant index: %q after %q: tenants out of order", t.ID, w.last)
+	}
+	line, err := json.Marshal(t)
+	if err != nil {
+		return fmt.Errorf("tenant index: %w", err)
+	}
+	if w.n == 0 {
+		w.first = t.ID
+	}
+	w.page.Write(line)
+	w.page.WriteByte('\n')
+	w.n++
+	w.tenants++
+	w.last, w.started = t.ID, true
+	if w.page.Len() >= PageTarget {
+		return w.flush()
+	}
+	return nil
+}
+
+// Tenants is how many entries were added.
+func (w *IndexWriter) Tenants() int { return w.tenants }
+
+func (w *IndexWriter) flush() error {
+	if w.n == 0 {
+		return nil
+	}
+	stored := storePage(w.page.Bytes())
+	if _, err := w.f.Write(stored); err != nil {
+		return fmt.Errorf("tenant index: %w", err)
+	}
+	w.dir = append(w.dir, pageRef{first: w.first, tenants: w.n, offset: w.off, length: int64(len(stored)), sha: sha256.Sum256(stored)})
+	w.off += int64(len(stored))
+	w.page.Reset()
+	w.n = 0
+	return nil
+}
+
+// encodeDirectory renders the directory's content.
+func encodeDirectory(dir []pageRef) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(dir)))
+	for _, p := range dir {
+		b = binary.AppendUvarint(b, uint64(len(p.first)))
+		b = append(b, p.first...)
+		b = binary.AppendUvarint(b, uint64(p.tenants))
+		b = binary.AppendUvarint(b, uint64(p.offset))
+		b = binary.AppendUvarint(b, uint64(p.length))
+		b = append(b, p.sha[:]...)
+	}
+	return b
+}
+
+// decodeDirectory parses and checks a directory's content against its
+// header.
+func decodeDirectory(b []byte, ix *manifest.Index) ([]pageRef, error) {
+	bad := errors.New("malformed directory")
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n != uint64(ix.Pages) {
+		return nil, errors.New("directory does not list the header's page count")
+	}
+	b = b[k:]
+	dir := make([]pageRef, 0, n)
+	next := int64(len(indexMagic))
+	total := 0
+	uv := func() (uint64, bool) {
+		x, k := binary.Uvarint(b)
+		if k <= 0 {
+			return 0, false
+		}
+		b = b[k:]
+		return x, true
+	}
+	for range n {
+		var p pageRef
+		l, ok := uv()
+		if !ok || l > uint64(len(b)) {
+			return nil, bad
+		}
+		p.first = string(b[:l])
+		b = b[l:]
+		t, ok1 := uv()
+		o, ok2 := uv()
+		ln, ok3 := uv()
+		if !ok1 || !ok2 || !ok3 || len(b) < 32 || t == 0 || t > 1<<40 || ln == 0 || ln > 1<<40 {
+			return nil, bad
+		}
+		p.tenants, p.offset, p.length = int(t), int64(o), int64(ln)
+		copy(p.sha[:], b[:32])
+		b = b[32:]
+		if p.offset != next || (len(dir) > 0 && p.first <= dir[len(dir)-1].first) {
+			return nil, errors.New("directory pages out of order")
+		}
+		next += p.length
+		total += p.tenants
+		dir = append(dir, p)
+	}
+	if len(b) != 0 {
+		return nil, bad
+	}
+	if next != ix.Directory.Offset || total != ix.Tenants {
+		return nil, errors.New("directory does not match the header")
+	}
+	return dir, nil
+}
+
+// finish writes the last page and the directory, uploads the index and
+// returns its reference for the header.
+func (w *IndexWriter) finish(ctx context.Context) (*manifest.Index, error) {
+	if err := w.flush(); err != nil {
+		return nil, err
+	}
+	stored := storePage(encodeDirectory(w.dir))
+	if _, err := w.f.Write(stored); err != nil {
+		return nil, fmt.Errorf("tenant index: %w", err)
+	}
+	sum := sha256.Sum256(stored)
+	ix := &manifest.Index{
+		Key: IndexKey(w.setID), Size: w.off + int64(len(stored)), Pages: len(w.dir), Tenants: w.tenants,
+		Directory: manifest.Range{Offset: w.off, Length: int64(len(stored)), SHA256: hex.EncodeToString(sum[:])},
+	}
+	if err := w.f.Sync(); err != nil {
+		return nil, fmt.Errorf("tenant index: %w", err)
+	}
+	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("tenant index: %w", err)
+	}
+	if err := w.v.b.Put(ctx, ix.Key, w.f, ix.Size); err != nil {
+		return nil, fmt.Errorf("write tenant index %s: %w", ix.Key, err)
+	}
+	return ix, nil
+}
+
+// Close releases the spool file.
+func (w *IndexWriter) Close() error { return w.f.Close() }
+
+// Set is one snapshot set opened for reading: its header, and its tenants
+// read on demand. For a set in format 1 the header is the whole manifest;
+// for format 2 a tenant costs the directory (read once) and one page.
+// A Set is safe for concurrent use.
+type Set struct {
+	v *Vault
+	m *manifest.Manifest
+
+	mu        sync.Mutex
+	dir       []pageRef
+	dirLoaded bool
+	lastPage  int
+	lastItems []manifest.Tenant
+	pageHits  map[int]int
+}
+
+// OpenSet reads the header of set id (see ReadManifest for the errors).
+func (v *Vault) OpenSet(ctx context.Context, id string) (*Set, error) {
+	if s, ok := v.sets.Load(id); ok {
+		return s.(*Set), nil
+	}
+	if v.cfg.Encrypted() {
+		m, err := v.ReadManifest(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		s, _ := v.sets.LoadOrStore(id, &Set{v: v, m: m, lastPage: -1})
+		return s.(*Set), nil
+	}
+	if m, ok := v.mcache.Load(id); ok {
+		s, _ := v.sets.LoadOrStore(id, &Set{v: v, m: m.(*manifest.Manifest), lastPage: -1})
+		return s.(*Set), nil
+	}
+	if !ValidSetID(id) {
+		return nil, tenantvault.Inputf("%q is not a snapshot set ID (they look like 20261128T110145.123Z-1a2b3c4d)", id)
+	}
+	data, err := v.readManifestObject(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if IsSealedManifest(data) {
+		return nil, tenantvault.Integrityf("manifest %s is encrypted, but the repository is not", ManifestKey(id))
+	}
+	m, err := manifest.Decode(data)
+	if err != nil {
+		return nil, err
+	}
+	if m.ID != id {
+		return nil, tenantvault.Integrityf("manifest %s claims to be set %s", ManifestKey(id), m.ID)
+	}
+	if m.Index != nil && m.Index.Key != IndexKey(id) {
+		return nil, tenantvault.Integrityf("manifest %s names tenant index %q, not its own", ManifestKey(id), m.Index.Key)
+	}
+	if m.Index == nil {
+		v.mcache.Store(id, m)
+	}
+	s, _ := v.sets.LoadOrStore(id, &Set{v: v, m: m, lastPage: -1})
+	return s.(*Set), nil
+}
+
+// OpenSets opens several sets, a few at a time.
+func (v *Vault) OpenSets(ctx context.Context, ids []string) ([]*Set, error) {
+	return parallelRead(ctx, ids, v.OpenSet)
+}
+
+// Header is the set's manifest; in set format 2 without tenants. It is
+// shared: callers must not modify it.
+func (s *Set) Header() *manifest.Manifest { return s.m }
+
+// ID is the set's ID.
+func (s *Set) ID() string { return s.m.ID }
+
+// TenantCount is how many tenants the set holds.
+func (s *Set) TenantCount() int {
+	if s.m.Index != nil {
+		return s.m.Index.Tenants
+	}
+	return len(s.m.Tenants)
+}
+
+// Indexed reports whether the set is in set format 2.
+func (s *Set) Indexed() bool { return s.m.Index != nil }
+
+func (s *Set) integrity(format string, args ...any) error {
+	return tenantvault.Integrityf("tenant index %s: "+format, append([]any{s.m.Index.Key}, args...)...)
+}
+
+func (s *Set) read(ctx context.Context, offset, length int64) ([]byte, error) {
+	rc, err := s.v.b.Get(ctx, s.m.Index.Key, offset, length)
+	if errors.Is(err, repo.ErrNotFound) {
+		return nil, s.integrity("missing (set %s cannot be read)", s.m.ID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read tenant index %s: %w", s.m.Index.Key, err)
+	}
+	defer rc.Close()
+	if length > maxPage {
+		return nil, s.integrity("a page of %d bytes", length)
+	}
+	data := make([]byte, length)
+	if n, err := io.ReadFull(rc, data); errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return nil, s.integrity("truncated: %d bytes at %d, want %d", n, offset, length)
+	} else if err != nil {
+		return nil, fmt.Errorf("read tenant index %s: %w", s.m.Index.Key, err)
+	}
+	return data, nil
+}
+
+// directory loads the page directory once; s.mu is held.
+func (s *Set) directory(ctx context.Context) ([]pageRef, error) {
+	if s.dirLoaded {
+		return s.dir, nil
+	}
+	ix := s.m.Index
+	stored, err := s.read(ctx, ix.Directory.Offset, ix.Directory.Length)
+	if err != nil {
+		return nil, err
+	}
+	if sum := sha256.Sum256(stored); hex.EncodeToString(sum[:]) != ix.Directory.SHA256 {
+		return nil, s.integrity("directory checksum mismatch")
+	}
+	content, err := loadPage(stored)
+	if err != nil {
+		return nil, s.integrity("directory: %v", err)
+	}
+	dir, err := decodeDirectory(content, ix)
+	if err != nil {
+		return nil, s.integrity("%v", err)
+	}
+	s.dir, s.dirLoaded, s.pageHits = dir, true, map[int]int{}
+	return dir, nil
+}
+
+// page reads and checks page i of dir and decodes its entries: all of
+// them when want is "", else only the one of tenant want (or none), which
+// spares decoding the chunks of every other tenant on the page. Every
+// entry's ID is checked either way.
+func (s *Set) page(ctx context.Context, dir []pageRef, i int, want ...string) ([]manifest.Tenant, error) {
+	p := dir[i]
+	stored, err := s.read(ctx, p.offset, p.length)
+	if err != nil {
+		return nil, err
+	}
+	if sha256.Sum256(stored) != p.sha {
+		return nil, s.integrity("page %d checksum mismatch", i)
+	}
+	content, err := loadPage(stored)
+	if err != nil {
+		return nil, s.integrity("page %d: %v", i, err)
+	}
+	var items []manifest.Tenant
+	var first, last string
+	n := 0
+	for len(content) > 0 {
+		line, rest, ok := bytes.Cut(content, []byte{'\n'})
+		if !ok {
+			return nil, s.integrity("page %d: unterminated entry", i)
+		}
+		content = rest
+		id, err := entryID(line)
+		if err != nil {
+			return nil, s.integrity("page %d: %v", i, err)
+		}
+		if n > 0 && id <= last {
+			return nil, s.integrity("page %d: tenants not sorted or duplicated at %q", i, id)
+		}
+		if n == 0 {
+			first = id
+		}
+		last = id
+		n++
+		if len(want) > 0 && id != want[0] {
+			continue
+		}
+		var t manifest.Tenant
+		if err := json.Unmarshal(line, &t); err != nil || t.ID != id {
+			return nil, s.integrity("page %d: entry %q is damaged", i, id)
+		}
+		items = append(items, t)
+	}
+	switch {
+	case n != p.tenants:
+		return nil, s.integrity("page %d holds %d tenants, its directory entry says %d", i, n, p.tenants)
+	case first != p.first:
+		return nil, s.integrity("page %d starts at %q, its directory entry says %q", i, first, p.first)
+	case i+1 < len(dir) && last >= dir[i+1].first:
+		return nil, s.integrity("page %d overlaps the next", i)
+	}
+	if err := s.m.ValidateTenants(items); err != nil {
+		return nil, s.integrity("page %d: %v", i, err)
+	}
+	return items, nil
+}
+
+// entryID reads the ID of an entry line without decoding the rest: the
+// writer (encoding/json, manifest.Tenant) puts "id" first.
+func entryID(line []byte) (string, error) {
+	rest, ok := bytes.CutPrefix(line, []byte(`{"id":"`))
+	if !ok {
+		return "", errors.New("entry does not start with its ID")
+	}
+	for j := 0; j < len(rest); j++ {
+		switch rest[j] {
+		case '\\':
+			j++
+		case '"':
+			var id string
+			if err := json.Unmarshal(line[len(`{"id":`):len(`{"id":"`)+j+1], &id); err != nil {
+				return "", fmt.Errorf("entry ID: %v", err)
+			}
+			return id, nil
+		}
+	}
+	return "", errors.New("entry ID is not terminated")
+}
+
+// usable refuses an entry this build cannot read.
+func usable(t *manifest.Tenant) error {
+	if t.Key != "" {
+		return &tenantvault.InputError{
+			Msg:  fmt.Sprintf("tenant %q is sealed with its own data key %q, which this build cannot read", t.ID, t.Key),
+			Hint: "upgrade tenantvault to read this repository",
+			Err:  manifest.ErrNewerVersion,
+		}
+	}
+	return nil
+}
+
+// Tenant returns the entry of tenant id, or nil when the set does not hold
+// it. In set format 2 it reads the directory (once per Set) and one page.
+func (s *Set) Tenant(ctx context.Context, id string) (*manifest.Tenant, error) {
+	if s.m.Index == nil {
+		return s.m.Tenant(id), nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dir, err := s.directory(ctx)
+	if err != nil {
+		return nil, err
+	}
+	i := sort.Search(len(dir), func(i int) bool { return dir[i].first > id }) - 1
+	if i < 0 {
+		return nil, nil
+	}
+	items := s.lastItems
+	if s.lastPage != i {
+		// A lookup of one tenant decodes only its entry; several lookups
+		// in one page (a restore of many tenants) decode it once, whole.
+		if s.pageHits[i]++; s.pageHits[i] < 2 {
+			if items, err = s.page(ctx, dir, i, id); err != nil {
+				return nil, err
+			}
+		} else {
+			if items, err = s.page(ctx, dir, i); err != nil {
+				return nil, err
+			}
+			s.lastPage, s.lastItems = i, items
+		}
+	}
+	j := sort.Search(len(items), func(j int) bool { return items[j].ID >= id })
+	if j < len(items) && items[j].ID == id {
+		t := items[j]
+		if err := usable(&t); err != nil {
+			return nil, err
+		}
+		return &t, nil
+	}
+	return nil, nil
+}
+
+// Tenants calls fn for every tenant in ID order, reading one page at a
+// time; an error from fn stops it and is returned.
+func (s *Set) Tenants(ctx context.Context, fn func(*manifest.Tenant) error) error {
+	if s.m.Index == nil {
+		for i := range s.m.Tenants {
+			if err := fn(&s.m.Tenants[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	s.mu.Lock()
+	dir, err := s.directory(ctx)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	for i := range dir {
+		items, err := s.page(ctx, dir, i)
+		if err != nil {
+			return err
+		}
+		for k := range items {
+			if err := usable(&items[k]); err != nil {
+				return err
+			}
+			if err := fn(&items[k]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// release drops what Tenant keeps for the next call (the directory and the
+// last page read), so that a caller looking through many sets holds one
+// set's worth at a time.
+func (s *Set) release() {
+	s.mu.Lock()
+	s.dir, s.dirLoaded, s.lastPage, s.lastItems, s.pageHits = nil, false, -1, nil, nil
+	s.mu.Unlock()
+}
+
+// TenantHistory looks tenant up in every set of ids, several sets at a
+// time: per set of format 2, the header, the directory and at most one
+// page. It returns the headers of the sets that hold the tenant, oldest
+// first as in ids, and the tenant's entry in each.
+func (v *Vault) TenantHistory(ctx context.Context, ids []string, tenant string) ([]*manifest.Manifest, []*manifest.Tenant, error) {
+	type hit struct {
+		m *manifest.Manifest
+		t *manifest.Tenant
+	}
+	hits, err := parallelReadN(ctx, ids, 16, func(ctx context.Context, id string) (hit, error) {
+		s, err := v.OpenSet(ctx, id)
+		if err != nil {
+			return hit{}, err
+		}
+		defer s.release()
+		t, err := s.Tenant(ctx, tenant)
+		return hit{s.Header(), t}, err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var sets []*manifest.Manifest
+	var entries []*manifest.Tenant
+	for _, h := range hits {
+		if h.t != nil {
+			sets, entries = append(sets, h.m), append(entries, h.t)
+		}
+	}
+	return sets, entries, nil
+}
+
+// pageCache keeps the last pages read from one set for lookups from
+// several goroutines at once (the snapshot's table workers, each walking
+// the tenants in order): a bounded number of pages, never the whole index.
+type pageCache struct {
+	s     *Set
+	max   int
+	mu    sync.Mutex
+	pages map[int][]manifest.Tenant
+	order []int
+}
+
+func newPageCache(s *Set, max int) *pageCache {
+	return &pageCache{s: s, max: max, pages: map[int][]manifest.Tenant{}}
+}
+
+// tenant finds tenant id through the cache.
+func (c *pageCache) tenant(ctx context.Context, id string) (*manifest.Tenant, error) {
+	s := c.s
+	if s.m.Index == nil {
+		return s.m.Tenant(id), nil
+	}
+	s.mu.Lock()
+	dir, err := s.directory(ctx)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	i := sort.Search(len(dir), func(i int) bool { return dir[i].first > id }) - 1
+	if i < 0 {
+		return nil, nil
+	}
+	c.mu.Lock()
+	items, ok := c.pages[i]
+	c.mu.Unlock()
+	if !ok {
+		if items, err = s.page(ctx, dir, i); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		if _, ok := c.pages[i]; !ok {
+			c.pages[i] = items
+			c.order = append(c.order, i)
+			if len(c.order) > c.max {
+				delete(c.pages, c.order[0])
+				c.order = c.order[1:]
+			}
+		}
+		c.mu.Unlock()
+	}
+	j := sort.Search(len(items), func(j int) bool { return items[j].ID >= id })
+	if j < len(items) && items[j].ID == id {
+		return &items[j], nil
+	}
+	return nil, nil
+}
