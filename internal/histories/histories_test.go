@@ -40,6 +40,8 @@ var regressions = []struct {
 	what     string
 }{
 	{8, histories.All, "before the capture's attribution fix: moves of referenced rows, restores failed; now 20 of 22 instants are refused (moved parents) and the rest match"},
+	{143, histories.All, "after the capture's attribution fix: a shared re-parent of a keyless referenced row replayed without refusal, children missing (wrong data, exit 0)"},
+	{203, histories.All, "as 143"},
 }
 
 // fast lists further seeds of the normal suite: histories that passed
