@@ -39,7 +39,7 @@ type Set struct {
 	Tables       []manifest.Table
 	Tenants      int
 
-	m *manifest.Manifest
+	s *vault.Set
 }
 
 // TenantEntry is one tenant of a set: its rows and digest per table.
@@ -58,11 +58,11 @@ type TableEntry struct {
 // OpenSet resolves sel to a set and reads its header.
 func OpenSet(ctx context.Context, v *vault.Vault, sel Selector) (*Set, error) {
 	if sel.SetID != "" {
-		m, err := v.ReadManifest(ctx, sel.SetID)
+		vs, err := v.OpenSet(ctx, sel.SetID)
 		if err != nil {
 			return nil, err
 		}
-		return newSet(m), nil
+		return newSet(vs), nil
 	}
 	ids, err := v.ListSets(ctx)
 	if err != nil {
@@ -85,10 +85,11 @@ func OpenSet(ctx context.Context, v *vault.Vault, sel Selector) (*Set, error) {
 		if _, marked := marks[ids[i]]; marked {
 			continue
 		}
-		m, err := v.ReadManifest(ctx, ids[i])
+		vs, err := v.OpenSet(ctx, ids[i])
 		if err != nil {
 			return nil, err
 		}
+		m := vs.Header()
 		if m.Kind == manifest.KindPreRestore || m.Partial ||
 			sel.Stream != "" && vault.StreamName(m.Source.SystemID, m.Source.Database) != sel.Stream {
 			continue
@@ -96,13 +97,14 @@ func OpenSet(ctx context.Context, v *vault.Vault, sel Selector) (*Set, error) {
 		if !sel.At.IsZero() && m.ConsistentAt.After(sel.At) {
 			continue
 		}
-		return newSet(m), nil
+		return newSet(vs), nil
 	}
 	if !sel.At.IsZero() {
-		first, err := v.ReadManifest(ctx, ids[0])
+		fs, err := v.OpenSet(ctx, ids[0])
 		if err != nil {
 			return nil, err
 		}
+		first := fs.Header()
 		return nil, tenantvault.Inputf("--at %s is before the oldest complete snapshot set (%s, taken at %s)",
 			sel.At.UTC().Format(time.RFC3339), first.ID, first.ConsistentAt.Format(time.RFC3339))
 	}
@@ -110,34 +112,34 @@ func OpenSet(ctx context.Context, v *vault.Vault, sel Selector) (*Set, error) {
 		"name one with --snapshot ID (tenantvault list shows them)")
 }
 
-func newSet(m *manifest.Manifest) *Set {
+// newSet holds the header; tenants are read from the set's index page by
+// page (set format 2), so memory does not grow with the tenant count.
+func newSet(vs *vault.Set) *Set {
+	m := vs.Header()
 	return &Set{ID: m.ID, Kind: m.Kind, ConsistentAt: m.ConsistentAt, Source: m.Source, Tenancy: m.Tenancy,
-		Fingerprint: m.Fingerprint, Tables: m.Tables, Tenants: len(m.Tenants), m: m}
+		Fingerprint: m.Fingerprint, Tables: m.Tables, Tenants: vs.TenantCount(), s: vs}
 }
 
 // Has reports whether the set holds tenant id.
-func (s *Set) Has(_ context.Context, id string) (bool, error) {
-	return s.m.Tenant(id) != nil, nil
+func (s *Set) Has(ctx context.Context, id string) (bool, error) {
+	t, err := s.s.Tenant(ctx, id)
+	return t != nil, err
 }
 
 // Entries calls fn for every tenant of the set in ascending ID order (byte
 // order), or only for the tenants in only when it is non-nil. The entry
 // passed to fn is reused: fn must copy what it keeps.
-func (s *Set) Entries(_ context.Context, only map[string]bool, fn func(*TenantEntry) error) error {
+func (s *Set) Entries(ctx context.Context, only map[string]bool, fn func(*TenantEntry) error) error {
 	var e TenantEntry
-	for i := range s.m.Tenants {
-		t := &s.m.Tenants[i]
+	return s.s.Tenants(ctx, func(t *manifest.Tenant) error {
 		if only != nil && !only[t.ID] {
-			continue
+			return nil
 		}
 		e.Tenant = t.ID
 		e.Tables = e.Tables[:0]
 		for _, c := range t.Chunks {
 			e.Tables = append(e.Tables, TableEntry{Table: c.Table, Rows: c.Rows, Digest: c.Digest})
 		}
-		if err := fn(&e); err != nil {
-			return err
-		}
-	}
-	return nil
+		return fn(&e)
+	})
 }
