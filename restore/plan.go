@@ -137,10 +137,8 @@ func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selec
 	// Newest first; a set's ID starts with its start time, and its instant
 	// is later still, so sets started after At are skipped unread.
 	for i := len(ids) - 1; i >= 0 && len(found) < len(want); i-- {
-		if !sel.At.IsZero() {
-			if started, err := time.Parse("20060102T150405.000Z", ids[i][:20]); err == nil && started.After(sel.At) {
-				continue
-			}
+		if !sel.At.IsZero() && vault.StartedAfter(ids[i], sel.At) {
+			continue
 		}
 		if _, marked := marks[ids[i]]; marked {
 			continue

@@ -76,11 +76,8 @@ func OpenSet(ctx context.Context, v *vault.Vault, sel Selector) (*Set, error) {
 		return nil, err
 	}
 	for i := len(ids) - 1; i >= 0; i-- {
-		if !sel.At.IsZero() {
-			// A set's ID starts with its start time, before its instant.
-			if started, err := time.Parse("20060102T150405.000Z", ids[i][:20]); err == nil && started.After(sel.At) {
-				continue
-			}
+		if !sel.At.IsZero() && vault.StartedAfter(ids[i], sel.At) {
+			continue
 		}
 		if _, marked := marks[ids[i]]; marked {
 			continue

@@ -290,6 +290,17 @@ func NewSetID(t time.Time) string {
 	return t.UTC().Format(setIDLayout) + "-" + randomHex(4)
 }
 
+// StartedAfter reports whether set id was started after t, from its ID
+// alone: a set's instant is later than its start, so a reader looking for
+// sets at or before t skips such sets unread.
+func StartedAfter(id string, t time.Time) bool {
+	if len(id) < len(setIDLayout) {
+		return false
+	}
+	started, err := time.Parse(setIDLayout, id[:len(setIDLayout)])
+	return err == nil && started.After(t)
+}
+
 // ValidSetID reports whether id has the form NewSetID produces.
 func ValidSetID(id string) bool {
 	if len(id) != len(setIDLayout)+9 || id[len(setIDLayout)] != '-' {
