@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/capture"
 	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/repo"
 	"github.com/tenantvault/tenantvault/restore"
@@ -449,7 +450,8 @@ func (a *Agent) awaitLog(ctx context.Context, v *vault.Vault, s *sourceJob, m *m
 		return fmt.Errorf("set %s has a bad LSN %q", m.ID, m.LSN)
 	}
 	stream := vault.StreamName(m.Source.SystemID, m.Source.Database)
-	wait := 10*s.CaptureFlushInterval.D + 30*time.Second
+	// An idle source's log moves on only at the capture's heartbeat.
+	wait := 10*s.CaptureFlushInterval.D + 2*capture.DefaultHeartbeat
 	for deadline := a.clock.Now().Add(wait); ; {
 		refs, err := v.ListSegments(ctx, stream)
 		if err != nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ func TestReplayProof(t *testing.T) {
 	testenv.Exec(t, db, `
 CREATE TABLE tenants (id text PRIMARY KEY);
 CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_id text NOT NULL, body text);
+CREATE TABLE pings (id bigserial PRIMARY KEY, tenant_id text NOT NULL, at timestamptz NOT NULL DEFAULT now());
 INSERT INTO tenants VALUES ('a'), ('b'), ('c');
 INSERT INTO notes (tenant_id, body) SELECT id, 'note' FROM tenants, generate_series(1, 5)`)
 	repoURL := testenv.NewS3Repo(t)
@@ -61,6 +63,23 @@ sources:
     replay_proof_scratch_env: SCRATCH_URL
 `, repoURL, hooks.URL), map[string]string{"SOURCE_URL": db, "SCRATCH_URL": testenv.PostgresURL(t)}, &logs, nil)
 	defer a.Stop()
+	// A steady writer (another table, another tenant) keeps the log moving,
+	// as on a live source: an idle one's moves only at the heartbeat.
+	stopWriter := make(chan struct{})
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		conn := testenv.Connect(t, db)
+		for {
+			select {
+			case <-stopWriter:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			conn.Exec(context.Background(), `INSERT INTO pings (tenant_id) VALUES ('c')`)
+		}
+	}()
+	defer func() { close(stopWriter); <-writerDone }()
 	gauge := func() (success, divergences float64) {
 		return testutil.ToFloat64(a.m.replayProofLastSuccess.WithLabelValues("main")), testutil.ToFloat64(a.m.replayProofDivergences.WithLabelValues("main"))
 	}
