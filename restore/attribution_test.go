@@ -208,6 +208,7 @@ UPDATE labels SET issue_id = (SELECT max(id) FROM issues WHERE tenant_id = 't012
 	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg, ExactLSN: true}); err != nil {
 		t.Fatal(err)
 	}
+	waitArchived(t, ctx, v, db) // the log must reach the new set's LSN
 	checks, err := restore.VerifyReplay(ctx, restore.VerifyReplayOptions{Vault: v, Scratch: testenv.PostgresURL(t)})
 	if err != nil {
 		t.Fatal(err)
