@@ -44,6 +44,8 @@ SELECT format('%I.%I', n.nspname, c.relname),
                  JOIN pg_class p ON p.oid = a.relid JOIN pg_namespace pn ON pn.oid = p.relnamespace
                  WHERE a.relid <> c.oid AND NOT p.relispartition), ARRAY[n.nspname::text, c.relname::text]),
        c.relreplident::text, c.relpersistence = 'u',
+       current_setting('server_version_num')::int >= 180000 AND
+         EXISTS (SELECT 1 FROM pg_attribute v WHERE v.attrelid = c.oid AND v.attgenerated <> '' AND NOT v.attisdropped),
        coalesce(array(SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
                WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))), '{}')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -55,13 +57,13 @@ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
 	}
 	type rel struct {
 		name, parent, ident string
-		unlogged            bool
+		unlogged, virtual   bool
 		cols                []string
 	}
 	rels, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rel, error) {
 		var x rel
 		var root []string
-		err := r.Scan(&x.name, &root, &x.ident, &x.unlogged, &x.cols)
+		err := r.Scan(&x.name, &root, &x.ident, &x.unlogged, &x.virtual, &x.cols)
 		if err == nil && len(root) == 2 {
 			x.parent = root[0] + "\x00" + root[1]
 		}
@@ -71,6 +73,7 @@ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
 		return fmt.Errorf("read replica identities: %w", err)
 	}
 	var fix, unlogged []string
+	virtual := map[string]bool{}
 	reasons := map[string]string{}
 	for _, x := range rels {
 		if x.unlogged {
@@ -92,6 +95,7 @@ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
 		}
 		if want, ok := need[x.parent]; ok && !containsAll(x.cols, want) {
 			fix = append(fix, name)
+			virtual[name] = x.virtual
 			reasons[name] = fmt.Sprintf("its replica identity (%s) lacks %s, which its deletes and updates need to name their tenant", strings.Join(x.cols, ", "), strings.Join(want, ", "))
 		}
 	}
@@ -104,6 +108,26 @@ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
 		return nil
 	}
 	sort.Strings(fix)
+	// PostgreSQL 18 refuses UPDATE and DELETE on a published table whose
+	// identity is FULL while it has generated columns the publication does
+	// not publish (virtual ones never are): widening it that way would
+	// break the application's own writes.
+	var noFull []string
+	for _, name := range fix {
+		if virtual[name] {
+			noFull = append(noFull, name)
+		}
+	}
+	if len(noFull) > 0 {
+		var hint strings.Builder
+		for _, name := range noFull {
+			fmt.Fprintf(&hint, "CREATE UNIQUE INDEX ... ON %s (<columns it lacks>, <primary key>); ALTER TABLE %s REPLICA IDENTITY USING INDEX ...; ", name, name)
+		}
+		return &tenantvault.InputError{
+			Msg:  fmt.Sprintf("table(s) %s need a wider replica identity, and have generated columns: on PostgreSQL 18 REPLICA IDENTITY FULL would make their UPDATE and DELETE fail once published", strings.Join(noFull, ", ")),
+			Hint: strings.TrimSpace(hint.String()),
+		}
+	}
 	if c.o.SetReplicaIdentity {
 		for _, name := range fix {
 			if _, err := c.conn.Exec(ctx, "ALTER TABLE "+name+" REPLICA IDENTITY FULL"); err != nil {

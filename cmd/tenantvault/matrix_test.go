@@ -36,6 +36,13 @@ func versionSchema(major int) string {
 		// exported, loaded or replayed as data.
 		b.WriteString(`ALTER TABLE projects ADD COLUMN name_len int GENERATED ALWAYS AS (length(name)) VIRTUAL;
 ALTER TABLE tenants ADD COLUMN label text GENERATED ALWAYS AS (upper(id) || ' / ' || name) VIRTUAL;
+-- With generated columns, REPLICA IDENTITY FULL would make UPDATE and
+-- DELETE fail once published (PostgreSQL 18): the capture needs identity
+-- indexes that hold the tenant column instead, and refuses FULL.
+CREATE UNIQUE INDEX projects_tenant_ident ON projects (tenant_id, id);
+ALTER TABLE projects REPLICA IDENTITY USING INDEX projects_tenant_ident;
+CREATE UNIQUE INDEX users_tenant_ident ON users (tenant_id, id);
+ALTER TABLE users REPLICA IDENTITY USING INDEX users_tenant_ident;
 `)
 	}
 	return b.String()
