@@ -268,7 +268,7 @@ func (r *resolver) tenantsOf(ctx context.Context, ri *relInfo, ch *vault.Change)
 		after = owner{state: ownedNone}
 		before, err = r.ownerOf(ctx, ri, ch.Old, ch.LSN)
 	default:
-		after, err = r.ownerOf(ctx, ri, withUnchanged(ch.New, ch.Old), ch.LSN)
+		after, err = r.ownerOf(ctx, ri, vault.FillUnchanged(ch.New, ch.Old), ch.LSN)
 		if err == nil {
 			if ch.Old == nil {
 				// No old tuple: the replica identity, which holds the
@@ -319,7 +319,7 @@ func (r *resolver) tenantsOf(ctx context.Context, ri *relInfo, ch *vault.Change)
 	if after.state == ownedBy {
 		ins := ch
 		if ch.Op == vault.OpUpdate {
-			full := withUnchanged(ch.New, ch.Old)
+			full := vault.FillUnchanged(ch.New, ch.Old)
 			for _, v := range full {
 				if v.Kind == vault.ValueUnchanged {
 					return nil, false, identityError(t, "")
@@ -340,24 +340,6 @@ func (r *resolver) tenantsOf(ctx context.Context, ri *relInfo, ch *vault.Change)
 		}
 	}
 	return out, false, nil
-}
-
-// withUnchanged fills the unchanged (unsent TOAST) columns of a new tuple
-// from the old one where it has them.
-func withUnchanged(newT, oldT []vault.Value) []vault.Value {
-	var full []vault.Value
-	for i, v := range newT {
-		if v.Kind == vault.ValueUnchanged && i < len(oldT) && (oldT[i].Kind == vault.ValueText || oldT[i].Kind == vault.ValueNull) {
-			if full == nil {
-				full = append([]vault.Value(nil), newT...)
-			}
-			full[i] = oldT[i]
-		}
-	}
-	if full == nil {
-		return newT
-	}
-	return full
 }
 
 // lookup reads the tenant of the row a chain-scoped row references, from

@@ -26,6 +26,16 @@ type Replay struct {
 	// with commit LSN < To (verify --replay stops at the next set's LSN).
 	To       uint64
 	Segments []*vault.SegmentIndex
+
+	// moved: each tenant's first move record within the replay, and the
+	// relations that name its table; built once by checkMoves, which a
+	// mass restore calls for every tenant.
+	moved map[string]movedAt
+}
+
+type movedAt struct {
+	m    *vault.Move
+	rels []vault.Relation
 }
 
 // replayStats counts what a replay did; delta is the change in each
@@ -244,17 +254,25 @@ func movedError(tenant string, rels []vault.Relation, oid uint32, lsn uint64, at
 // checkMoves refuses, at plan time, a tenant whose replay would cross a
 // move record (see MovedError); replay checks each record again.
 func checkMoves(rp *Replay, tenant string) error {
-	for _, idx := range rp.Segments {
-		for _, s := range idx.Streams {
-			m := s.Moved
-			if s.Shared || s.Tenant != tenant || m == nil || m.LSN < rp.From {
-				continue
+	if rp.moved == nil {
+		rp.moved = map[string]movedAt{}
+		for _, idx := range rp.Segments {
+			for _, s := range idx.Streams {
+				m := s.Moved
+				if s.Shared || m == nil || m.LSN < rp.From {
+					continue
+				}
+				if rp.To != 0 && m.LSN >= rp.To || rp.To == 0 && m.Time.After(rp.At) {
+					continue
+				}
+				if _, seen := rp.moved[s.Tenant]; !seen {
+					rp.moved[s.Tenant] = movedAt{m, idx.Relations}
+				}
 			}
-			if rp.To != 0 && m.LSN >= rp.To || rp.To == 0 && m.Time.After(rp.At) {
-				continue
-			}
-			return movedError(tenant, idx.Relations, m.Rel, m.LSN, m.Time)
 		}
+	}
+	if mv, ok := rp.moved[tenant]; ok {
+		return movedError(tenant, mv.rels, mv.m.Rel, mv.m.LSN, mv.m.Time)
 	}
 	return nil
 }
@@ -550,7 +568,7 @@ func attribute(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vaul
 	case vault.OpUpdate:
 		after = before
 		if ch.Old != nil && t.Scope != nil && len(t.Scope.Hops) > 0 {
-			if after, err = parentIsTenants(ctx, conn, t, pos, withUnchanged(ch.New, ch.Old), tenant); err != nil {
+			if after, err = parentIsTenants(ctx, conn, t, pos, vault.FillUnchanged(ch.New, ch.Old), tenant); err != nil {
 				return nil, err
 			}
 		}
@@ -567,7 +585,7 @@ func attribute(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vaul
 		if ch.Op == vault.OpInsert {
 			return ch, nil
 		}
-		full := withUnchanged(ch.New, ch.Old)
+		full := vault.FillUnchanged(ch.New, ch.Old)
 		for _, v := range full {
 			if v.Kind == vault.ValueUnchanged {
 				return nil, tenantvault.Integrityf("a row of %s joins the tenant, but the change log lacks some of its values", t.QualifiedName())
@@ -614,18 +632,6 @@ func parentIsTenants(ctx context.Context, conn *pgx.Conn, t *manifest.Table, pos
 		vals = append(vals, v.Data)
 	}
 	return tenantIs(ctx, conn, tenancy.ParentScope(t), t.Scope.Hops[0].RefCols, vals, tenant)
-}
-
-// withUnchanged fills the unchanged (unsent TOAST) columns of a new tuple
-// from the old one where it has them.
-func withUnchanged(newT, oldT []vault.Value) []vault.Value {
-	full := append([]vault.Value(nil), newT...)
-	for i, v := range full {
-		if v.Kind == vault.ValueUnchanged && i < len(oldT) && (oldT[i].Kind == vault.ValueText || oldT[i].Kind == vault.ValueNull) {
-			full[i] = oldT[i]
-		}
-	}
-	return full
 }
 
 func valueAt(t []vault.Value, i int) (vault.Value, bool) {

@@ -70,6 +70,25 @@ type Change struct {
 	Rels []uint32
 }
 
+// FillUnchanged returns the new tuple with its unchanged (unsent TOAST)
+// columns taken from the old tuple where it has them; newT itself when
+// there are none to fill, so the common update costs no copy.
+func FillUnchanged(newT, oldT []Value) []Value {
+	var full []Value
+	for i, v := range newT {
+		if v.Kind == ValueUnchanged && i < len(oldT) && (oldT[i].Kind == ValueText || oldT[i].Kind == ValueNull) {
+			if full == nil {
+				full = append([]Value(nil), newT...)
+			}
+			full[i] = oldT[i]
+		}
+	}
+	if full == nil {
+		return newT
+	}
+	return full
+}
+
 // Relation describes a table as the change log saw it.
 type Relation struct {
 	OID     uint32   `json:"oid"`
