@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tenantvault/tenantvault/internal/fixture"
+	"github.com/tenantvault/tenantvault/internal/testenv"
+	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/repo"
+	"github.com/tenantvault/tenantvault/tenancy"
+	"github.com/tenantvault/tenantvault/vault"
+)
+
+// hostileTenant is a tenant ID no file name, shell word or SQL literal
+// carries as it is.
+const hostileTenant = "evil\"\n'; DROP TABLE tenants; -- \\ %2e/../ü"
+
+// hostileRows adds values that COPY text and CSV render differently: NULL
+// and the empty string, tabs, line breaks (LF, CR), quotes, commas,
+// backslashes, the end-of-data marker, unicode, bytea, arrays, jsonb.
+const hostileRows = `
+INSERT INTO projects (tenant_id, name, settings, budget, tags, starts)
+VALUES (%[1]s, '', NULL, NULL, '{}', NULL),
+       (%[1]s, '\.', '{"a": "\\.", "b": "line\nbreak", "q": "\"", "u": "\u00fc\u20ac"}', 0, ARRAY['', NULL, 'NULL', '\N', 'a,b', E'tab\there', '{', '"'], '2026-02-03'),
+       (%[1]s, E'cr\rlf\r\nend "quoted", comma \\ backslash \\N \\. ' || chr(11) || chr(8) || chr(12), '[]', -1.5, ARRAY[E'new\nline'], '2026-02-04'),
+       (%[1]s, '\N', 'null', 1e-20, NULL, NULL);
+INSERT INTO tasks (project_id, title, blob, grid, label)
+SELECT id, 'hostile', '\x00ff5c0a09225c4e'::bytea, '{{1,2},{NULL,4}}', '' FROM projects WHERE tenant_id = %[1]s AND name = '';
+INSERT INTO task_notes (task_id, note) SELECT t.id, x FROM tasks t JOIN projects p ON p.id = t.project_id,
+  unnest(ARRAY['', NULL, E'\\', E'\t', E'\n', '\N']) x WHERE p.tenant_id = %[1]s AND t.title LIKE 'hostile%';
+`
+
+func sqlLit(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// exportFixture is a source with the fixture's tenants plus the hostile
+// one, snapshotted into repoURL.
+func exportFixture(t *testing.T, repoURL string, snapArgs ...string) string {
+	t.Helper()
+	src := testenv.NewDatabase(t)
+	fixture.Create(t, src)
+	fixture.Populate(t, src, hostileTenant, 9, 2)
+	testenv.Exec(t, src, strings.ReplaceAll(hostileRows, "%[1]s", sqlLit(hostileTenant)))
+	expect(t, 0, "", append([]string{"snapshot", "--source", src, "--repo", repoURL, "--init"}, snapArgs...)...)
+	return src
+}
+
+// unpack extracts an archive with tar, as README.txt says, and returns the
+// directory the files are in.
+func unpack(t *testing.T, archive string) string {
+	t.Helper()
+	dir := t.TempDir()
+	args := []string{"-xf", archive, "-C", dir}
+	if strings.HasSuffix(archive, ".zst") {
+		requireTool(t, "zstd")
+		args = append([]string{"--zstd"}, args...)
+	}
+	if out, err := exec.Command(requireTool(t, "tar"), args...).CombinedOutput(); err != nil {
+		t.Fatalf("tar %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 1 || !entries[0].IsDir() {
+		t.Fatalf("archive does not hold one directory: %v %v", entries, err)
+	}
+	return filepath.Join(dir, entries[0].Name())
+}
+
+type exportManifest struct {
+	Tenant string `json:"tenant"`
+	Set    struct {
+		ID string `json:"id"`
+	} `json:"set"`
+	AsOf   time.Time `json:"as_of"`
+	Replay *struct {
+		Changes int `json:"changes"`
+	} `json:"replay"`
+	Tables []struct {
+		Schema        string `json:"schema"`
+		Name          string `json:"name"`
+		File          string `json:"file"`
+		Rows          int64  `json:"rows"`
+		ContentDigest string `json:"content_digest"`
+		SetDigest     string `json:"set_digest"`
+	} `json:"tables"`
+	Files []struct {
+		Name   string `json:"name"`
+		Rows   *int64 `json:"rows"`
+		Bytes  int64  `json:"bytes"`
+		SHA256 string `json:"sha256"`
+	} `json:"files"`
+}
+
+// checkFiles reads manifest.json and proves every file it lists has the
+// size and SHA-256 it says, and that SHA256SUMS agrees (sha256sum -c).
+func checkFiles(t *testing.T, dir string) *exportManifest {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m exportManifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatalf("manifest.json: %v", err)
+	}
+	listed := map[string]bool{}
+	for _, f := range m.Files {
+		listed[f.Name] = true
+		b, err := os.ReadFile(filepath.Join(dir, f.Name))
+		if err != nil {
+			t.Fatalf("manifest.json lists %s: %v", f.Name, err)
+		}
+		sum := sha256.Sum256(b)
+		if hex.EncodeToString(sum[:]) != f.SHA256 || int64(len(b)) != f.Bytes {
+			t.Fatalf("%s: %d bytes, sha256 %x; manifest.json says %d, %s", f.Name, len(b), sum, f.Bytes, f.SHA256)
+		}
+	}
+	for _, want := range []string{"README.txt", "schema.sql", "load.sql"} {
+		if !listed[want] {
+			t.Fatalf("manifest.json does not list %s", want)
+		}
+	}
+	if p, err := exec.LookPath("sha256sum"); err == nil {
+		c := exec.Command(p, "-c", "--strict", "SHA256SUMS")
+		c.Dir = dir
+		if out, err := c.CombinedOutput(); err != nil {
+			t.Fatalf("sha256sum -c: %v\n%s", err, out)
+		}
+	}
+	return &m
+}
+
+// psqlLoad loads an unpacked export into an empty database with psql only,
+// as README.txt says.
+func psqlLoad(t *testing.T, dir string) string {
+	t.Helper()
+	db := testenv.NewDatabase(t)
+	c := exec.Command(requireTool(t, "psql"), "-X", "-q", "-d", db, "-v", "ON_ERROR_STOP=1", "-f", "load.sql")
+	c.Dir = dir
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("psql -f load.sql: %v\n%s", err, out)
+	}
+	return db
+}
+
+// openSet reads a set's header and a tenant's entry as restore does.
+func openSet(t *testing.T, repoURL, setID, tenant string, keys *vault.Keys) (*manifest.Manifest, *manifest.Tenant) {
+	t.Helper()
+	ctx := testenv.Context(t, time.Minute)
+	b, err := repo.Open(ctx, repoURL, repo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	v, err := vault.Open(ctx, b, vault.Options{Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := v.OpenSet(ctx, setID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn, err := s.Tenant(ctx, tenant)
+	if err != nil || tn == nil {
+		t.Fatalf("tenant %q in set %s: %v", tenant, setID, err)
+	}
+	return s.Header(), tn
+}
+
+// digests computes every table's content digest in db as docs/FORMAT.md
+// defines it: COPY text of the rows in canonical order, under the fixed
+// session settings.
+func digests(t *testing.T, db string, set *manifest.Manifest, tenant string) map[string]string {
+	t.Helper()
+	ctx := testenv.Context(t, time.Minute)
+	conn := testenv.Connect(t, db)
+	if _, err := conn.Exec(ctx, tenancy.SessionSQL); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, ti := range tenancy.TablesOf(set.Tables, tenant) {
+		tb := &set.Tables[ti]
+		h := sha256.New()
+		if _, err := conn.PgConn().CopyTo(ctx, h, tenancy.TenantCopySQL(tb, tenant)); err != nil {
+			t.Fatalf("digest of %s: %v", tb.QualifiedName(), err)
+		}
+		out[tb.QualifiedName()] = hex.EncodeToString(h.Sum(nil))
+	}
+	return out
+}
+
+// sameAsSet proves the loaded database holds the tenant's rows of the set,
+// row for row: every table's content digest equals the set's.
+func sameAsSet(t *testing.T, db string, set *manifest.Manifest, tn *manifest.Tenant) {
+	t.Helper()
+	got := digests(t, db, set, tn.ID)
+	want := map[string]string{}
+	for _, c := range tn.Chunks {
+		want[set.Tables[c.Table].QualifiedName()] = c.Digest
+	}
+	if len(got) == 0 {
+		t.Fatal("no tables")
+	}
+	for name, g := range got {
+		w, ok := want[name]
+		if !ok {
+			w = hex.EncodeToString(func() []byte { s := sha256.Sum256(nil); return s[:] }())
+		}
+		if g != w {
+			t.Errorf("%s: digest after loading %s, the set's %s", name, g[:12], w[:12])
+		}
+	}
+}
+
+// TestExportLoadsWithPsql: a tenant with hostile values and a hostile ID,
+// exported from file:// and MinIO, unpacked with tar and loaded into an
+// empty database with psql alone, equals the set row for row; the files
+// match manifest.json.
+func TestExportLoadsWithPsql(t *testing.T) {
+	fileRepo := "file://" + filepath.Join(t.TempDir(), "repo")
+	exportFixture(t, fileRepo)
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			repoURL := fileRepo
+			tenant, name := hostileTenant, "hostile.tar.zst"
+			if kind == "s3" {
+				repoURL = testenv.NewS3Repo(t)
+				exportFixture(t, repoURL)
+				tenant, name = "Ünïcödé GmbH", "unicode.tar"
+			}
+			out := filepath.Join(t.TempDir(), name)
+			stdout := expect(t, 0, "", "export", "--repo", repoURL, "--tenant", tenant, "--output", out)
+			if !strings.Contains(stdout, "exported tenant ") || !strings.Contains(stdout, out) {
+				t.Fatalf("export output:\n%s", stdout)
+			}
+			if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("archive %v, mode %v", err, fi)
+			}
+			dir := unpack(t, out)
+			m := checkFiles(t, dir)
+			if m.Tenant != tenant || len(m.Tables) != 6 || m.Replay != nil {
+				t.Fatalf("manifest.json: tenant %q, %d tables, replay %v", m.Tenant, len(m.Tables), m.Replay)
+			}
+			readme, _ := os.ReadFile(filepath.Join(dir, "README.txt"))
+			if !strings.Contains(string(readme), "psql -d tenant_copy -v ON_ERROR_STOP=1 -f load.sql") {
+				t.Fatalf("README.txt does not say how to load:\n%s", readme)
+			}
+			db := psqlLoad(t, dir)
+			set, tn := openSet(t, repoURL, m.Set.ID, tenant, nil)
+			sameAsSet(t, db, set, tn)
+			var rows int64
+			for _, tb := range m.Tables {
+				if tb.ContentDigest != tb.SetDigest {
+					t.Errorf("%s.%s: content digest %s, set digest %s", tb.Schema, tb.Name, tb.ContentDigest, tb.SetDigest)
+				}
+				rows += tb.Rows
+			}
+			if rows != tn.Rows {
+				t.Fatalf("manifest.json counts %d rows, the set %d", rows, tn.Rows)
+			}
+			if kind == "file" {
+				// The values that differ between NULL and "" came through.
+				var nulls, empties int
+				testenv.Connect(t, db).QueryRow(context.Background(),
+					`SELECT count(*) FILTER (WHERE note IS NULL), count(*) FILTER (WHERE note = '') FROM task_notes`).Scan(&nulls, &empties)
+				if nulls < 2 || empties != 1 {
+					t.Fatalf("task_notes: %d NULL notes, %d empty", nulls, empties)
+				}
+				// New rows get identities after the loaded ones.
+				testenv.Exec(t, db, `INSERT INTO projects (tenant_id, name) VALUES ('x', 'new')`)
+			}
+		})
+	}
+}
