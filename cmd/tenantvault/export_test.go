@@ -274,7 +274,7 @@ func TestExportLoadsWithPsql(t *testing.T) {
 					t.Fatalf("task_notes: %d NULL notes, %d empty", nulls, empties)
 				}
 				// New rows get identities after the loaded ones.
-				testenv.Exec(t, db, `INSERT INTO projects (tenant_id, name) VALUES ('x', 'new')`)
+				testenv.Exec(t, db, "INSERT INTO projects (tenant_id, name) VALUES ("+sqlLit(tenant)+", 'new')")
 			}
 		})
 	}
