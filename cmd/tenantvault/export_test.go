@@ -279,3 +279,115 @@ func TestExportLoadsWithPsql(t *testing.T) {
 		})
 	}
 }
+
+// smallSource is a source with two tenants, snapshotted into a new file://
+// repository; it returns the source and the repository.
+func smallSource(t *testing.T, snapArgs ...string) (string, string) {
+	t.Helper()
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, pitrSchema+`
+INSERT INTO tenants VALUES ('acme'), ('globex');
+INSERT INTO issues (tenant_id, title) SELECT id, 'issue ' || g FROM tenants, generate_series(1, 3) g;
+INSERT INTO comments (issue_id, body) SELECT id, E'comment\twith "tab"' FROM issues`)
+	repoURL := "file://" + t.TempDir() + "/repo"
+	expect(t, 0, "", append([]string{"snapshot", "--source", db, "--repo", repoURL, "--init", "--tenant-table", "public.tenants"}, snapArgs...)...)
+	return db, repoURL
+}
+
+// noFiles fails when dir holds anything: a refused or failed export
+// leaves nothing behind, no temporary file either.
+func noFiles(t *testing.T, dir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		t.Errorf("left behind: %s", e.Name())
+	}
+}
+
+// TestExportBadInput: bad flags, unknown tenants, an existing file, a
+// damaged chunk: the documented exit code and message, and nothing
+// written.
+func TestExportBadInput(t *testing.T) {
+	_, repoURL := smallSource(t)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "acme.tar")
+	base := []string{"export", "--repo", repoURL}
+	expect(t, 2, "no tenant given: use --tenant ID", append(base, "--output", out)...)
+	expect(t, 2, "export writes one tenant, and 2 were given", append(base, "--tenant", "acme", "--tenant", "globex", "--output", out)...)
+	expect(t, 2, "--output is required: a FILE (.tar or .tar.zst), or - for stdout", append(base, "--tenant", "acme")...)
+	expect(t, 2, "--at and --snapshot exclude each other", append(base, "--tenant", "acme", "--output", out, "--at", "2026-01-01T00:00:00Z", "--snapshot", "x")...)
+	expect(t, 2, `--at "yesterday" is not an RFC 3339 time`, append(base, "--tenant", "acme", "--output", out, "--at", "yesterday")...)
+	expect(t, 2, "--json and --output - exclude each other", append(base, "--tenant", "acme", "--output", "-", "--json")...)
+	expect(t, 2, `1 unknown tenant(s) in any snapshot set of `+repoURL+`: "nobody"`, append(base, "--tenant", "nobody", "--output", out)...)
+	expect(t, 2, `unknown tenant(s) in any snapshot set of `+repoURL+`: "acme\n"`, append(base, "--tenant", "acme\n", "--output", out)...)
+	expect(t, 2, "--at 2000-01-01T00:00:00Z is before the oldest snapshot set", append(base, "--tenant", "acme", "--output", out, "--at", "2000-01-01T00:00:00Z")...)
+	expect(t, 2, "no such file or directory", append(base, "--tenant", "acme", "--output", filepath.Join(dir, "missing", "x.tar"))...)
+	expect(t, 2, "--repo is required", "export", "--tenant", "acme", "--output", out)
+	noFiles(t, dir)
+
+	// An existing file is replaced only with --force.
+	os.WriteFile(out, []byte("keep me"), 0o644)
+	expect(t, 2, "--output "+out+" already exists", append(base, "--tenant", "acme", "--output", out)...)
+	if b, _ := os.ReadFile(out); string(b) != "keep me" {
+		t.Fatalf("the existing file changed: %q", b)
+	}
+	expect(t, 0, "", append(base, "--tenant", "acme", "--output", out, "--force")...)
+	if b, _ := os.ReadFile(out); string(b) == "keep me" {
+		t.Fatal("--force did not replace the file")
+	}
+	checkFiles(t, unpack(t, out))
+	os.Remove(out)
+
+	// To stdout: the archive on stdout, the summary on stderr.
+	code, stdout, stderr := tv(t, append(base, "--tenant", "globex", "--output", "-", "--zstd")...)
+	if code != 0 || !strings.Contains(stderr, `exported tenant "globex"`) {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	piped := filepath.Join(t.TempDir(), "piped.tar.zst")
+	os.WriteFile(piped, []byte(stdout), 0o600)
+	if m := checkFiles(t, unpack(t, piped)); m.Tenant != "globex" || filepath.Base(m.Files[0].Name) != "README.txt" {
+		t.Fatalf("manifest.json of the piped archive: %+v", m)
+	}
+
+	// A damaged chunk: exit 3, and no archive.
+	packs, _ := filepath.Glob(filepath.Join(strings.TrimPrefix(repoURL, "file://"), "packs", "*", "*.pack"))
+	if len(packs) == 0 {
+		t.Fatal("no packs")
+	}
+	for _, p := range packs {
+		b, _ := os.ReadFile(p)
+		for i := 8; i < len(b); i += 97 {
+			b[i] ^= 0x20
+		}
+		os.Chmod(p, 0o644)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(t, 3, "", append(base, "--tenant", "acme", "--output", out)...)
+	noFiles(t, dir)
+}
+
+// TestExportEncrypted: an encrypted repository exports with --identity and
+// the result loads with psql and equals the set; without it, exit 2.
+func TestExportEncrypted(t *testing.T) {
+	identity, signing, recipient := keygen(t, t.TempDir())
+	_, repoURL := smallSource(t, "--recipient", recipient, "--signing-key", signing)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "acme.tar.zst")
+	expect(t, 2, "is encrypted: exporting a tenant's rows needs the identity file (--identity FILE or TENANTVAULT_IDENTITY)", "export", "--repo", repoURL, "--tenant", "acme", "--output", out)
+	noFiles(t, dir)
+	expect(t, 0, "", "export", "--repo", repoURL, "--tenant", "acme", "--output", out, "--identity", identity)
+	unpacked := unpack(t, out)
+	m := checkFiles(t, unpacked)
+	db := psqlLoad(t, unpacked)
+	keys := &vault.Keys{}
+	if _, err := keys.LoadKeyFile(identity); err != nil {
+		t.Fatal(err)
+	}
+	set, tn := openSet(t, repoURL, m.Set.ID, "acme", keys)
+	if tn.Rows != 7 {
+		t.Fatalf("tenant acme has %d rows in the set", tn.Rows)
+	}
+	sameAsSet(t, db, set, tn)
+}
