@@ -190,6 +190,15 @@ func Run(ctx context.Context, w io.Writer, o Options) (*Report, error) {
 	}
 	it := items[0]
 	set := it.Set
+	if at := o.Select.At; !at.IsZero() && it.Replay == nil && set.ConsistentAt.Before(at) {
+		// restore --at restores such a set as it is; an archive that says
+		// "as of" must not hold older data than asked for.
+		return nil, &tenantvault.InputError{
+			Msg: fmt.Sprintf("no change log continues snapshot set %s (taken at %s) to %s, so the tenant's rows as of then are not known",
+				set.ID, set.ConsistentAt.UTC().Format(time.RFC3339Nano), at.UTC().Format(time.RFC3339Nano)),
+			Hint: "nothing was written; export the set as it is with --snapshot " + set.ID + " (sets of a source captured with tenantvault capture can be continued)",
+		}
+	}
 	e := &exporter{o: o, set: set, item: &it}
 	if it.Replay != nil {
 		if err := e.checkReplay(); err != nil {

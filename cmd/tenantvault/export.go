@@ -57,8 +57,8 @@ without its manifest.json, and the exit code is not 0). FILE ending in
 --at does: the tenant is restored into a new database on the --scratch
 server (schema and global tables from the set, every content digest
 checked, then the changes), read back from there and the database dropped.
-Without a change log the set's own state is exported, and the archive says
-so (as_of in manifest.json).`,
+Unlike restore --at, export refuses a time that no change log reaches from
+the set (exit 2): the archive's as_of is never older than asked for.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runExport(cmd.Context(), &o) },
 	}
