@@ -462,3 +462,38 @@ UPDATE issues SET title = NULL WHERE tenant_id = 'acme' AND title = 'issue 2'`)
 		t.Fatalf("the replayed NULL title: %d rows", titles)
 	}
 }
+
+// TestExportSchemaModel: a tenant of the schema model, its schema and
+// tables named with quotes, spaces and unicode, loads with psql and equals
+// the set.
+func TestExportSchemaModel(t *testing.T) {
+	db := testenv.NewDatabase(t)
+	for _, s := range []string{`tenant_a`, `tenant_"b" 'ü'`} {
+		id := pgxIdent(s)
+		testenv.Exec(t, db, `CREATE SCHEMA `+id+`;
+CREATE TABLE `+id+`."Order Lines, ""all""" (id serial PRIMARY KEY, "we'ird col" text, n numeric);
+CREATE TABLE `+id+`.plain (k text, v jsonb);
+INSERT INTO `+id+`."Order Lines, ""all""" ("we'ird col", n) VALUES (E'x\ty', 1.5), (NULL, NULL), ('', 0);
+INSERT INTO `+id+`.plain VALUES ('a', '{"x": [1, "\\u00fc"]}'), ('a', '{"x": [1, "\\u00fc"]}'), (NULL, 'null')`)
+	}
+	repoURL := "file://" + t.TempDir() + "/repo"
+	expect(t, 0, "", "snapshot", "--source", db, "--repo", repoURL, "--init", "--tenancy", "schema", "--schema-pattern", "tenant_%")
+	tenant := `tenant_"b" 'ü'`
+	out := filepath.Join(t.TempDir(), "b.tar")
+	expect(t, 0, "", "export", "--repo", repoURL, "--tenant", tenant, "--output", out)
+	dir := unpack(t, out)
+	m := checkFiles(t, dir)
+	if len(m.Tables) != 2 {
+		t.Fatalf("%d tables", len(m.Tables))
+	}
+	loaded := psqlLoad(t, dir)
+	set, tn := openSet(t, repoURL, m.Set.ID, tenant, nil)
+	sameAsSet(t, loaded, set, tn)
+	var other int
+	testenv.Connect(t, loaded).QueryRow(context.Background(), "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_a'").Scan(&other)
+	if other != 0 {
+		t.Fatal("another tenant's schema is in the export")
+	}
+}
+
+func pgxIdent(s string) string { return tenancy.Ident(s) }
