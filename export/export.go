@@ -39,6 +39,11 @@ type Options struct {
 	// read back and the database dropped.
 	Scratch   string
 	PgRestore string
+	// Template, when set, names a database on the scratch server holding
+	// the set's schema and no rows: the scratch database is created as a
+	// copy of it instead of from the set's schema archive (sets taken with
+	// --schema-archive=none). Column tenancy model only.
+	Template string
 	// Dir names the directory inside the archive that holds every file.
 	Dir string
 	// Zstd compresses the archive.

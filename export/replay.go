@@ -41,6 +41,16 @@ func (e *exporter) checkReplay() error {
 			Hint: "restore the tenant with restore --at into a scratch server, or export the set as it is with --snapshot " + e.set.ID,
 		}
 	}
+	if e.o.Template != "" && e.set.Tenancy.Model != tenancy.ModelColumn {
+		return tenantvault.Inputf("--template works for the column tenancy model only; set %s uses the %s model", e.set.ID, e.set.Tenancy.Model)
+	}
+	if e.o.Template == "" && !e.set.HasSchemaArchive() {
+		return &tenantvault.InputError{
+			Msg:  fmt.Sprintf("--at %s after set %s needs a replay in a scratch database, created from the set's schema archive, but the set has none (it was taken with --schema-archive=none)", at, e.set.ID),
+			Err:  restore.ErrNoSchemaArchive,
+			Hint: "nothing was written; give --template DB, a database on the scratch server that holds the schema and no rows (e.g. made by your migrations), or export the set as it is with --snapshot " + e.set.ID,
+		}
+	}
 	return nil
 }
 
@@ -73,9 +83,12 @@ func (e *exporter) replay(ctx context.Context) (*scratchDB, *restore.TenantResul
 	rand.Read(rnd[:])
 	name := DatabasePrefix + o.Now().UTC().Format("20060102T150405") + "_" + hex.EncodeToString(rnd[:])
 	create := "CREATE DATABASE " + tenancy.Ident(name) + " TEMPLATE template0 ENCODING 'UTF8'"
+	if o.Template != "" {
+		create = "CREATE DATABASE " + tenancy.Ident(name) + " TEMPLATE " + tenancy.Ident(o.Template)
+	}
 	_, err = admin.Exec(ctx, create)
 	var pg *pgconn.PgError
-	if errors.As(err, &pg) && pg.Code == "22023" {
+	if o.Template == "" && errors.As(err, &pg) && pg.Code == "22023" {
 		_, err = admin.Exec(ctx, create+" LC_COLLATE 'C' LC_CTYPE 'C'")
 	}
 	if err != nil {
@@ -89,7 +102,7 @@ func (e *exporter) replay(ctx context.Context) (*scratchDB, *restore.TenantResul
 	}
 	rr, err := restore.Run(ctx, restore.Options{
 		Vault: o.Vault, Target: target, Tenants: []string{o.Tenant}, Select: o.Select,
-		CreateSchema: true, Parallel: 1, PgRestore: o.PgRestore, Logger: o.Logger,
+		CreateSchema: true, SchemaInPlace: o.Template != "", Parallel: 1, PgRestore: o.PgRestore, Logger: o.Logger,
 	})
 	if err != nil {
 		return sdb, nil, fmt.Errorf("replay into scratch database %s: %w", sdb.describe, err)

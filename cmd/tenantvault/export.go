@@ -27,6 +27,7 @@ type exportOptions struct {
 	force     bool
 	scratch   string
 	pgRestore string
+	template  string
 	tempDir   string
 }
 
@@ -57,6 +58,8 @@ without its manifest.json, and the exit code is not 0). FILE ending in
 --at does: the tenant is restored into a new database on the --scratch
 server (schema and global tables from the set, every content digest
 checked, then the changes), read back from there and the database dropped.
+A set taken with --schema-archive=none needs --template DB (as drill
+does), a database on the scratch server with the schema and no rows.
 Unlike restore --at, export refuses a time that no change log reaches from
 the set (exit 2): the archive's as_of is never older than asked for.`,
 		Args: cobra.NoArgs,
@@ -73,6 +76,7 @@ the set (exit 2): the archive's as_of is never older than asked for.`,
 	fs.BoolVar(&o.force, "force", false, "replace FILE if it exists")
 	fs.StringVar(&o.scratch, "scratch", "", "database URL on a scratch server (never the live one), for --at with a change log: export creates and drops its own database there")
 	fs.StringVar(&o.pgRestore, "pg-restore", "pg_restore", "pg_restore binary, for the scratch database of --at")
+	fs.StringVar(&o.template, "template", "", "for --at: create the scratch database as a copy of this database on the scratch server, which holds the schema and no rows; needed for sets taken with --schema-archive=none")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for the temporary CSV file of one table at a time")
 	return cmd
 }
@@ -148,7 +152,7 @@ func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 	}
 	defer closeRepo()
 	rep, err := export.Run(ctx, out, export.Options{
-		Vault: v, Tenant: o.tenants[0], Select: sel, Scratch: o.scratch, PgRestore: o.pgRestore,
+		Vault: v, Tenant: o.tenants[0], Select: sel, Scratch: o.scratch, PgRestore: o.pgRestore, Template: o.template,
 		Dir: archiveDir(o.output), Zstd: zst, TempDir: o.tempDir, Generator: "tenantvault " + version, Logger: a.log,
 	})
 	if err != nil {

@@ -461,6 +461,20 @@ UPDATE issues SET title = NULL WHERE tenant_id = 'acme' AND title = 'issue 2'`)
 	if titles != 1 {
 		t.Fatalf("the replayed NULL title: %d rows", titles)
 	}
+
+	// With the schema from a template database instead of the set's
+	// archive (what sets taken with --schema-archive=none need): the same.
+	tmplURL := testenv.NewDatabase(t)
+	testenv.Exec(t, tmplURL, pitrSchema)
+	tcfg, _ := tenancy.ParseURL(tmplURL)
+	out2 := filepath.Join(t.TempDir(), "acme2.tar")
+	expect(t, 0, "", "export", "--repo", repoURL, "--tenant", "acme", "--output", out2, "--at", at, "--scratch", testenv.PostgresURL(t), "--template", tcfg.Database)
+	m2 := checkFiles(t, unpack(t, out2))
+	for i, tb := range m2.Tables {
+		if tb.ContentDigest != m.Tables[i].ContentDigest {
+			t.Errorf("with --template: %s.%s digest %s, without %s", tb.Schema, tb.Name, tb.ContentDigest, m.Tables[i].ContentDigest)
+		}
+	}
 }
 
 // TestExportSchemaModel: a tenant of the schema model, its schema and
