@@ -209,8 +209,20 @@ func Run(ctx context.Context, w io.Writer, o Options) (*Report, error) {
 		if err := e.checkReplay(); err != nil {
 			return nil, err
 		}
+		// Restore the tenant as restore --at would, into a scratch
+		// database, and read it back from there.
+		sdb, tr, err := e.replay(ctx)
+		if sdb != nil {
+			defer sdb.drop(o.Logger)
+		}
+		if err != nil {
+			return nil, err
+		}
+		e.scratch, e.replayed = sdb, tr
 	}
-	e.plan()
+	if err := e.plan(ctx); err != nil {
+		return nil, err
+	}
 	return e.write(ctx, w)
 }
 
@@ -221,12 +233,14 @@ type exporter struct {
 	files []*tableFile
 	fks   []tenancy.ForeignKey
 	rep   Report
-	// scratch is the replayed tenant's database while the export reads it.
-	scratch *scratchDB
+	// scratch is the replayed tenant's database while the export reads
+	// it, and replayed what its restore did.
+	scratch  *scratchDB
+	replayed *restore.TenantResult
 }
 
 // plan lists the tenant's tables in load order with their file names.
-func (e *exporter) plan() {
+func (e *exporter) plan(ctx context.Context) error {
 	set := e.set
 	idx := tenancy.TablesOf(set.Tables, e.o.Tenant)
 	chunks := map[int]*manifest.Chunk{}
@@ -235,6 +249,17 @@ func (e *exporter) plan() {
 		c := &e.item.T.Chunks[i]
 		chunks[c.Table] = c
 		rows[c.Table] = c.Rows
+	}
+	if e.scratch != nil {
+		// The rows are the replayed ones: whether the tenants table still
+		// holds the tenant's row decides a foreign key of schema.sql.
+		for _, ti := range idx {
+			var n int64
+			if err := e.scratch.conn.QueryRow(ctx, tenancy.CountSQL(&set.Tables[ti]), e.o.Tenant).Scan(&n); err != nil {
+				return fmt.Errorf("count replayed rows of %s: %w", set.Tables[ti].QualifiedName(), err)
+			}
+			rows[ti] = n
+		}
 	}
 	order, fks := orderTables(set, idx, rows)
 	e.fks = fks
@@ -245,6 +270,7 @@ func (e *exporter) plan() {
 			name: fmt.Sprintf("data/%02d-%s.%s.csv", n+1, repo.EncodeKeyPart(t.Schema), repo.EncodeKeyPart(t.Name)),
 		})
 	}
+	return nil
 }
 
 // archive writes tar members, each with its size known first.
@@ -285,17 +311,7 @@ func (e *exporter) write(ctx context.Context, w io.Writer) (rep *Report, err err
 		at = at.UTC()
 		m.RequestedAt = &at
 	}
-	if e.item.Replay != nil {
-		// Restore the tenant as restore --at would, into a scratch
-		// database, and read it back from there.
-		sdb, tr, err := e.replay(ctx)
-		if sdb != nil {
-			defer sdb.drop(o.Logger)
-		}
-		if err != nil {
-			return nil, err
-		}
-		e.scratch = sdb
+	if tr := e.replayed; tr != nil {
 		p := tr.Replayed
 		m.AsOf = p.At.UTC()
 		ri := &replayInfo{At: p.At.UTC(), Changes: p.Changes, CheckedBy: "row counts and foreign keys"}
@@ -305,7 +321,7 @@ func (e *exporter) write(ctx context.Context, w io.Writer) (rep *Report, err err
 		}
 		m.Replay = ri
 		m.Verified = fmt.Sprintf("the set's rows were restored into a scratch database and every table's content digest matched the set (%d digests); then %d change(s) were replayed on top, checked by row counts and foreign keys as restore --at does, and the CSV files converted from the result", tr.Digests, p.Changes)
-		e.rep.Replayed, e.rep.Scratch = p, sdb.describe
+		e.rep.Replayed, e.rep.Scratch = p, e.scratch.describe
 	}
 	e.rep.Tenant, e.rep.Set, e.rep.AsOf = o.Tenant, e.set.ID, m.AsOf
 
