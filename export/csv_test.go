@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/tenancy"
 )
 
@@ -191,5 +192,39 @@ func TestSQLType(t *testing.T) {
 		if got, _ := sqlType(in); got != want {
 			t.Errorf("sqlType(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestFileName(t *testing.T) {
+	long := &manifest.Table{Schema: strings.Repeat("ü", 63), Name: strings.Repeat("%", 63)}
+	for _, tc := range []struct {
+		t    *manifest.Table
+		want string
+	}{
+		{&manifest.Table{Schema: "public", Name: "tasks"}, "01-public.tasks.csv"},
+		{&manifest.Table{Schema: "tenant_a", Name: `Order Lines, "all"`}, "01-tenant_a.%4Frder%20%4Cines%2C%20%22all%22.csv"},
+	} {
+		if got := fileName(1, tc.t); got != tc.want {
+			t.Errorf("fileName(%q) = %q, want %q", tc.t.Name, got, tc.want)
+		}
+	}
+	got := fileName(12, long)
+	if len(got) > 200 || !strings.HasPrefix(got, "12-%C3%BC") || !strings.HasSuffix(got, ".csv") || strings.Contains(got[len(got)-22:], "%") {
+		t.Fatalf("long name %q (%d bytes)", got, len(got))
+	}
+	other := &manifest.Table{Schema: long.Schema, Name: long.Name + "x"}
+	if fileName(12, other) == got {
+		t.Fatal("two long names collide")
+	}
+}
+
+// TestCopyToCSVLongRow: a row longer than the read buffer converts whole.
+func TestCopyToCSVLongRow(t *testing.T) {
+	big := strings.Repeat("x\\ty", 100000)
+	var out bytes.Buffer
+	n, err := copyToCSV(strings.NewReader("1\t"+big+"\n2\t\\N\n"), &out, []string{"a", "b"})
+	want := `"a","b"` + "\n" + `"1","` + strings.Repeat("x\ty", 100000) + `"` + "\n" + `"2",` + "\n"
+	if err != nil || n != 2 || out.String() != want {
+		t.Fatalf("%d rows, %v, %d bytes (want %d)", n, err, out.Len(), len(want))
 	}
 }

@@ -267,10 +267,29 @@ func (e *exporter) plan(ctx context.Context) error {
 		t := &set.Tables[ti]
 		e.files = append(e.files, &tableFile{
 			idx: ti, t: t, cols: tenancy.Exported(t), chunk: chunks[ti],
-			name: fmt.Sprintf("data/%02d-%s.%s.csv", n+1, repo.EncodeKeyPart(t.Schema), repo.EncodeKeyPart(t.Name)),
+			name: "data/" + fileName(n+1, t),
 		})
 	}
 	return nil
+}
+
+// fileName names a table's CSV file: its position in the load order and
+// its encoded schema and name, short enough for every file system (255
+// bytes a name): a longer one is cut and ends in a hash of the full name.
+func fileName(n int, t *manifest.Table) string {
+	base := fmt.Sprintf("%02d-%s.%s", n, repo.EncodeKeyPart(t.Schema), repo.EncodeKeyPart(t.Name))
+	if len(base) > 200 {
+		cut := 160
+		for i := cut - 2; i < cut; i++ {
+			if base[i] == '%' {
+				cut = i // never half an escape
+				break
+			}
+		}
+		sum := sha256.Sum256([]byte(t.Schema + "\x00" + t.Name))
+		base = base[:cut] + "~" + hex.EncodeToString(sum[:8])
+	}
+	return base + ".csv"
 }
 
 // archive writes tar members, each with its size known first.
