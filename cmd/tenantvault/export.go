@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -132,7 +133,9 @@ func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 		if terminal(a.stdout) {
 			return &usageError{"--output - would write a binary archive to a terminal: redirect stdout to a file or a pipe"}
 		}
-		out = a.stdout
+		bw := bufio.NewWriterSize(a.stdout, 256<<10)
+		defer bw.Flush()
+		out = bw
 	} else {
 		var err error
 		if file, err = createExportFile(o.output, o.force); err != nil {
@@ -192,6 +195,7 @@ type exportFile struct {
 	path  string
 	force bool
 	f     *os.File
+	w     *bufio.Writer
 	done  bool
 }
 
@@ -213,16 +217,19 @@ func createExportFile(path string, force bool) (*exportFile, error) {
 	if err != nil {
 		return nil, tenantvault.Inputf("--output %s: %v", path, err)
 	}
-	return &exportFile{path: path, force: force, f: f}, nil
+	return &exportFile{path: path, force: force, f: f, w: bufio.NewWriterSize(f, 256<<10)}, nil
 }
 
-func (e *exportFile) Write(p []byte) (int, error) { return e.f.Write(p) }
+func (e *exportFile) Write(p []byte) (int, error) { return e.w.Write(p) }
 
 // commit syncs the file and gives it its name; without --force a file
 // that appeared meanwhile is not replaced (a hard link fails where a
 // rename would overwrite).
 func (e *exportFile) commit() error {
-	err := e.f.Sync()
+	err := e.w.Flush()
+	if err == nil {
+		err = e.f.Sync()
+	}
 	if cerr := e.f.Close(); err == nil {
 		err = cerr
 	}
