@@ -52,8 +52,11 @@ type Options struct {
 	// its tar header; "" means the system's.
 	TempDir   string
 	Generator string // "tenantvault <version>", recorded in the archive
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// DryRun resolves the tenant, the set and the replay, and reports the
+	// plan without reading rows or writing anything.
+	DryRun bool
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Report says what an export wrote.
@@ -67,6 +70,19 @@ type Report struct {
 	Bytes    int64 // of the CSV files
 	// Scratch is the database the replay ran in (dropped again).
 	Scratch string
+	// Plan, for a dry run, lists the tables in load order with what the
+	// set holds of them (before any replay); nothing was written.
+	Plan []PlannedTable
+	// WillReplay, for a dry run, says the change log would be replayed.
+	WillReplay bool
+}
+
+// PlannedTable is one table of a dry run's plan.
+type PlannedTable struct {
+	Table string // schema.name
+	File  string
+	Rows  int64 // in the set
+	Size  int64 // bytes of COPY text in the set
 }
 
 // archiveManifest is manifest.json.
@@ -209,6 +225,11 @@ func Run(ctx context.Context, w io.Writer, o Options) (*Report, error) {
 		if err := e.checkReplay(); err != nil {
 			return nil, err
 		}
+	}
+	if o.DryRun {
+		return e.dryRun(ctx)
+	}
+	if it.Replay != nil {
 		// Restore the tenant as restore --at would, into a scratch
 		// database, and read it back from there.
 		sdb, tr, err := e.replay(ctx)
@@ -271,6 +292,28 @@ func (e *exporter) plan(ctx context.Context) error {
 		})
 	}
 	return nil
+}
+
+// dryRun reports what an export would write.
+func (e *exporter) dryRun(ctx context.Context) (*Report, error) {
+	if err := e.plan(ctx); err != nil {
+		return nil, err
+	}
+	r := &Report{Tenant: e.o.Tenant, Set: e.set.ID, AsOf: e.set.ConsistentAt.UTC(), WillReplay: e.item.Replay != nil}
+	if r.WillReplay {
+		r.AsOf = e.o.Select.At.UTC()
+	}
+	for _, f := range e.files {
+		pt := PlannedTable{Table: f.t.QualifiedName(), File: f.name}
+		if f.chunk != nil {
+			pt.Rows, pt.Size = f.chunk.Rows, f.chunk.Size
+		}
+		r.Plan = append(r.Plan, pt)
+		r.Tables++
+		r.Rows += pt.Rows
+		r.Bytes += pt.Size
+	}
+	return r, nil
 }
 
 // fileName names a table's CSV file: its position in the load order and

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,6 +31,7 @@ type exportOptions struct {
 	pgRestore string
 	template  string
 	tempDir   string
+	dryRun    bool
 }
 
 func (a *app) exportCmd() *cobra.Command {
@@ -78,6 +80,7 @@ the set (exit 2): the archive's as_of is never older than asked for.`,
 	fs.StringVar(&o.scratch, "scratch", "", "database URL on a scratch server (never the live one), for --at with a change log: export creates and drops its own database there")
 	fs.StringVar(&o.pgRestore, "pg-restore", "pg_restore", "pg_restore binary, for the scratch database of --at")
 	fs.StringVar(&o.template, "template", "", "for --at: create the scratch database as a copy of this database on the scratch server, which holds the schema and no rows; needed for sets taken with --schema-archive=none")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "print which set, time and tables would be exported, and write nothing")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for the temporary CSV file of one table at a time")
 	return cmd
 }
@@ -108,7 +111,7 @@ func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 	default:
 		return &usageError{fmt.Sprintf("export writes one tenant, and %d were given (--tenant): run one export per tenant", len(o.tenants))}
 	}
-	if o.output == "" {
+	if o.output == "" && !o.dryRun {
 		return &usageError{"--output is required: a FILE (.tar or .tar.zst), or - for stdout"}
 	}
 	var sel restore.Selector
@@ -126,7 +129,15 @@ func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 	zst := o.zstd || strings.HasSuffix(o.output, ".zst") || strings.HasSuffix(o.output, ".tzst")
 	var out io.Writer
 	var file *exportFile
-	if o.output == "-" {
+	switch {
+	case o.dryRun:
+		if o.output != "" && o.output != "-" {
+			if _, err := os.Stat(o.output); err == nil && !o.force {
+				return &tenantvault.InputError{Msg: fmt.Sprintf("--output %s already exists", o.output), Hint: "choose another file, or pass --force to replace it"}
+			}
+		}
+		out = io.Discard
+	case o.output == "-":
 		if a.jsonOut {
 			return &usageError{"--json and --output - exclude each other: stdout carries the archive"}
 		}
@@ -136,7 +147,7 @@ func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 		bw := bufio.NewWriterSize(a.stdout, 256<<10)
 		defer bw.Flush()
 		out = bw
-	} else {
+	default:
 		var err error
 		if file, err = createExportFile(o.output, o.force); err != nil {
 			return err
@@ -156,10 +167,13 @@ func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 	defer closeRepo()
 	rep, err := export.Run(ctx, out, export.Options{
 		Vault: v, Tenant: o.tenants[0], Select: sel, Scratch: o.scratch, PgRestore: o.pgRestore, Template: o.template,
-		Dir: archiveDir(o.output), Zstd: zst, TempDir: o.tempDir, Generator: "tenantvault " + version, Logger: a.log,
+		Dir: archiveDir(o.output), Zstd: zst, DryRun: o.dryRun, TempDir: o.tempDir, Generator: "tenantvault " + version, Logger: a.log,
 	})
 	if err != nil {
 		return err
+	}
+	if o.dryRun {
+		return a.printExportPlan(rep)
 	}
 	if file != nil {
 		if err := file.commit(); err != nil {
@@ -262,4 +276,29 @@ func (e *exportFile) abort() {
 	}
 	e.f.Close()
 	os.Remove(e.f.Name())
+}
+
+func (a *app) printExportPlan(rep *export.Report) error {
+	if a.jsonOut {
+		tables := make([]map[string]any, len(rep.Plan))
+		for i, p := range rep.Plan {
+			tables[i] = map[string]any{"table": p.Table, "file": p.File, "rows": p.Rows, "bytes": p.Size}
+		}
+		return a.printJSON(map[string]any{"tenant": rep.Tenant, "set": rep.Set, "as_of": rep.AsOf.UTC().Format(time.RFC3339Nano),
+			"replay": rep.WillReplay, "tables": tables, "dry_run": true})
+	}
+	w := a.stdout
+	fmt.Fprintf(w, "plan: export tenant %q from set %s as of %s", rep.Tenant, rep.Set, rep.AsOf.UTC().Format(time.RFC3339Nano))
+	if rep.WillReplay {
+		fmt.Fprint(w, ", replaying the change log on the set in a scratch database (rows below are the set's)")
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TABLE\tROWS\tDATA\tFILE")
+	for _, p := range rep.Plan {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", p.Table, p.Rows, humanBytes(p.Size), p.File)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d table(s), %d row(s), %s; nothing written (--dry-run)\n", rep.Tables, rep.Rows, humanBytes(rep.Bytes))
+	return nil
 }

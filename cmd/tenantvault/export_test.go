@@ -324,6 +324,10 @@ func TestExportBadInput(t *testing.T) {
 	expect(t, 2, "no change log continues snapshot set ", append(base, "--tenant", "acme", "--output", out, "--at", time.Now().UTC().Format(time.RFC3339))...)
 	expect(t, 2, "no such file or directory", append(base, "--tenant", "acme", "--output", filepath.Join(dir, "missing", "x.tar"))...)
 	expect(t, 2, "--repo is required", "export", "--tenant", "acme", "--output", out)
+	plan := expect(t, 0, "", append(base, "--tenant", "acme", "--output", out, "--dry-run")...)
+	if !strings.Contains(plan, `plan: export tenant "acme" from set `) || !strings.Contains(plan, "public.comments  3") || !strings.Contains(plan, "nothing written") {
+		t.Fatalf("dry run:\n%s", plan)
+	}
 	noFiles(t, dir)
 
 	// An existing file is replaced only with --force.
