@@ -44,8 +44,10 @@ type Options struct {
 	// copy of it instead of from the set's schema archive (sets taken with
 	// --schema-archive=none). Column tenancy model only.
 	Template string
-	// Dir names the directory inside the archive that holds every file.
-	Dir string
+	// Dir names the directory inside the archive that holds every file;
+	// ArchiveName is the archive's file name, for README.txt.
+	Dir         string
+	ArchiveName string
 	// Zstd compresses the archive.
 	Zstd bool
 	// TempDir holds one table's CSV at a time while it is measured for
@@ -194,6 +196,12 @@ func Run(ctx context.Context, w io.Writer, o Options) (*Report, error) {
 	}
 	if o.Dir == "" {
 		o.Dir = "tenantvault-export"
+	}
+	if o.ArchiveName == "" {
+		o.ArchiveName = "ARCHIVE.tar"
+		if o.Zstd {
+			o.ArchiveName += ".zst"
+		}
 	}
 	v := o.Vault
 	if !v.CanDecrypt() {
@@ -397,7 +405,7 @@ func (e *exporter) write(ctx context.Context, w io.Writer) (rep *Report, err err
 	}
 	a := &archive{tw: tar.NewWriter(out), mtime: now, dir: o.Dir}
 	hdr := "-- " + comment(fmt.Sprintf("Tenant %q, snapshot set %s, as of %s.", o.Tenant, e.set.ID, m.AsOf.Format(time.RFC3339Nano))) + "\n"
-	if err := a.add("README.txt", []byte(readme(m, o.Dir, e.files, o.Zstd))); err != nil {
+	if err := a.add("README.txt", []byte(readme(m, o.Dir, o.ArchiveName, e.files, o.Zstd))); err != nil {
 		return nil, err
 	}
 	if err := a.add("schema.sql", []byte(schemaSQL(e.set, e.files, e.fks, hdr))); err != nil {

@@ -242,10 +242,11 @@ BEGIN;
 }
 
 // readme renders README.txt.
-func readme(m *archiveManifest, dir string, files []*tableFile, zstd bool) string {
+func readme(m *archiveManifest, dir, archiveName string, files []*tableFile, zstd bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `Data of tenant %q
-exported by tenantvault %s on %s
+(quoted with backslash escapes; manifest.json holds the ID exactly)
+exported by %s on %s
 
 Source:   database %q%s
 Snapshot: set %s, taken at %s
@@ -254,9 +255,9 @@ As of:    %s
 	if m.Replay != nil {
 		fmt.Fprintf(&b, "          (the set's rows, then %d change(s) from the change log replayed up to %s)\n", m.Replay.Changes, m.Replay.At.Format(time.RFC3339Nano))
 	}
-	unpack := "tar -xf ARCHIVE.tar"
+	unpack := "tar -xf " + archiveName
 	if zstd {
-		unpack = "tar --zstd -xf ARCHIVE.tar.zst     (or: zstd -dc ARCHIVE.tar.zst | tar -xf -)"
+		unpack = "tar --zstd -xf " + archiveName + "     (or: zstd -dc " + archiveName + " | tar -xf -)"
 	}
 	fmt.Fprintf(&b, `
 Files (in the directory %s/)
@@ -295,7 +296,8 @@ CSV format
   unquoted empty field is NULL, "" is the empty string. Values are
   PostgreSQL's text form: bytea as \x followed by hex digits, arrays as
   {a,b,NULL}, json and jsonb as JSON, timestamps in ISO form in UTC,
-  intervals in PostgreSQL's style, numbers in full precision. Rows are in
+  intervals in PostgreSQL's style, numbers in full precision, money as
+  with lc_monetary C ($1,234.56). Rows are in
   primary-key order. Spreadsheets open the files as they are; for
   PostgreSQL use (FORMAT csv, HEADER true) as load.sql does.
 

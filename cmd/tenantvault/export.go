@@ -103,6 +103,16 @@ func archiveDir(output string) string {
 	return base
 }
 
+// archiveName is the file name README.txt tells to unpack, when it is a
+// plain one.
+func archiveName(output string) string {
+	base := filepath.Base(output)
+	if output == "-" || archiveDir(output) == "tenantvault-export" && !strings.HasPrefix(base, "tenantvault-export") {
+		return ""
+	}
+	return base
+}
+
 func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 	switch len(o.tenants) {
 	case 0:
@@ -167,7 +177,7 @@ func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 	defer closeRepo()
 	rep, err := export.Run(ctx, out, export.Options{
 		Vault: v, Tenant: o.tenants[0], Select: sel, Scratch: o.scratch, PgRestore: o.pgRestore, Template: o.template,
-		Dir: archiveDir(o.output), Zstd: zst, DryRun: o.dryRun, TempDir: o.tempDir, Generator: "tenantvault " + version, Logger: a.log,
+		Dir: archiveDir(o.output), ArchiveName: archiveName(o.output), Zstd: zst, DryRun: o.dryRun, TempDir: o.tempDir, Generator: "tenantvault " + version, Logger: a.log,
 	})
 	if err != nil {
 		return err
