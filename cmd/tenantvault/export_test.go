@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -479,7 +481,50 @@ UPDATE issues SET title = NULL WHERE tenant_id = 'acme' AND title = 'issue 2'`)
 			t.Errorf("with --template: %s.%s digest %s, without %s", tb.Schema, tb.Name, tb.ContentDigest, m.Tables[i].ContentDigest)
 		}
 	}
+
+	// Interrupted (Ctrl-C) once the tenant is in the scratch database:
+	// no archive, no temporary file, no scratch database left.
+	idir := t.TempDir()
+	ictx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var iout bytes.Buffer
+	ierr := &cancelOn{needle: "tenant restored", cancel: cancel}
+	err := newApp(strings.NewReader(""), &iout, ierr).execute(ictx, []string{"export", "--repo", repoURL, "--tenant", "acme",
+		"--output", filepath.Join(idir, "acme.tar"), "--at", at, "--scratch", testenv.PostgresURL(t)})
+	if err == nil || !ierr.seen() {
+		t.Fatalf("interrupted export: %v (interrupted: %v)\n%s", err, ierr.seen(), ierr.String())
+	}
+	noFiles(t, idir)
+	testenv.Connect(t, testenv.PostgresURL(t)).QueryRow(ctx, "SELECT count(*) FROM pg_database WHERE datname LIKE 'tenantvault_export_%'").Scan(&left)
+	if left != 0 {
+		t.Fatalf("an interrupted export left %d scratch database(s)", left)
+	}
 }
+
+// cancelOn is a log writer that cancels a context once a line holds
+// needle: an interrupt at a chosen step.
+type cancelOn struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	needle string
+	cancel context.CancelFunc
+	hit    bool
+}
+
+func (c *cancelOn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.buf.Write(p)
+	if !c.hit && bytes.Contains(p, []byte(c.needle)) {
+		c.hit = true
+		c.cancel()
+	}
+	return len(p), nil
+}
+
+func (c *cancelOn) seen() bool { c.mu.Lock(); defer c.mu.Unlock(); return c.hit }
+
+func (c *cancelOn) String() string { c.mu.Lock(); defer c.mu.Unlock(); return c.buf.String() }
 
 // TestExportSchemaModel: a tenant of the schema model, its schema and
 // tables named with quotes, spaces and unicode, loads with psql and equals
