@@ -136,6 +136,11 @@ func (a *app) runExport(ctx context.Context, o *exportOptions) error {
 		sel.At = at
 	}
 	sel.SetID = o.snapshot
+	for _, ext := range []string{".gz", ".tgz", ".bz2", ".xz", ".zip", ".lz4"} {
+		if strings.HasSuffix(strings.ToLower(o.output), ext) {
+			return &usageError{fmt.Sprintf("--output %s: export writes a tar (.tar) or a zstd-compressed tar (.tar.zst), not %s", o.output, ext)}
+		}
+	}
 	zst := o.zstd || strings.HasSuffix(o.output, ".zst") || strings.HasSuffix(o.output, ".tzst")
 	var out io.Writer
 	var file *exportFile

@@ -319,6 +319,7 @@ func TestExportBadInput(t *testing.T) {
 	expect(t, 2, "--output is required: a FILE (.tar or .tar.zst), or - for stdout", append(base, "--tenant", "acme")...)
 	expect(t, 2, "--at and --snapshot exclude each other", append(base, "--tenant", "acme", "--output", out, "--at", "2026-01-01T00:00:00Z", "--snapshot", "x")...)
 	expect(t, 2, `--at "yesterday" is not an RFC 3339 time`, append(base, "--tenant", "acme", "--output", out, "--at", "yesterday")...)
+	expect(t, 2, "export writes a tar (.tar) or a zstd-compressed tar (.tar.zst), not .gz", append(base, "--tenant", "acme", "--output", out+".gz")...)
 	expect(t, 2, "--json and --output - exclude each other", append(base, "--tenant", "acme", "--output", "-", "--json")...)
 	expect(t, 2, `1 unknown tenant(s) in any snapshot set of `+repoURL+`: "nobody"`, append(base, "--tenant", "nobody", "--output", out)...)
 	expect(t, 2, `unknown tenant(s) in any snapshot set of `+repoURL+`: "acme\n"`, append(base, "--tenant", "acme\n", "--output", out)...)
