@@ -561,3 +561,33 @@ INSERT INTO `+id+`.plain VALUES ('a', '{"x": [1, "\\u00fc"]}'), ('a', '{"x": [1,
 }
 
 func pgxIdent(s string) string { return tenancy.Ident(s) }
+
+// TestExportDatabaseModel: a tenant that is a database of its own
+// exports its schemas' tables, and loads into one empty database.
+func TestExportDatabaseModel(t *testing.T) {
+	prefix := testenv.RandomName("tvexpdb_")
+	admin := testenv.PostgresURL(t)
+	for _, name := range []string{"a", "b"} {
+		dbName := prefix + "_" + name
+		testenv.Exec(t, admin, "CREATE DATABASE "+dbName)
+		t.Cleanup(func() { testenv.Exec(t, admin, "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)") })
+		testenv.Exec(t, testenv.DatabaseURL(t, dbName), `CREATE SCHEMA app; CREATE TYPE app.tier AS ENUM ('free', 'gold');
+CREATE TABLE app.customers (id serial PRIMARY KEY, name text NOT NULL, tier app.tier, tiers app.tier[]);
+CREATE TABLE public.notes (customer_id int REFERENCES app.customers, body text);
+INSERT INTO app.customers (name, tier, tiers) VALUES ('one', 'gold', '{free,gold}'), (E'two\n"2"', NULL, '{}');
+INSERT INTO public.notes SELECT id, name || ' note' FROM app.customers;`)
+	}
+	repoURL := "file://" + t.TempDir() + "/repo"
+	expect(t, 0, "", "snapshot", "--source", admin, "--repo", repoURL, "--init", "--tenancy", "database", "--database-pattern", prefix+`\_%`)
+	tenant := prefix + "_b"
+	out := filepath.Join(t.TempDir(), "b.tar.zst")
+	expect(t, 0, "", "export", "--repo", repoURL, "--tenant", tenant, "--output", out)
+	dir := unpack(t, out)
+	m := checkFiles(t, dir)
+	if len(m.Tables) != 2 {
+		t.Fatalf("%d tables", len(m.Tables))
+	}
+	loaded := psqlLoad(t, dir)
+	set, tn := openSet(t, repoURL, m.Set.ID, tenant, nil)
+	sameAsSet(t, loaded, set, tn)
+}
