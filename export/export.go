@@ -295,6 +295,22 @@ func (e *exporter) plan(ctx context.Context) error {
 	}
 	order, fks := orderTables(set, idx, rows)
 	e.fks = fks
+	for _, ti := range idx {
+		t := &set.Tables[ti]
+		names := []string{t.Schema, t.Name}
+		for _, c := range t.Columns {
+			names = append(names, c.Name)
+		}
+		for _, n := range names {
+			if strings.ContainsAny(n, "\r\n") {
+				// psql's \copy takes the rest of its line, as it is.
+				return &tenantvault.InputError{
+					Msg:  fmt.Sprintf("table %s has a line break in a name (%q), which the \\copy lines of load.sql cannot carry", t.QualifiedName(), n),
+					Hint: "nothing was written; rename it in the source, or restore the tenant into a scratch database and copy it from there",
+				}
+			}
+		}
+	}
 	for n, ti := range order {
 		t := &set.Tables[ti]
 		e.files = append(e.files, &tableFile{

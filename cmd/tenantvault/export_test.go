@@ -540,8 +540,14 @@ CREATE TABLE `+id+`.plain (k text, v jsonb);
 INSERT INTO `+id+`."Order Lines, ""all""" ("we'ird col", n) VALUES (E'x\ty', 1.5), (NULL, NULL), ('', 0);
 INSERT INTO `+id+`.plain VALUES ('a', '{"x": [1, "\\u00fc"]}'), ('a', '{"x": [1, "\\u00fc"]}'), (NULL, 'null')`)
 	}
+	testenv.Exec(t, db, `CREATE SCHEMA tenant_c; CREATE TABLE tenant_c."two
+lines" (id int PRIMARY KEY); INSERT INTO tenant_c."two
+lines" VALUES (1)`)
 	repoURL := "file://" + t.TempDir() + "/repo"
 	expect(t, 0, "", "snapshot", "--source", db, "--repo", repoURL, "--init", "--tenancy", "schema", "--schema-pattern", "tenant_%")
+	refused := t.TempDir()
+	expect(t, 2, `has a line break in a name ("two\nlines"), which the \copy lines of load.sql cannot carry`, "export", "--repo", repoURL, "--tenant", "tenant_c", "--output", filepath.Join(refused, "c.tar"))
+	noFiles(t, refused)
 	tenant := `tenant_"b" 'ü'`
 	out := filepath.Join(t.TempDir(), "b.tar")
 	expect(t, 0, "", "export", "--repo", repoURL, "--tenant", tenant, "--output", out)
