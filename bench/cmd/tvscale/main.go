@@ -282,7 +282,8 @@ func (c *config) tenantSeries(ctx context.Context, n int) (string, string, error
 	return r, median, nil
 }
 
-// counting counts what is read from sets/ (headers, tenant indexes).
+// counting counts what is read from sets/ and catalog/ (headers, tenant
+// indexes, catalogs).
 type counting struct {
 	repo.Backend
 	gets, bytes atomic.Int64
@@ -301,7 +302,7 @@ func (r countReader) Read(p []byte) (int, error) {
 
 func (c *counting) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
 	rc, err := c.Backend.Get(ctx, key, offset, length)
-	if err != nil || !strings.HasPrefix(key, vault.SetsPrefix) {
+	if err != nil || !strings.HasPrefix(key, vault.SetsPrefix) && !strings.HasPrefix(key, vault.CatalogPrefix) {
 		return rc, err
 	}
 	c.gets.Add(1)
@@ -357,7 +358,7 @@ func historyCost(ctx context.Context, r, tenant string) (int64, int, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	sets, _, err := v.TenantHistory(ctx, ids, tenant)
+	sets, err := v.TenantHistory(ctx, ids, tenant)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -435,6 +436,10 @@ func (c *config) setSeries(ctx context.Context, kind, base, tenant string) error
 		start := time.Now()
 		for ; have < want; have++ {
 			if err := cloneSet(ctx, v, newest, hdr, at.Add(time.Duration(have)*time.Hour)); err != nil {
+				return err
+			}
+			// As a snapshot does after its set.
+			if err := v.UpdateCatalog(ctx, ""); err != nil {
 				return err
 			}
 		}
