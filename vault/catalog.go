@@ -36,10 +36,12 @@ const (
 	orphanAge = time.Hour
 )
 
-// catalogFanout is how many sets a level-0 catalog covers, and how many
-// catalogs of one level a catalog of the next level merges (a variable for
-// tests only).
-var catalogFanout = 16
+// CatalogFanout is how many sets a level-0 catalog covers, and how many
+// catalogs of one level a catalog of the next level merges.
+const CatalogFanout = 16
+
+// catalogFanout is CatalogFanout, a variable for tests.
+var catalogFanout = CatalogFanout
 
 // catalogHeader is a catalog's header object.
 type catalogHeader struct {
@@ -723,4 +725,23 @@ func joinRuns(runs []tenRuns) []tenRuns {
 		out = append(out, r)
 	}
 	return out
+}
+
+// DropCatalogs deletes every catalog that covers one of sets: what
+// rewrites those sets (forget) calls it before and after, so that no
+// catalog keeps what the sets no longer hold. Later snapshots fold the sets
+// in again.
+func (v *Vault) DropCatalogs(ctx context.Context, sets []string) error {
+	cats, err := v.readCatalogs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range cats {
+		if slices.ContainsFunc(sets, func(id string) bool { _, ok := c.pos[id]; return ok }) {
+			if err := v.deleteCatalog(ctx, c); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
