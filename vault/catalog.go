@@ -727,20 +727,37 @@ func joinRuns(runs []tenRuns) []tenRuns {
 	return out
 }
 
-// DropCatalogs deletes every catalog that covers one of sets: what
-// rewrites those sets (forget) calls it before and after, so that no
-// catalog keeps what the sets no longer hold. Later snapshots fold the sets
-// in again.
+// DropCatalogs deletes every catalog that covers one of sets, and every
+// catalog object it cannot read (which may): what rewrites those sets
+// (forget) calls it before and after, so that no catalog keeps what the
+// sets no longer hold. Later snapshots fold the sets in again.
 func (v *Vault) DropCatalogs(ctx context.Context, sets []string) error {
 	cats, err := v.readCatalogs(ctx)
 	if err != nil {
 		return err
 	}
+	keep := map[string]bool{}
 	for _, c := range cats {
 		if slices.ContainsFunc(sets, func(id string) bool { _, ok := c.pos[id]; return ok }) {
 			if err := v.deleteCatalog(ctx, c); err != nil {
 				return err
 			}
+			continue
+		}
+		keep[c.key], keep[c.hdr.Index.Key] = true, true
+	}
+	var rest []string
+	if err := v.b.List(ctx, CatalogPrefix, func(o repo.ObjectInfo) error {
+		if !keep[o.Key] {
+			rest = append(rest, o.Key)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list catalogs in %s: %w", v.b.Location(), err)
+	}
+	for _, k := range rest {
+		if err := v.b.Delete(ctx, k); err != nil && !errors.Is(err, repo.ErrNotFound) {
+			return fmt.Errorf("delete catalog %s: %w", k, err)
 		}
 	}
 	return nil

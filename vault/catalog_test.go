@@ -180,3 +180,48 @@ func TestCatalog(t *testing.T) {
 		}
 	}
 }
+
+// TestDropCatalogs: dropping for a set deletes the catalogs that cover it
+// and any catalog object that cannot be read, and keeps the others.
+func TestDropCatalogs(t *testing.T) {
+	defer vault.SetCatalogFanout(2)()
+	ctx := context.Background()
+	dir, b := newRepoDir(t)
+	v := openWith(t, b, nil, true)
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var ids []string
+	for k := range 3 {
+		m := catalogSet(vault.NewSetID(start.Add(time.Duration(k)*time.Hour)), k)
+		ids = append(ids, m.ID)
+		if err := v.WriteManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := v.UpdateCatalog(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	// A stray unreadable object.
+	if err := os.WriteFile(filepath.Join(dir, "catalog", "0-x.json.zst"), []byte("junk"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		n := 0
+		b.List(ctx, vault.CatalogPrefix, func(repo.ObjectInfo) error { n++; return nil })
+		return n
+	}
+	if n := count(); n != 3 {
+		t.Fatalf("%d catalog objects, want 3", n)
+	}
+	if err := v.DropCatalogs(ctx, []string{ids[2]}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("after dropping for an uncovered set: %d catalog objects, want 2", n)
+	}
+	if err := v.DropCatalogs(ctx, []string{ids[1]}); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("after dropping for a covered set: %d catalog objects, want 0", n)
+	}
+}
