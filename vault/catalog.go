@@ -538,28 +538,47 @@ type setSource struct {
 	pos   int64
 	dir   []pageRef
 	page  int
-	items []manifest.Tenant
+	items []catalogEntry
 	i     int
 }
 
+func (x *setSource) entry(id string, rows, size, stored int64, tables int) catalogEntry {
+	return catalogEntry{ID: id, Runs: []tenRuns{{x.pos, 1, rows, size, stored, int64(tables)}}}
+}
+
 func (x *setSource) next(ctx context.Context) (*catalogEntry, error) {
-	if x.s.m.Index == nil {
-		x.items = x.s.m.Tenants
+	if x.s.m.Index == nil && x.items == nil {
+		for _, t := range x.s.m.Tenants {
+			x.items = append(x.items, x.entry(t.ID, t.Rows, t.Size, t.Stored, len(t.Chunks)))
+		}
 	}
 	for x.i >= len(x.items) {
 		if x.s.m.Index == nil || x.page >= len(x.dir) {
 			return nil, nil
 		}
-		items, err := x.s.page(ctx, x.dir, x.page)
+		x.items, x.i = x.items[:0], 0
+		err := x.s.pageLines(ctx, x.dir, x.page, func(id string, line []byte) error {
+			var t struct {
+				ID     string     `json:"id"`
+				Rows   int64      `json:"rows"`
+				Size   int64      `json:"size"`
+				Stored int64      `json:"stored"`
+				Chunks []struct{} `json:"chunks"`
+			}
+			if err := json.Unmarshal(line, &t); err != nil || t.ID != id {
+				return fmt.Errorf("page %d: entry %q is damaged", x.page, id)
+			}
+			x.items = append(x.items, x.entry(id, t.Rows, t.Size, t.Stored, len(t.Chunks)))
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
-		x.items, x.i = items, 0
 		x.page++
 	}
-	t := &x.items[x.i]
+	e := &x.items[x.i]
 	x.i++
-	return &catalogEntry{ID: t.ID, Runs: []tenRuns{{x.pos, 1, t.Rows, t.Size, t.Stored, int64(len(t.Chunks))}}}, nil
+	return e, nil
 }
 
 // catalogSource walks a catalog's entries, positions shifted by base.

@@ -393,20 +393,8 @@ func (s *Set) directory(ctx context.Context) ([]pageRef, error) {
 // spares decoding the chunks of every other tenant on the page. Every
 // entry's ID is checked either way.
 func (s *Set) page(ctx context.Context, dir []pageRef, i int, want ...string) ([]manifest.Tenant, error) {
-	p := dir[i]
-	stored, err := s.read(ctx, p.offset, p.length)
-	if err != nil {
-		return nil, err
-	}
-	if sha256.Sum256(stored) != p.sha {
-		return nil, s.integrity("page %d checksum mismatch", i)
-	}
-	content, err := loadPage(stored)
-	if err != nil {
-		return nil, s.integrity("page %d: %v", i, err)
-	}
 	var items []manifest.Tenant
-	err = checkPageLines(content, dir, i, func(id string, line []byte) error {
+	err := s.pageLines(ctx, dir, i, func(id string, line []byte) error {
 		if len(want) > 0 && id != want[0] {
 			return nil
 		}
@@ -418,12 +406,33 @@ func (s *Set) page(ctx context.Context, dir []pageRef, i int, want ...string) ([
 		return nil
 	})
 	if err != nil {
-		return nil, s.integrity("%v", err)
+		return nil, err
 	}
 	if err := s.m.ValidateTenants(items); err != nil {
 		return nil, s.integrity("page %d: %v", i, err)
 	}
 	return items, nil
+}
+
+// pageLines reads and checks page i of dir and calls fn with each entry
+// line and its ID (see checkPageLines); any fault is an integrity failure.
+func (s *Set) pageLines(ctx context.Context, dir []pageRef, i int, fn func(id string, line []byte) error) error {
+	p := dir[i]
+	stored, err := s.read(ctx, p.offset, p.length)
+	if err != nil {
+		return err
+	}
+	if sha256.Sum256(stored) != p.sha {
+		return s.integrity("page %d checksum mismatch", i)
+	}
+	content, err := loadPage(stored)
+	if err != nil {
+		return s.integrity("page %d: %v", i, err)
+	}
+	if err := checkPageLines(content, dir, i, fn); err != nil {
+		return s.integrity("%v", err)
+	}
+	return nil
 }
 
 // checkPageLines calls fn with every entry of page i of dir (its content)
