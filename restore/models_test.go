@@ -105,6 +105,21 @@ CREATE TABLE shared.settings (k text PRIMARY KEY, v text); INSERT INTO shared.se
 	if got := dumpSchemaRows(t, ctx, dst, "tenant_acme"); got != want["tenant_acme"] {
 		t.Errorf("empty target:\n got %s\nwant %s", got, want["tenant_acme"])
 	}
+	// Only that tenant's schema, not an empty one per other tenant (which
+	// would look like tenants without rows, and once made the next
+	// tenant's --create-schema fail: "schema already exists").
+	var schemas string
+	if err := testenv.Connect(t, dst).QueryRow(ctx, `SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname LIKE 'tenant%'`).Scan(&schemas); err != nil || schemas != "tenant_acme" {
+		t.Fatalf("tenant schemas in the empty target: %s, %v", schemas, err)
+	}
+	if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: dst, Tenants: []string{"tenant_o'brien"}, CreateSchema: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"tenant_acme", "tenant_o'brien"} {
+		if got := dumpSchemaRows(t, ctx, dst, s); got != want[s] {
+			t.Errorf("empty target, schema %s:\n got %s\nwant %s", s, got, want[s])
+		}
+	}
 }
 
 func TestDatabaseModel(t *testing.T) {

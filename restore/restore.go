@@ -828,8 +828,10 @@ func (r *runner) createTenantSchemas(ctx context.Context, p *Plan) error {
 		_, err = conn.Exec(ctx, "BEGIN")
 		if err == nil && p.Model == tenancy.ModelSchema {
 			// pg_restore --schema restores what is in the schema, not
-			// the schema itself.
-			_, err = conn.Exec(ctx, "CREATE SCHEMA "+tenancy.Ident(it.Tenant))
+			// the schema itself. A schema that exists without the tenant's
+			// tables (created by hand, or by an older build's restore of
+			// another tenant) is used as it is.
+			_, err = conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+tenancy.Ident(it.Tenant))
 		}
 		if err == nil {
 			err = execScript(ctx, conn, sql)

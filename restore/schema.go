@@ -100,6 +100,10 @@ func renderSchema(ctx context.Context, pgRestore string, archive []byte, schema 
 	// pg_restore wraps its script in psql meta-commands (\restrict) that
 	// guard psql sessions; they mean nothing to the server. Any other
 	// meta-command would, so it is refused rather than skipped.
+	excluded := map[string]bool{}
+	for _, x := range exclude {
+		excluded[x] = true
+	}
 	var sql strings.Builder
 	sc := bufio.NewScanner(&stdout)
 	sc.Buffer(make([]byte, 1<<20), 256<<20)
@@ -114,10 +118,51 @@ func renderSchema(ctx context.Context, pgRestore string, archive []byte, schema 
 		if line == "SET transaction_timeout = 0;" {
 			line = PortableTransactionTimeout
 		}
+		// --exclude-schema leaves out what is in a schema, not the schema:
+		// its CREATE SCHEMA (and comment) would make an empty schema that
+		// looks like a tenant with no rows, and that a later restore of
+		// that tenant could not create.
+		if name, ok := schemaStatement(line); ok && excluded[name] {
+			continue
+		}
 		sql.WriteString(line)
 		sql.WriteByte('\n')
 	}
 	return sql.String(), sc.Err()
+}
+
+// schemaStatement returns the schema a pg_restore line creates or
+// comments on ("CREATE SCHEMA name;", "COMMENT ON SCHEMA name IS ..."),
+// with the name unquoted as pg_dump quotes it.
+func schemaStatement(line string) (string, bool) {
+	rest, ok := strings.CutPrefix(line, "CREATE SCHEMA ")
+	if ok {
+		if rest, ok = strings.CutSuffix(rest, ";"); !ok {
+			return "", false
+		}
+	} else if rest, ok = strings.CutPrefix(line, "COMMENT ON SCHEMA "); !ok {
+		return "", false
+	}
+	if !strings.HasPrefix(rest, `"`) {
+		name, _, _ := strings.Cut(rest, " ")
+		return name, name != ""
+	}
+	var b strings.Builder
+	for i := 1; i < len(rest); i++ {
+		if rest[i] == '"' {
+			if i+1 < len(rest) && rest[i+1] == '"' {
+				b.WriteByte('"')
+				i++
+				continue
+			}
+			if tail := rest[i+1:]; tail == "" || strings.HasPrefix(tail, " ") {
+				return b.String(), true
+			}
+			return "", false
+		}
+		b.WriteByte(rest[i])
+	}
+	return "", false
 }
 
 // PortableTransactionTimeout replaces the "SET transaction_timeout = 0;"

@@ -84,22 +84,24 @@ func VerifyReplay(ctx context.Context, o VerifyReplayOptions) ([]ReplayCheck, er
 	if err != nil {
 		return nil, err
 	}
-	sets, err := o.Vault.ReadManifests(ctx, ids)
+	// Headers only: tenants are looked up page by page, so memory does not
+	// grow with the tenant count.
+	sets, err := o.Vault.OpenSets(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	streams := map[string][]*manifest.Manifest{}
-	for _, m := range sets {
-		if m.LSNExact && m.Kind != manifest.KindPreRestore && !m.Partial {
+	streams := map[string][]*vault.Set{}
+	for _, s := range sets {
+		if m := s.Header(); m.LSNExact && m.Kind != manifest.KindPreRestore && !m.Partial {
 			k := vault.StreamName(m.Source.SystemID, m.Source.Database)
-			streams[k] = append(streams[k], m)
+			streams[k] = append(streams[k], s)
 		}
 	}
 	var out []ReplayCheck
 	for _, list := range streams {
-		sort.Slice(list, func(i, j int) bool { return lsn(list[i]) < lsn(list[j]) })
+		sort.Slice(list, func(i, j int) bool { return lsn(list[i].Header()) < lsn(list[j].Header()) })
 		for i := 1; i < len(list); i++ {
-			if o.Latest != "" && list[i].ID != o.Latest {
+			if o.Latest != "" && list[i].ID() != o.Latest {
 				continue
 			}
 			c, err := verifyPair(ctx, o, list[i-1], list[i])
@@ -120,7 +122,8 @@ func lsn(m *manifest.Manifest) uint64 {
 	return l
 }
 
-func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.Manifest) (ReplayCheck, error) {
+func verifyPair(ctx context.Context, o VerifyReplayOptions, fromSet, toSet *vault.Set) (ReplayCheck, error) {
+	from, to := fromSet.Header(), toSet.Header()
 	c := ReplayCheck{From: from.ID, To: to.ID, FromLSN: from.LSN, ToLSN: to.LSN}
 	rp, err := planReplayTo(ctx, o.Vault, from, to.ConsistentAt, lsn(to))
 	if err != nil || rp == nil {
@@ -132,18 +135,36 @@ func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.M
 		}
 		return c, nil
 	}
+	inBoth := func(id string) (bool, error) {
+		a, err := fromSet.Tenant(ctx, id)
+		if err != nil || a == nil {
+			return false, err
+		}
+		b, err := toSet.Tenant(ctx, id)
+		return b != nil, err
+	}
 	var tenants []string
 	if len(o.Tenants) > 0 {
 		for _, id := range o.Tenants {
-			if from.Tenant(id) != nil && to.Tenant(id) != nil {
+			ok, err := inBoth(id)
+			if err != nil {
+				return c, err
+			}
+			if ok {
 				tenants = append(tenants, id)
 			}
 		}
 	} else {
-		for _, t := range from.Tenants {
-			if to.Tenant(t.ID) != nil {
+		// The IDs of the tenants in both sets (a few bytes each).
+		err := fromSet.Tenants(ctx, func(t *manifest.Tenant) error {
+			b, err := toSet.Tenant(ctx, t.ID)
+			if b != nil {
 				tenants = append(tenants, t.ID)
 			}
+			return err
+		})
+		if err != nil {
+			return c, err
 		}
 		if len(tenants) > o.MaxTenants {
 			// Evenly spread, so the check is repeatable.
@@ -198,7 +219,10 @@ func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.M
 	}
 	defer conn.Close(context.Background())
 	for _, id := range tenants {
-		tn := to.Tenant(id)
+		tn, err := toSet.Tenant(ctx, id)
+		if err != nil {
+			return c, err
+		}
 		chunks := map[int]manifest.Chunk{}
 		for _, ch := range tn.Chunks {
 			chunks[ch.Table] = ch

@@ -690,10 +690,18 @@ func (r *run) finish(ctx context.Context) error {
 	if st.Unscoped > 0 {
 		r.o.Logger.Warn("some rows of tenant tables belong to no tenant; they are kept with the global data", "rows", st.Unscoped)
 	}
-	if iw != nil {
-		return r.o.Vault.CommitSet(ctx, m, iw)
+	if iw == nil {
+		return r.o.Vault.WriteManifest(ctx, m)
 	}
-	return r.o.Vault.WriteManifest(ctx, m)
+	if err := r.o.Vault.CommitSet(ctx, m, iw); err != nil {
+		return err
+	}
+	// The set exists; the catalog only speeds up list, so a failure to
+	// update it is not the snapshot's.
+	if err := r.o.Vault.UpdateCatalog(ctx, r.o.TempDir); err != nil {
+		r.o.Logger.Warn("could not update the repository's catalog (list stays correct, only slower)", "err", err)
+	}
+	return nil
 }
 
 // mergeCursor walks one table's tenant chunks, in ID order, from memory

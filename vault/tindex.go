@@ -69,7 +69,7 @@ func loadPage(stored []byte) ([]byte, error) {
 // directory (about 50 bytes per page), whatever the tenant count.
 type IndexWriter struct {
 	v       *Vault
-	setID   string
+	key     string
 	f       *os.File
 	off     int64
 	page    bytes.Buffer
@@ -79,12 +79,18 @@ type IndexWriter struct {
 	started bool
 	dir     []pageRef
 	tenants int
-	line    []byte
+	// unlocked: uploaded without Object Lock retention (catalogs).
+	unlocked bool
 }
 
 // NewIndexWriter starts the tenant index of set setID; tempDir "" means
 // the system's.
 func (v *Vault) NewIndexWriter(setID, tempDir string) (*IndexWriter, error) {
+	return v.newPagedWriter(IndexKey(setID), tempDir)
+}
+
+// newPagedWriter starts an object in the tenant index's layout at key.
+func (v *Vault) newPagedWriter(key, tempDir string) (*IndexWriter, error) {
 	f, err := os.CreateTemp(tempDir, "tenantvault-index-*")
 	if err != nil {
 		return nil, fmt.Errorf("tenant index: %w", err)
@@ -94,27 +100,33 @@ func (v *Vault) NewIndexWriter(setID, tempDir string) (*IndexWriter, error) {
 		f.Close()
 		return nil, fmt.Errorf("tenant index: %w", err)
 	}
-	return &IndexWriter{v: v, setID: setID, f: f, off: int64(len(indexMagic))}, nil
+	return &IndexWriter{v: v, key: key, f: f, off: int64(len(indexMagic))}, nil
 }
 
 // Add appends one tenant's entry; IDs must come in strictly increasing
 // byte order.
 func (w *IndexWriter) Add(t *manifest.Tenant) error {
-	if w.started && t.ID <= w.last {
-		return fmt.Errorf("tenant index: %q after %q: tenants out of order", t.ID, w.last)
+	return w.add(t.ID, t)
+}
+
+// add appends the entry of tenant id: v marshalled to JSON, which must
+// begin with "id" (entryID reads it back without decoding the rest).
+func (w *IndexWriter) add(id string, v any) error {
+	if w.started && id <= w.last {
+		return fmt.Errorf("tenant index: %q after %q: tenants out of order", id, w.last)
 	}
-	line, err := json.Marshal(t)
+	line, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("tenant index: %w", err)
 	}
 	if w.n == 0 {
-		w.first = t.ID
+		w.first = id
 	}
 	w.page.Write(line)
 	w.page.WriteByte('\n')
 	w.n++
 	w.tenants++
-	w.last, w.started = t.ID, true
+	w.last, w.started = id, true
 	if w.page.Len() >= PageTarget {
 		return w.flush()
 	}
@@ -218,7 +230,7 @@ func (w *IndexWriter) finish(ctx context.Context) (*manifest.Index, error) {
 	}
 	sum := sha256.Sum256(stored)
 	ix := &manifest.Index{
-		Key: IndexKey(w.setID), Size: w.off + int64(len(stored)), Pages: len(w.dir), Tenants: w.tenants,
+		Key: w.key, Size: w.off + int64(len(stored)), Pages: len(w.dir), Tenants: w.tenants,
 		Directory: manifest.Range{Offset: w.off, Length: int64(len(stored)), SHA256: hex.EncodeToString(sum[:])},
 	}
 	if err := w.f.Sync(); err != nil {
@@ -227,10 +239,17 @@ func (w *IndexWriter) finish(ctx context.Context) (*manifest.Index, error) {
 	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("tenant index: %w", err)
 	}
-	if err := w.v.b.Put(ctx, ix.Key, w.f, ix.Size); err != nil {
+	if err := w.v.b.Put(w.putCtx(ctx), ix.Key, w.f, ix.Size); err != nil {
 		return nil, fmt.Errorf("write tenant index %s: %w", ix.Key, err)
 	}
 	return ix, nil
+}
+
+func (w *IndexWriter) putCtx(ctx context.Context) context.Context {
+	if w.unlocked {
+		return repo.WithoutRetention(ctx)
+	}
+	return ctx
 }
 
 // Close releases the spool file.
@@ -374,60 +393,86 @@ func (s *Set) directory(ctx context.Context) ([]pageRef, error) {
 // spares decoding the chunks of every other tenant on the page. Every
 // entry's ID is checked either way.
 func (s *Set) page(ctx context.Context, dir []pageRef, i int, want ...string) ([]manifest.Tenant, error) {
-	p := dir[i]
-	stored, err := s.read(ctx, p.offset, p.length)
+	var items []manifest.Tenant
+	err := s.pageLines(ctx, dir, i, func(id string, line []byte) error {
+		if len(want) > 0 && id != want[0] {
+			return nil
+		}
+		var t manifest.Tenant
+		if err := json.Unmarshal(line, &t); err != nil || t.ID != id {
+			return fmt.Errorf("page %d: entry %q is damaged", i, id)
+		}
+		items = append(items, t)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
+	if err := s.m.ValidateTenants(items); err != nil {
+		return nil, s.integrity("page %d: %v", i, err)
+	}
+	return items, nil
+}
+
+// pageLines reads and checks page i of dir and calls fn with each entry
+// line and its ID (see checkPageLines); any fault is an integrity failure.
+func (s *Set) pageLines(ctx context.Context, dir []pageRef, i int, fn func(id string, line []byte) error) error {
+	p := dir[i]
+	stored, err := s.read(ctx, p.offset, p.length)
+	if err != nil {
+		return err
+	}
 	if sha256.Sum256(stored) != p.sha {
-		return nil, s.integrity("page %d checksum mismatch", i)
+		return s.integrity("page %d checksum mismatch", i)
 	}
 	content, err := loadPage(stored)
 	if err != nil {
-		return nil, s.integrity("page %d: %v", i, err)
+		return s.integrity("page %d: %v", i, err)
 	}
-	var items []manifest.Tenant
+	if err := checkPageLines(content, dir, i, fn); err != nil {
+		return s.integrity("%v", err)
+	}
+	return nil
+}
+
+// checkPageLines calls fn with every entry of page i of dir (its content)
+// and its ID, checking that the IDs are sorted without duplicates and agree
+// with the directory: the count, the first ID, and below the next page's.
+func checkPageLines(content []byte, dir []pageRef, i int, fn func(id string, line []byte) error) error {
+	p := dir[i]
 	var first, last string
 	n := 0
 	for len(content) > 0 {
 		line, rest, ok := bytes.Cut(content, []byte{'\n'})
 		if !ok {
-			return nil, s.integrity("page %d: unterminated entry", i)
+			return fmt.Errorf("page %d: unterminated entry", i)
 		}
 		content = rest
 		id, err := entryID(line)
 		if err != nil {
-			return nil, s.integrity("page %d: %v", i, err)
+			return fmt.Errorf("page %d: %v", i, err)
 		}
 		if n > 0 && id <= last {
-			return nil, s.integrity("page %d: tenants not sorted or duplicated at %q", i, id)
+			return fmt.Errorf("page %d: tenants not sorted or duplicated at %q", i, id)
 		}
 		if n == 0 {
 			first = id
 		}
 		last = id
 		n++
-		if len(want) > 0 && id != want[0] {
-			continue
+		if err := fn(id, line); err != nil {
+			return err
 		}
-		var t manifest.Tenant
-		if err := json.Unmarshal(line, &t); err != nil || t.ID != id {
-			return nil, s.integrity("page %d: entry %q is damaged", i, id)
-		}
-		items = append(items, t)
 	}
 	switch {
 	case n != p.tenants:
-		return nil, s.integrity("page %d holds %d tenants, its directory entry says %d", i, n, p.tenants)
+		return fmt.Errorf("page %d holds %d tenants, its directory entry says %d", i, n, p.tenants)
 	case first != p.first:
-		return nil, s.integrity("page %d starts at %q, its directory entry says %q", i, first, p.first)
+		return fmt.Errorf("page %d starts at %q, its directory entry says %q", i, first, p.first)
 	case i+1 < len(dir) && last >= dir[i+1].first:
-		return nil, s.integrity("page %d overlaps the next", i)
+		return fmt.Errorf("page %d overlaps the next", i)
 	}
-	if err := s.m.ValidateTenants(items); err != nil {
-		return nil, s.integrity("page %d: %v", i, err)
-	}
-	return items, nil
+	return nil
 }
 
 // entryID reads the ID of an entry line without decoding the rest: the
@@ -547,37 +592,6 @@ func (s *Set) release() {
 	s.mu.Lock()
 	s.dir, s.dirLoaded, s.lastPage, s.lastItems, s.pageHits = nil, false, -1, nil, nil
 	s.mu.Unlock()
-}
-
-// TenantHistory looks tenant up in every set of ids, several sets at a
-// time: per set of format 2, the header, the directory and at most one
-// page. It returns the headers of the sets that hold the tenant, oldest
-// first as in ids, and the tenant's entry in each.
-func (v *Vault) TenantHistory(ctx context.Context, ids []string, tenant string) ([]*manifest.Manifest, []*manifest.Tenant, error) {
-	type hit struct {
-		m *manifest.Manifest
-		t *manifest.Tenant
-	}
-	hits, err := parallelReadN(ctx, ids, 16, func(ctx context.Context, id string) (hit, error) {
-		s, err := v.OpenSet(ctx, id)
-		if err != nil {
-			return hit{}, err
-		}
-		defer s.release()
-		t, err := s.Tenant(ctx, tenant)
-		return hit{s.Header(), t}, err
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	var sets []*manifest.Manifest
-	var entries []*manifest.Tenant
-	for _, h := range hits {
-		if h.t != nil {
-			sets, entries = append(sets, h.m), append(entries, h.t)
-		}
-	}
-	return sets, entries, nil
 }
 
 // pageCache keeps the last pages read from one set for lookups from

@@ -8,6 +8,7 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 // countingBackend counts the bytes read from each key.
 type countingBackend struct {
 	repo.Backend
+	mu    sync.Mutex
 	gets  int
 	bytes map[string]int64
 }
@@ -31,8 +33,10 @@ func (c *countingBackend) Get(ctx context.Context, key string, offset, length in
 	}
 	defer rc.Close()
 	data, err := io.ReadAll(rc)
+	c.mu.Lock()
 	c.gets++
 	c.bytes[key] += int64(len(data))
+	c.mu.Unlock()
 	return io.NopCloser(bytes.NewReader(data)), err
 }
 
@@ -171,7 +175,7 @@ func TestSetFormat1StillWritten(t *testing.T) {
 		t.Fatal(err)
 	}
 	rv := openWith(t, b, nil, false)
-	_, entries, err := rv.TenantHistory(ctx, []string{old, newer}, "tenant-000042")
+	entries, err := rv.TenantHistory(ctx, []string{old, newer}, "tenant-000042")
 	if err != nil || len(entries) != 2 || entries[0].Rows != 126 || entries[1].Rows != 126 {
 		t.Fatalf("history over both formats: %+v, %v", entries, err)
 	}

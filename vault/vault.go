@@ -501,7 +501,7 @@ func parallelRead[T any](ctx context.Context, ids []string, read func(context.Co
 	return parallelReadN(ctx, ids, 8, read)
 }
 
-func parallelReadN[T any](ctx context.Context, ids []string, n int, read func(context.Context, string) (T, error)) ([]T, error) {
+func parallelReadN[I, T any](ctx context.Context, ids []I, n int, read func(context.Context, I) (T, error)) ([]T, error) {
 	out := make([]T, len(ids))
 	errs := make([]error, len(ids))
 	sem := make(chan struct{}, n)

@@ -73,17 +73,18 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 	// Headers only: a set's tenants are read (one page of its index) only
 	// for --tenant.
 	var sets []*manifest.Manifest
-	var entries []*manifest.Tenant
+	var entries []vault.TenantInSet
 	if o.tenant == "" {
-		opened, err := v.OpenSets(ctx, ids)
-		if err != nil {
+		if sets, err = v.SetHeaders(ctx, ids); err != nil {
 			return err
 		}
-		for _, s := range opened {
-			sets = append(sets, s.Header())
+	} else {
+		if entries, err = v.TenantHistory(ctx, ids, o.tenant); err != nil {
+			return err
 		}
-	} else if sets, entries, err = v.TenantHistory(ctx, ids, o.tenant); err != nil {
-		return err
+		for _, e := range entries {
+			sets = append(sets, e.Set)
+		}
 	}
 	marks, err := v.Marks(ctx)
 	if err != nil {
@@ -121,9 +122,9 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 		return tw.Flush()
 	}
 	var hist []tenantHistoryJSON
-	for i, m := range sets {
-		t := entries[i]
-		hist = append(hist, tenantHistoryJSON{Set: m.ID, Kind: m.Kind, ConsistentAt: m.ConsistentAt, Rows: t.Rows, Bytes: t.Size, Stored: t.Stored, Tables: len(t.Chunks), Status: status(m.ID)})
+	for _, t := range entries {
+		m := t.Set
+		hist = append(hist, tenantHistoryJSON{Set: m.ID, Kind: m.Kind, ConsistentAt: m.ConsistentAt, Rows: t.Rows, Bytes: t.Size, Stored: t.Stored, Tables: t.Tables, Status: status(m.ID)})
 	}
 	if len(hist) == 0 {
 		return tenantvault.Inputf("tenant %q is in no snapshot set of %s", o.tenant, v.Location())

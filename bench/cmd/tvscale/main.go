@@ -282,7 +282,8 @@ func (c *config) tenantSeries(ctx context.Context, n int) (string, string, error
 	return r, median, nil
 }
 
-// counting counts what is read from sets/ (headers, tenant indexes).
+// counting counts what is read from sets/ and catalog/ (headers, tenant
+// indexes, catalogs).
 type counting struct {
 	repo.Backend
 	gets, bytes atomic.Int64
@@ -301,7 +302,7 @@ func (r countReader) Read(p []byte) (int, error) {
 
 func (c *counting) Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
 	rc, err := c.Backend.Get(ctx, key, offset, length)
-	if err != nil || !strings.HasPrefix(key, vault.SetsPrefix) {
+	if err != nil || !strings.HasPrefix(key, vault.SetsPrefix) && !strings.HasPrefix(key, vault.CatalogPrefix) {
 		return rc, err
 	}
 	c.gets.Add(1)
@@ -357,7 +358,7 @@ func historyCost(ctx context.Context, r, tenant string) (int64, int, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	sets, _, err := v.TenantHistory(ctx, ids, tenant)
+	sets, err := v.TenantHistory(ctx, ids, tenant)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -437,25 +438,73 @@ func (c *config) setSeries(ctx context.Context, kind, base, tenant string) error
 			if err := cloneSet(ctx, v, newest, hdr, at.Add(time.Duration(have)*time.Hour)); err != nil {
 				return err
 			}
+			// As snapshots do after their sets (once per catalog's worth of
+			// sets here: the same catalogs, less waiting).
+			if have%vault.CatalogFanout == vault.CatalogFanout-1 {
+				if err := v.UpdateCatalog(ctx, ""); err != nil {
+					return err
+				}
+			}
 		}
 		fmt.Fprintf(os.Stderr, "%s: %d sets (written in %s)\n", kind, have, time.Since(start).Round(time.Second))
-		meta, gets, err := historyCost(ctx, r, tenant)
-		if err != nil {
-			return err
-		}
-		for _, s := range []struct {
-			name       string
-			args       []string
-			meta, gets string
-		}{
-			{"list --tenant", []string{"list", "--repo", r, "--tenant", tenant}, human(meta), strconv.Itoa(gets)},
-			{"list", []string{"list", "--repo", r}, "", ""},
-		} {
-			wall, rss, _, err := c.measure(s.args...)
+		measure := func(how string) error {
+			meta, gets, err := historyCost(ctx, r, tenant)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("| %s | %d | %s | %.2f | %s | %s | %s |\n", kind, want, s.name, wall.Seconds(), mib(rss), s.meta, s.gets)
+			for _, s := range []struct {
+				name       string
+				args       []string
+				meta, gets string
+			}{
+				{"list --tenant" + how, []string{"list", "--repo", r, "--tenant", tenant}, human(meta), strconv.Itoa(gets)},
+				{"list" + how, []string{"list", "--repo", r}, "", ""},
+			} {
+				wall, rss, _, err := c.measure(s.args...)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("| %s | %d | %s | %.2f | %s | %s | %s |\n", kind, want, s.name, wall.Seconds(), mib(rss), s.meta, s.gets)
+			}
+			return nil
+		}
+		// With the catalog, then set by set (the catalog moved aside), in
+		// the same run.
+		if err := measure(""); err != nil {
+			return err
+		}
+		if err := moveCatalog(ctx, dst, vault.CatalogPrefix, "catalog-aside/"); err != nil {
+			return err
+		}
+		if err := measure(" (no catalog)"); err != nil {
+			return err
+		}
+		if err := moveCatalog(ctx, dst, "catalog-aside/", vault.CatalogPrefix); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moveCatalog moves every object under from to the same name under to.
+func moveCatalog(ctx context.Context, b repo.Backend, from, to string) error {
+	var keys []string
+	if err := b.List(ctx, from, func(o repo.ObjectInfo) error {
+		keys = append(keys, o.Key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		data, err := repo.ReadAll(ctx, b, k)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(ctx, to+strings.TrimPrefix(k, from), strings.NewReader(string(data)), int64(len(data))); err != nil {
+			return err
+		}
+		if err := b.Delete(ctx, k); err != nil {
+			return err
 		}
 	}
 	return nil
