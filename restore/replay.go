@@ -735,30 +735,21 @@ func (b *batch) orphaned(ctx context.Context, t *manifest.Table, pos map[string]
 		return false, nil
 	}
 	h := t.Scope.Hops[0]
-	var vals [][]byte
-	if len(t.Key) == 0 {
-		for _, c := range h.Columns {
-			p, ok := pos[c]
-			v, text := valueAt(ch.Old, p)
-			if !ok || !text {
-				return false, nil
-			}
-			vals = append(vals, v.Data)
+	var sel, conds []string
+	var args [][]byte
+	for _, k := range t.Key {
+		p, ok := pos[k]
+		v, text := keyValue(ch, p)
+		if !ok || !text || v.Kind != vault.ValueText {
+			break
 		}
-	} else {
-		var sel, conds []string
-		var args [][]byte
+		args = append(args, v.Data)
+		conds = append(conds, fmt.Sprintf("%s = $%d", tenancy.Ident(k), len(args)))
+	}
+	var vals [][]byte
+	if len(t.Key) > 0 && len(conds) == len(t.Key) {
 		for _, c := range h.Columns {
 			sel = append(sel, tenancy.Ident(c)+"::text")
-		}
-		for _, k := range t.Key {
-			p, ok := pos[k]
-			v, text := keyValue(ch, p)
-			if !ok || !text || v.Kind != vault.ValueText {
-				return false, nil
-			}
-			args = append(args, v.Data)
-			conds = append(conds, fmt.Sprintf("%s = $%d", tenancy.Ident(k), len(args)))
 		}
 		sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(sel, ", "), tenancy.Ident(t.Schema, t.Name), strings.Join(conds, " AND "))
 		res := b.conn.PgConn().ExecParams(ctx, sql, args, nil, nil, nil).Read()
@@ -769,6 +760,17 @@ func (b *batch) orphaned(ctx context.Context, t *manifest.Table, pos map[string]
 			return false, nil
 		}
 		vals = res.Rows[0]
+	} else {
+		// Found by its whole old row (no key, or the change does not carry
+		// it): that row's own foreign key.
+		for _, c := range h.Columns {
+			p, ok := pos[c]
+			v, text := valueAt(ch.Old, p)
+			if !ok || !text {
+				return false, nil
+			}
+			vals = append(vals, v.Data)
+		}
 	}
 	return b.gone[goneKey(h.RefSchema, h.RefTable, h.RefCols, vals)], nil
 }
@@ -786,6 +788,12 @@ func rowIsTenants(ctx context.Context, conn *pgx.Conn, t *manifest.Table, pos ma
 	var vals [][]byte
 	for _, k := range t.Key {
 		v, ok := keyValue(ch, pos[k])
+		if !ok && ch.Old != nil && t.Scope != nil && len(t.Scope.Hops) > 0 {
+			// The key was not sent (an identity on another index): the
+			// row is found by its old row, as rowMatch does, and its
+			// tenant by what that references.
+			return parentIsTenants(ctx, conn, t, pos, ch.Old, tenant)
+		}
 		if !ok || v.Kind != vault.ValueText {
 			return false, nil
 		}
