@@ -388,4 +388,16 @@ COMMIT`)
 			}
 		}
 	}
+	// The interval proved by replay: every tenant, nothing moved.
+	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg, ExactLSN: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitArchived(t, ctx, v, db)
+	checks, err := restore.VerifyReplay(ctx, restore.VerifyReplayOptions{Vault: v, Scratch: testenv.PostgresURL(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(checks) != 1 || len(checks[0].Problems) > 0 || checks[0].Tenants != 3 || len(checks[0].Unprovable) != 0 {
+		t.Fatalf("verify replay: %+v", checks)
+	}
 }
