@@ -726,10 +726,10 @@ func (b *batch) attribute(ctx context.Context, t *manifest.Table, rel *vault.Rel
 // (or re-keyed) the tenant's row its first hop references: a cascade
 // changes a row before the rows scoped through it, so by then their chain
 // no longer reaches the tenant in the target, and the capture could not
-// look it up either. The row the target holds (its key's row, or for a table without
-// a key the whole old row the change carries) must reference exactly the
-// deleted row: the referenced key is unique, and no other tenant's row can
-// have held it meanwhile without the tenant's row being deleted first.
+// look it up either. The row the target holds (its key's row, or, for a
+// table without a key, the whole old row the change carries) references
+// exactly that row: the referenced key is unique, so no other row held it
+// while the tenant's did.
 func (b *batch) orphaned(ctx context.Context, t *manifest.Table, pos map[string]int, ch *vault.Change) (bool, error) {
 	if len(b.gone) == 0 || b.goneLSN != ch.LSN || t.Scope == nil || len(t.Scope.Hops) == 0 {
 		return false, nil
