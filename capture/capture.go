@@ -151,7 +151,6 @@ type capturer struct {
 type relInfo struct {
 	rel   vault.Relation
 	table *manifest.Table // nil: not a tenant table, not captured
-	key   []int           // positions of the table's key columns
 	tcol  int             // position of the tenant column (direct scope), or -1
 	hop   []int           // positions of the first hop's columns (chain scope)
 	// ident marks the replica identity's columns: the only ones a key-only
@@ -160,6 +159,9 @@ type relInfo struct {
 	// parent: other tables are scoped through this one's rows, so a row of
 	// it that changes tenant takes rows the change log never mentions along.
 	parent bool
+	// refs are the keys chain-scoped tables reference this one's rows by
+	// (its primary key or another unique key).
+	refs []refKey
 }
 
 func (c *capturer) close() {
@@ -609,16 +611,12 @@ func (c *capturer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (
 	if ri.table == nil {
 		return ri, nil
 	}
-	ri.parent = c.res.referenced[m.Namespace+"\x00"+m.RelationName]
 	pos := map[string]int{}
 	for i, n := range ri.rel.Columns {
 		pos[n] = i
 	}
-	for _, k := range ri.table.Key {
-		if p, ok := pos[k]; ok {
-			ri.key = append(ri.key, p)
-		}
-	}
+	ri.refs = c.res.refKeys(m.Namespace, m.RelationName, pos)
+	ri.parent = len(c.res.referenced[m.Namespace+"\x00"+m.RelationName]) > 0
 	if s := ri.table.Scope; s != nil {
 		if len(s.Hops) == 0 {
 			if p, ok := pos[s.Column]; ok {

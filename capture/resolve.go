@@ -3,6 +3,7 @@ package capture
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,9 +31,11 @@ type resolver struct {
 	conn   *pgx.Conn
 	cfg    tenancy.Config
 	tables map[string]*manifest.Table
-	// referenced holds the tables that chain-scoped tables reach with
-	// their first hop.
-	referenced map[string]bool
+	// referenced holds, for each table that chain-scoped tables reach with
+	// their first hop, the distinct column lists those hops reference: the
+	// primary key or any other unique key. The resolver remembers parents'
+	// tenants by exactly these, since that is how children look them up.
+	referenced map[string][][]string
 	txn        map[string]string
 	cache      map[string]string
 	horizons   []horizon
@@ -55,17 +58,48 @@ const (
 )
 
 func newResolver(conn *pgx.Conn, tables []manifest.Table, cfg tenancy.Config) *resolver {
-	r := &resolver{conn: conn, cfg: cfg, tables: map[string]*manifest.Table{}, referenced: map[string]bool{}, cache: map[string]string{}}
+	r := &resolver{conn: conn, cfg: cfg, tables: map[string]*manifest.Table{}, referenced: map[string][][]string{}, cache: map[string]string{}}
 	for i := range tables {
 		t := &tables[i]
 		if t.Kind == manifest.TableScoped {
 			r.tables[t.Schema+"\x00"+t.Name] = t
 			if t.Scope != nil && len(t.Scope.Hops) > 0 {
-				r.referenced[t.Scope.Hops[0].RefSchema+"\x00"+t.Scope.Hops[0].RefTable] = true
+				h := t.Scope.Hops[0]
+				k := h.RefSchema + "\x00" + h.RefTable
+				if !slices.ContainsFunc(r.referenced[k], func(c []string) bool { return slices.Equal(c, h.RefCols) }) {
+					r.referenced[k] = append(r.referenced[k], h.RefCols)
+				}
 			}
 		}
 	}
 	return r
+}
+
+// refKey is a key of a table that other tables' first hops reference:
+// its columns and their positions in the relation.
+type refKey struct {
+	cols []string
+	pos  []int
+}
+
+// refKeys returns the keys of schema.name that chain-scoped tables
+// reference, located in a relation's columns (pos: name -> position). A
+// key with a column the relation lacks is left out: nothing is remembered
+// under it, and children's changes are looked up instead.
+func (r *resolver) refKeys(schema, name string, pos map[string]int) []refKey {
+	var out []refKey
+	for _, cols := range r.referenced[schema+"\x00"+name] {
+		rk := refKey{cols: cols}
+		for _, c := range cols {
+			if p, ok := pos[c]; ok {
+				rk.pos = append(rk.pos, p)
+			}
+		}
+		if len(rk.pos) == len(cols) {
+			out = append(out, rk)
+		}
+	}
+	return out
 }
 
 // table returns the tenant table schema.name, or nil. In the schema model a
@@ -143,46 +177,80 @@ func cacheKey(schema, name string, cols []string, vals [][]byte) string {
 	return b.String()
 }
 
-// remember notes which tenant the row with this key belongs to.
-func (r *resolver) remember(t *manifest.Table, ri *relInfo, tuple []vault.Value, tenant string) {
-	if len(ri.key) == 0 || len(ri.key) != len(t.Key) {
-		return
+// remember notes which tenant the row of this tuple belongs to, under
+// each key its children reference it by. txnOnly keeps it out of the
+// long-lived cache: a deleted row (or the old values of a changed key) is
+// still found by the changes of its children later in the same
+// transaction (a cascade deletes or detaches them after it), and by no
+// other. With strict, a key whose values the tuple does not carry (an
+// unchanged out-of-line value) drops everything known: its entry may name
+// the row's old tenant, and a missing entry only costs a lookup.
+func (r *resolver) remember(t *manifest.Table, ri *relInfo, tuple []vault.Value, tenant string, txnOnly, strict bool) {
+	for _, rk := range ri.refs {
+		vals, ok := refValues(rk, tuple)
+		if !ok {
+			if strict && !refNull(rk, tuple) {
+				r.txn, r.cache = map[string]string{}, map[string]string{}
+			}
+			continue
+		}
+		k := cacheKey(t.Schema, t.Name, rk.cols, vals)
+		r.txn[k] = tenant
+		if txnOnly {
+			delete(r.cache, k)
+			continue
+		}
+		if len(r.cache) >= maxCache {
+			r.cache = map[string]string{} // bounded memory beats a perfect cache
+		}
+		r.cache[k] = tenant
 	}
-	vals, ok := keyValues(ri, tuple)
-	if !ok {
-		return
-	}
-	k := cacheKey(t.Schema, t.Name, t.Key, vals)
-	r.txn[k] = tenant
-	if len(r.cache) >= maxCache {
-		r.cache = map[string]string{} // bounded memory beats a perfect cache
-	}
-	r.cache[k] = tenant
 }
 
-// forget drops a row from the long-lived cache (a deleted row stays in the
-// transaction's, where its children's deletes still look for it).
-func (r *resolver) forget(t *manifest.Table, ri *relInfo, tuple []vault.Value) {
-	if len(ri.key) == 0 || len(ri.key) != len(t.Key) {
-		return
-	}
-	if vals, ok := keyValues(ri, tuple); ok {
-		delete(r.cache, cacheKey(t.Schema, t.Name, t.Key, vals))
+// forget drops what is known of the row of this tuple: it belongs to no
+// tenant, or to one not known here. strict is as for remember. (The entry
+// of a deleted row whose delete does not carry its key is harmless: no
+// child can reference it afterwards, and a new row with those values
+// replaces it when inserted.)
+func (r *resolver) forget(t *manifest.Table, ri *relInfo, tuple []vault.Value, strict bool) {
+	for _, rk := range ri.refs {
+		vals, ok := refValues(rk, tuple)
+		if !ok {
+			if strict && !refNull(rk, tuple) {
+				r.txn, r.cache = map[string]string{}, map[string]string{}
+			}
+			continue
+		}
+		k := cacheKey(t.Schema, t.Name, rk.cols, vals)
+		delete(r.txn, k)
+		delete(r.cache, k)
 	}
 }
 
-// keyValues returns the key columns of a logged tuple; false when one was
-// not sent.
-func keyValues(ri *relInfo, tuple []vault.Value) ([][]byte, bool) {
-	vals := make([][]byte, len(ri.key))
-	for i, p := range ri.key {
+// refValues returns the values of a referenced key in a logged tuple;
+// false when one is NULL (the row is referenced by nothing through this
+// key) or was not sent.
+func refValues(rk refKey, tuple []vault.Value) ([][]byte, bool) {
+	vals := make([][]byte, len(rk.pos))
+	for i, p := range rk.pos {
 		v, ok := valueAt(tuple, p)
 		if !ok {
 			return nil, false
 		}
 		vals[i] = v.Data
 	}
-	return vals, true
+	return vals, len(rk.pos) > 0
+}
+
+// refNull reports whether a referenced key of a tuple holds a NULL: no
+// row references it through that key, so there is nothing to remember.
+func refNull(rk refKey, tuple []vault.Value) bool {
+	for _, p := range rk.pos {
+		if p < len(tuple) && tuple[p].Kind == vault.ValueNull {
+			return true
+		}
+	}
+	return false
 }
 
 // owner is who a tuple belongs to.
@@ -285,21 +353,9 @@ func (r *resolver) tenantsOf(ctx context.Context, ri *relInfo, ch *vault.Change)
 	if before.state == ownerAbsent || after.state == ownerAbsent {
 		return nil, false, identityError(t, strings.Join(attributionColumns(t), ", "))
 	}
+	r.follow(t, ri, ch, before, after)
 	if before.state == ownerUnsure || after.state == ownerUnsure {
 		return nil, true, nil
-	}
-	// The cache follows the row: later changes to rows that reference it
-	// find its tenant here.
-	switch {
-	case ch.Op == vault.OpDelete:
-		if before.state == ownedBy {
-			r.remember(t, ri, ch.Old, before.tenant)
-		}
-		r.forget(t, ri, ch.Old)
-	case after.state == ownedBy:
-		r.remember(t, ri, ch.New, after.tenant)
-	default:
-		r.forget(t, ri, ch.New)
 	}
 	if before == after {
 		if before.state == ownedNone {
@@ -340,6 +396,36 @@ func (r *resolver) tenantsOf(ctx context.Context, ri *relInfo, ch *vault.Change)
 		}
 	}
 	return out, false, nil
+}
+
+// follow keeps what is known of a referenced row in step with its change,
+// so that later changes to rows that reference it find its tenant: the
+// tenant it had before the change stays in the transaction's map under the
+// old values (children deleted or detached by a cascade come after it),
+// the one it has after under the new values, in both maps.
+func (r *resolver) follow(t *manifest.Table, ri *relInfo, ch *vault.Change, before, after owner) {
+	if len(ri.refs) == 0 {
+		return
+	}
+	if ch.Op != vault.OpInsert && ch.Old != nil {
+		if before.state == ownedBy {
+			r.remember(t, ri, ch.Old, before.tenant, true, false)
+		} else {
+			r.forget(t, ri, ch.Old, false)
+		}
+	}
+	if ch.Op == vault.OpDelete {
+		return
+	}
+	// A value the change does not carry keeps its entry: right while the
+	// row keeps its tenant, stale when the tenant changes.
+	full := vault.FillUnchanged(ch.New, ch.Old)
+	strict := before != after || before.state == ownerUnsure
+	if after.state == ownedBy {
+		r.remember(t, ri, full, after.tenant, false, strict)
+	} else {
+		r.forget(t, ri, full, strict)
+	}
 }
 
 // lookup reads the tenant of the row a chain-scoped row references, from

@@ -1,9 +1,11 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -214,7 +216,7 @@ func (r *runner) replay(ctx context.Context, conn *pgx.Conn, set *manifest.Manif
 			}
 		}
 	}
-	b := &batch{conn: conn, st: &st, parents: parents}
+	b := &batch{conn: conn, st: &st, parents: parents, refs: referencedKeys(set, mine)}
 	for _, idx := range rp.Segments {
 		rels := map[uint32]*vault.Relation{}
 		for i := range idx.Relations {
@@ -238,6 +240,24 @@ func (r *runner) replay(ctx context.Context, conn *pgx.Conn, set *manifest.Manif
 		}
 	}
 	return st, b.flush(ctx)
+}
+
+// referencedKeys returns, for each of the tenant's tables that first hops
+// reference, the distinct column lists they reference it by (its primary
+// key or another unique key).
+func referencedKeys(set *manifest.Manifest, mine map[string]*manifest.Table) map[*manifest.Table][][]string {
+	out := map[*manifest.Table][][]string{}
+	for i := range set.Tables {
+		sc := set.Tables[i].Scope
+		if sc == nil || len(sc.Hops) == 0 {
+			continue
+		}
+		h := sc.Hops[0]
+		if t := mine[h.RefSchema+"\x00"+h.RefTable]; t != nil && !slices.ContainsFunc(out[t], func(c []string) bool { return slices.Equal(c, h.RefCols) }) {
+			out[t] = append(out[t], h.RefCols)
+		}
+	}
+	return out
 }
 
 func movedError(tenant string, rels []vault.Relation, oid uint32, lsn uint64, at time.Time) error {
@@ -286,6 +306,15 @@ type batch struct {
 	conn    *pgx.Conn
 	st      *replayStats
 	parents map[*manifest.Table]bool
+	// refs: the keys rows of the tenant's tables are referenced by.
+	refs map[*manifest.Table][][]string
+	// gone holds the referenced keys that rows of the tenant lost (deleted,
+	// or re-keyed) in the transaction that committed at goneLSN: a cascade
+	// deletes, detaches or re-keys the rows scoped through a row after the
+	// row itself, and those changes, when archived shared, are the
+	// tenant's exactly when the row they referenced was.
+	gone    map[string]bool
+	goneLSN uint64
 	pending []stmt
 }
 
@@ -294,7 +323,11 @@ type stmt struct {
 	args  [][]byte
 	t     *manifest.Table
 	op    byte
-	where string // for errors: which change
+	lsn   uint64
+	ret   [][]string // referenced keys the statement returns (see batch.gone)
+	where string     // for errors: which change
+	// sets and match are an update's SET list and WHERE clause.
+	sets, match string
 }
 
 const batchSize = 1000
@@ -305,18 +338,25 @@ func (b *batch) apply(ctx context.Context, ch vault.TenantChange, rels map[uint3
 		if err := b.flush(ctx); err != nil {
 			return err
 		}
+		var ts []*manifest.Table
 		for _, oid := range ch.Rels {
-			rel := rels[oid]
-			if rel == nil {
-				continue
-			}
-			if t := mine[rel.Schema+"\x00"+rel.Name]; t != nil {
-				if _, err := b.conn.Exec(ctx, tenancy.DeleteSQL(t), tenant); err != nil {
-					return fmt.Errorf("replay %s: %w", where, err)
+			if rel := rels[oid]; rel != nil {
+				if t := mine[rel.Schema+"\x00"+rel.Name]; t != nil {
+					ts = append(ts, t)
 				}
-				b.st.truncated[t], b.st.delta[t] = true, 0
-				b.st.applied++
 			}
+		}
+		// The tenant's rows are found through their chains: rows scoped
+		// through others go first, while the rows they reference are still
+		// there (TRUNCATE ... CASCADE names the parents first), or they
+		// would stay behind, orphaned.
+		slices.SortStableFunc(ts, func(a, c *manifest.Table) int { return hops(c) - hops(a) })
+		for _, t := range ts {
+			if _, err := b.conn.Exec(ctx, tenancy.DeleteSQL(t), tenant); err != nil {
+				return fmt.Errorf("replay %s: %w", where, err)
+			}
+			b.st.truncated[t], b.st.delta[t] = true, 0
+			b.st.applied++
 		}
 		return nil
 	}
@@ -335,7 +375,7 @@ func (b *batch) apply(ctx context.Context, ch vault.TenantChange, rels map[uint3
 			return err
 		}
 		var err error
-		if change, err = attribute(ctx, b.conn, t, rel, ch.Change, tenant); err != nil {
+		if change, err = b.attribute(ctx, t, rel, ch.Change, tenant); err != nil {
 			return fmt.Errorf("replay %s: %w", where, err)
 		}
 		if ch.Op == vault.OpUpdate && b.parents[t] && change != nil && change.Op != vault.OpUpdate {
@@ -352,7 +392,33 @@ func (b *batch) apply(ctx context.Context, ch vault.TenantChange, rels map[uint3
 	if err != nil {
 		return fmt.Errorf("replay %s: %w", where, err)
 	}
-	s.where = where
+	s.where, s.lsn = where, ch.LSN
+	if refs := b.refs[t]; len(refs) > 0 && s.op != vault.OpInsert {
+		// The row's referenced keys as they were: a delete returns them;
+		// an update returns them from before (a CTE reads the row as the
+		// statement found it) and after, as an ON UPDATE CASCADE of the
+		// key changes the referencing rows after it.
+		var cols, olds, aliases []string
+		for _, rk := range refs {
+			for _, c := range rk {
+				cols = append(cols, tenancy.Ident(c)+"::text")
+				olds = append(olds, tenancy.Ident(c))
+				aliases = append(aliases, tenancy.Ident(fmt.Sprintf("tenantvault_old_%d", len(aliases))))
+			}
+		}
+		s.ret = refs
+		if s.op == vault.OpDelete {
+			s.sql += " RETURNING " + strings.Join(cols, ", ")
+		} else {
+			name := tenancy.Ident(t.Schema, t.Name)
+			ret := make([]string, len(aliases))
+			for i, a := range aliases {
+				ret[i] = a + "::text"
+			}
+			s.sql = fmt.Sprintf("WITH tenantvault_old (%s) AS (SELECT %s FROM %s WHERE %s) UPDATE %s SET %s FROM tenantvault_old WHERE %s RETURNING %s, %s",
+				strings.Join(aliases, ", "), strings.Join(olds, ", "), name, s.match, name, s.sets, s.match, strings.Join(ret, ", "), strings.Join(cols, ", "))
+		}
+	}
 	b.pending = append(b.pending, s)
 	if len(b.pending) >= batchSize {
 		return b.flush(ctx)
@@ -382,6 +448,9 @@ func (b *batch) flush(ctx context.Context) error {
 			if !ok {
 				err = fmt.Errorf("unexpected pipeline result %T", res)
 			} else {
+				for rr.NextRow() {
+					b.noteGone(s, rr.Values())
+				}
 				var tag pgconn.CommandTag
 				tag, err = rr.Close()
 				if err == nil && tag.RowsAffected() != 1 {
@@ -411,6 +480,55 @@ func (b *batch) flush(ctx context.Context) error {
 	}
 	b.pending = b.pending[:0]
 	return first
+}
+
+func hops(t *manifest.Table) int {
+	if t.Scope == nil {
+		return 0
+	}
+	return len(t.Scope.Hops)
+}
+
+// noteGone records the referenced keys a row of the tenant no longer has:
+// those of a deleted row, the old values of an updated one that changed
+// (vals: what the statement's RETURNING clause read: the keys, for an
+// update before then after).
+func (b *batch) noteGone(s stmt, vals [][]byte) {
+	if b.gone == nil || b.goneLSN != s.lsn {
+		b.gone, b.goneLSN = map[string]bool{}, s.lsn
+	}
+	n := 0
+	for _, cols := range s.ret {
+		n += len(cols)
+	}
+	if len(vals) < n {
+		return
+	}
+	i := 0
+	for _, cols := range s.ret {
+		kv := vals[i : i+len(cols)]
+		if s.op == vault.OpUpdate && len(vals) >= 2*n && slices.EqualFunc(kv, vals[n+i:n+i+len(cols)], sameValue) {
+			kv = nil // the key did not change
+		}
+		i += len(cols)
+		if kv == nil || slices.ContainsFunc(kv, func(v []byte) bool { return v == nil }) {
+			continue // a NULL key: nothing references the row through it
+		}
+		b.gone[goneKey(s.t.Schema, s.t.Name, cols, kv)] = true
+	}
+}
+
+// sameValue compares two text values, NULL (nil) included.
+func sameValue(a, b []byte) bool { return (a == nil) == (b == nil) && bytes.Equal(a, b) }
+
+// goneKey names the values of a referenced key of table schema.name.
+func goneKey(schema, name string, cols []string, vals [][]byte) string {
+	var k strings.Builder
+	k.WriteString(schema + "\x00" + name + "\x00" + strings.Join(cols, "\x00") + "\x00")
+	for _, v := range vals {
+		fmt.Fprintf(&k, "%d:%s", len(v), v)
+	}
+	return k.String()
 }
 
 // statement renders the SQL that applies one change.
@@ -450,6 +568,7 @@ func statement(t *manifest.Table, rel *vault.Relation, ch *vault.Change) (stmt, 
 		}
 		s.args = append(s.args, wargs...)
 		s.sql = fmt.Sprintf("UPDATE %s SET %s WHERE %s", tenancy.Ident(t.Schema, t.Name), strings.Join(sets, ", "), where)
+		s.sets, s.match = strings.Join(sets, ", "), where
 	case vault.OpDelete:
 		where, wargs, err := rowMatch(t, rel, ch, 0)
 		if err != nil {
@@ -548,7 +667,8 @@ func keyValue(ch *vault.Change, p int) (vault.Value, bool) {
 // change itself when the row is the tenant's before and after it; a delete
 // when the row leaves the tenant; an insert of the whole row when it joins;
 // nil when it never was the tenant's.
-func attribute(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vault.Relation, ch *vault.Change, tenant string) (*vault.Change, error) {
+func (b *batch) attribute(ctx context.Context, t *manifest.Table, rel *vault.Relation, ch *vault.Change, tenant string) (*vault.Change, error) {
+	conn := b.conn
 	pos := map[string]int{}
 	for i, c := range rel.Columns {
 		pos[c] = i
@@ -558,6 +678,11 @@ func attribute(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vaul
 	if ch.Op != vault.OpInsert {
 		if before, err = rowIsTenants(ctx, conn, t, pos, ch, tenant); err != nil {
 			return nil, err
+		}
+		if !before {
+			if before, err = b.orphaned(ctx, t, pos, ch); err != nil {
+				return nil, err
+			}
 		}
 	}
 	switch ch.Op {
@@ -596,6 +721,60 @@ func attribute(ctx context.Context, conn *pgx.Conn, t *manifest.Table, rel *vaul
 	return nil, nil
 }
 
+// orphaned reports whether the row a shared update or delete finds was the
+// tenant's until earlier in the same transaction, when this replay deleted
+// (or re-keyed) the tenant's row its first hop references: a cascade
+// changes a row before the rows scoped through it, so by then their chain
+// no longer reaches the tenant in the target, and the capture could not
+// look it up either. The row the target holds (its key's row, or, for a
+// table without a key, the whole old row the change carries) references
+// exactly that row: the referenced key is unique, so no other row held it
+// while the tenant's did.
+func (b *batch) orphaned(ctx context.Context, t *manifest.Table, pos map[string]int, ch *vault.Change) (bool, error) {
+	if len(b.gone) == 0 || b.goneLSN != ch.LSN || t.Scope == nil || len(t.Scope.Hops) == 0 {
+		return false, nil
+	}
+	h := t.Scope.Hops[0]
+	var sel, conds []string
+	var args [][]byte
+	for _, k := range t.Key {
+		p, ok := pos[k]
+		v, text := keyValue(ch, p)
+		if !ok || !text || v.Kind != vault.ValueText {
+			break
+		}
+		args = append(args, v.Data)
+		conds = append(conds, fmt.Sprintf("%s = $%d", tenancy.Ident(k), len(args)))
+	}
+	var vals [][]byte
+	if len(t.Key) > 0 && len(conds) == len(t.Key) {
+		for _, c := range h.Columns {
+			sel = append(sel, tenancy.Ident(c)+"::text")
+		}
+		sql := fmt.Sprintf("SELECT %s FROM %s WHERE %s", strings.Join(sel, ", "), tenancy.Ident(t.Schema, t.Name), strings.Join(conds, " AND "))
+		res := b.conn.PgConn().ExecParams(ctx, sql, args, nil, nil, nil).Read()
+		if res.Err != nil {
+			return false, res.Err
+		}
+		if len(res.Rows) != 1 || slices.ContainsFunc(res.Rows[0], func(v []byte) bool { return v == nil }) {
+			return false, nil
+		}
+		vals = res.Rows[0]
+	} else {
+		// Found by its whole old row (no key, or the change does not carry
+		// it): that row's own foreign key.
+		for _, c := range h.Columns {
+			p, ok := pos[c]
+			v, text := valueAt(ch.Old, p)
+			if !ok || !text {
+				return false, nil
+			}
+			vals = append(vals, v.Data)
+		}
+	}
+	return b.gone[goneKey(h.RefSchema, h.RefTable, h.RefCols, vals)], nil
+}
+
 // rowIsTenants reports whether the row an update or delete finds is the
 // tenant's: by its key, or, for a table without one, by what its old row
 // references.
@@ -609,6 +788,12 @@ func rowIsTenants(ctx context.Context, conn *pgx.Conn, t *manifest.Table, pos ma
 	var vals [][]byte
 	for _, k := range t.Key {
 		v, ok := keyValue(ch, pos[k])
+		if !ok && ch.Old != nil && t.Scope != nil && len(t.Scope.Hops) > 0 {
+			// The key was not sent (an identity on another index): the
+			// row is found by its old row, as rowMatch does, and its
+			// tenant by what that references.
+			return parentIsTenants(ctx, conn, t, pos, ch.Old, tenant)
+		}
 		if !ok || v.Kind != vault.ValueText {
 			return false, nil
 		}

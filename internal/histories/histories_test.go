@@ -29,11 +29,7 @@ const (
 )
 
 // regressions are histories that once diverged; each runs in the normal
-// suite with the features it failed with. (Seed 1, which failed before the
-// capture's attribution fix too, still diverges about one run in six: a
-// cascaded delete of keyless rows archived shared is skipped by replay
-// once the parent's delete is applied. It joins this list when that is
-// fixed.)
+// suite with the features it failed with.
 var regressions = []struct {
 	seed     uint64
 	features histories.Features
@@ -42,6 +38,9 @@ var regressions = []struct {
 	{8, histories.All, "before the capture's attribution fix: moves of referenced rows, restores failed; now 20 of 22 instants are refused (moved parents) and the rest match"},
 	{143, histories.All, "after the capture's attribution fix: a shared re-parent of a keyless referenced row replayed without refusal, children missing (wrong data, exit 0)"},
 	{203, histories.All, "as 143"},
+	{1, histories.All, "about one run in six: a cascaded delete of keyless rows (2-hop attachments) archived shared was skipped by replay once the parent's delete had been applied (restore failed: row counts)"},
+	{106, histories.All, "children referencing UNIQUE (id) beside the primary key (tenant_id, id): the capture remembered parents by primary key, looked them up by id, archived the cascaded deletes shared (63 of 96 records), and replay skipped them (restore failed: comments 5 rows, the log adds up to 7)"},
+	{150, histories.All, "seen failing as 106 (restore failed: row counts), with SET NULL and keyless two-hop children"},
 }
 
 // fast lists further seeds of the normal suite: histories that passed
