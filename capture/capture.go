@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -128,7 +129,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	c := &capturer{o: o, cfg: cfg}
+	c := &capturer{o: o, cfg: cfg, noFull: map[string]bool{}}
 	defer c.close()
 	if err := c.prepare(ctx); err != nil {
 		return err
@@ -146,6 +147,9 @@ type capturer struct {
 	start  uint64 // where the next segment starts
 	res    *resolver
 	rels   map[uint32]*relInfo
+	// noFull holds the tables (raw schema\x00name) that need FULL for
+	// their moves but cannot have it (generated columns, PostgreSQL 18).
+	noFull map[string]bool
 }
 
 type relInfo struct {
@@ -160,6 +164,14 @@ type relInfo struct {
 	// parent: other tables are scoped through this one's rows, so a row of
 	// it that changes tenant takes rows the change log never mentions along.
 	parent bool
+	// full: the relation's replica identity is FULL, so every UPDATE and
+	// DELETE carries the whole old row.
+	full bool
+	// notNull marks the columns the catalog declares NOT NULL.
+	notNull []bool
+	// noFull: needs FULL for a row that changes tenant to be archived
+	// whole, and cannot have it (see capturer.noFull).
+	noFull bool
 }
 
 func (c *capturer) close() {
@@ -595,7 +607,7 @@ func (c *capturer) handle(ctx context.Context, b *vault.SegmentBuilder, cur **tx
 
 // relation learns a relation's shape and whether it holds tenant rows.
 func (c *capturer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (*relInfo, error) {
-	ri := &relInfo{rel: vault.Relation{OID: m.RelationID, Schema: m.Namespace, Name: m.RelationName}, tcol: -1}
+	ri := &relInfo{rel: vault.Relation{OID: m.RelationID, Schema: m.Namespace, Name: m.RelationName}, tcol: -1, full: m.ReplicaIdentity == 'f'}
 	for _, col := range m.Columns {
 		var typ string
 		if err := c.conn.QueryRow(ctx, `SELECT format_type($1::oid, $2)`, col.DataType, col.TypeModifier).Scan(&typ); err != nil {
@@ -610,6 +622,14 @@ func (c *capturer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (
 		return ri, nil
 	}
 	ri.parent = c.res.referenced[m.Namespace+"\x00"+m.RelationName]
+	ri.noFull = c.noFull[m.Namespace+"\x00"+m.RelationName]
+	notNull := map[string]bool{}
+	for _, col := range ri.table.Columns {
+		notNull[col.Name] = col.NotNull
+	}
+	for _, n := range ri.rel.Columns {
+		ri.notNull = append(ri.notNull, notNull[n])
+	}
 	pos := map[string]int{}
 	for i, n := range ri.rel.Columns {
 		pos[n] = i
@@ -655,6 +675,9 @@ func (c *capturer) change(ctx context.Context, b *vault.SegmentBuilder, cur *txn
 			}
 		}
 	}
+	if err := c.checkOldRow(ctx, ri, ch, oldType); err != nil {
+		return err
+	}
 	tenants, shared, err := c.res.tenantsOf(ctx, ri, ch)
 	if err != nil {
 		return err
@@ -674,6 +697,74 @@ func (c *capturer) change(ctx context.Context, b *vault.SegmentBuilder, cur *txn
 		c.o.Stats.Records.Add(1)
 	}
 	return nil
+}
+
+// checkOldRow refuses a change whose old row is narrower than the
+// relation's replica identity says. That happens to a partitioned table:
+// the server describes the old rows of all its partitions with the root's
+// identity, while each partition logs only what its own identity holds, and
+// sends the columns it did not log as NULL. A partition attached while the
+// capture runs keeps the default identity, so the evidence is checked on
+// every change: identity columns are NOT NULL, so is what the catalog
+// declares so, an unchanged out-of-line value was not NULL before, and a
+// FULL identity logs the old row of every UPDATE.
+func (c *capturer) checkOldRow(ctx context.Context, ri *relInfo, ch *vault.Change, oldType uint8) error {
+	narrow := ch.Op == vault.OpUpdate && ch.Old == nil && ri.full
+	for i, v := range ch.Old {
+		if v.Kind != vault.ValueNull {
+			continue
+		}
+		switch {
+		case oldType == pglogrepl.UpdateMessageTupleTypeKey, i < len(ri.notNull) && ri.notNull[i],
+			i < len(ch.New) && ch.New[i].Kind == vault.ValueUnchanged:
+			// Not sent, whatever it held.
+			ch.Old[i] = vault.Value{Kind: vault.ValueAbsent}
+			narrow = true
+		}
+	}
+	if !narrow || !ri.table.Partitioned {
+		// Elsewhere the server sends what the identity holds; what is
+		// absent is judged by what the change needs.
+		return nil
+	}
+	return c.narrowPartitionError(ctx, ri.table)
+}
+
+// narrowPartitionError names the partitions of t whose replica identity
+// holds less than t's.
+func (c *capturer) narrowPartitionError(ctx context.Context, t *manifest.Table) error {
+	rels, err := c.identities(ctx, t.Schema+"\x00"+t.Name)
+	if err != nil {
+		return err
+	}
+	var root *relIdentity
+	for i := range rels {
+		if rels[i].root {
+			root = &rels[i]
+		}
+	}
+	var narrow []string
+	for _, x := range rels {
+		if !x.root && root != nil && x.ident != "f" && (root.ident == "f" || !containsAll(x.cols, root.cols)) {
+			narrow = append(narrow, x.name)
+		}
+	}
+	sort.Strings(narrow)
+	which := "one of its partitions"
+	fix := "ALTER TABLE <partition> REPLICA IDENTITY FULL"
+	if len(narrow) > 0 {
+		which = "partition(s) " + strings.Join(narrow, ", ")
+		fix = ""
+		for _, n := range narrow {
+			fix += "ALTER TABLE " + n + " REPLICA IDENTITY FULL; "
+		}
+		fix = strings.TrimSuffix(fix, "; ")
+	}
+	return &tenantvault.InputError{
+		Msg: fmt.Sprintf("a change to %s arrived with less of its old row than its replica identity holds: %s of it keep a narrower replica identity (attached since the capture started?), so the change cannot be attributed and the change log cannot continue",
+			t.QualifiedName(), which),
+		Hint: fix + "; then start a new change log, since the changes already written cannot be attributed: tenantvault capture --drop-slot, start the capture again, and take a set with --exact-lsn. Attach partitions with their replica identity already set",
+	}
 }
 
 func values(t *pglogrepl.TupleData) []vault.Value {
