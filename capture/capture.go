@@ -47,7 +47,9 @@ type Options struct {
 	// it, so the capture never fills the source's disk.
 	MaxLag int64
 	// SetReplicaIdentity runs ALTER TABLE ... REPLICA IDENTITY FULL on the
-	// scoped tables whose deletes would otherwise not carry their tenant.
+	// scoped tables (partitioned roots and partitions too) whose deletes
+	// would otherwise not carry their tenant, or whose rows that change
+	// tenant would lack unchanged out-of-line values.
 	SetReplicaIdentity bool
 	Logger             *slog.Logger
 	// Stats, when set, is kept up to date for metrics.
