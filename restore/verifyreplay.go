@@ -4,10 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/manifest"
@@ -168,36 +172,66 @@ func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.M
 		return c, nil
 	}
 	c.Tenants = len(tenants)
-	scratch, drop, err := scratchDatabase(ctx, o.Scratch, "tenantvault_replay_")
+	// All tenants share one scratch database, except that a row which
+	// moved between two of them in the interval is in the older set of
+	// one and in the replayed log of the other: whichever comes second
+	// collides with it. A tenant that fails on a unique key is checked
+	// again alone; a real divergence fails there too.
+	alone, err := replayInto(ctx, o, &c, from, to, rp, tenants, len(tenants) > 1)
 	if err != nil {
 		return c, err
+	}
+	for _, id := range alone {
+		if _, err := replayInto(ctx, o, &c, from, to, rp, []string{id}, false); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// replayInto restores tenants from set from into a new scratch database,
+// replays the log to set to, and compares every table with it, noting
+// divergences in c. With retryCollisions, tenants whose restore failed on
+// a unique key are returned instead of noted.
+func replayInto(ctx context.Context, o VerifyReplayOptions, c *ReplayCheck, from, to *manifest.Manifest, rp *Replay, tenants []string, retryCollisions bool) (retry []string, err error) {
+	scratch, drop, err := scratchDatabase(ctx, o.Scratch, "tenantvault_replay_")
+	if err != nil {
+		return nil, err
 	}
 	defer drop()
 	rep, err := Run(ctx, Options{Vault: o.Vault, Target: scratch, Tenants: tenants, Select: Selector{SetID: from.ID},
 		CreateSchema: true, Replay: rp, PgRestore: o.PgRestore, Logger: o.Logger})
+	failed := map[string]bool{}
 	if rep != nil {
 		for _, tr := range rep.Tenants {
-			if tr.Err != nil {
-				c.diverged(Divergence{Tenant: tr.Tenant, Detail: tr.Err.Error()})
+			if tr.Err == nil {
+				continue
 			}
+			failed[tr.Tenant] = true
+			if retryCollisions && uniqueViolation(tr.Err) {
+				retry = append(retry, tr.Tenant)
+				continue
+			}
+			c.diverged(Divergence{Tenant: tr.Tenant, Detail: tr.Err.Error()})
 		}
 	}
-	if err != nil {
-		if len(c.Divergences) == 0 {
-			c.diverged(Divergence{Detail: err.Error()})
-		}
-		return c, nil
+	if err != nil && len(failed) == 0 {
+		c.diverged(Divergence{Detail: err.Error()})
+		return nil, nil
 	}
 	cfg, err := tenancy.ParseURL(scratch)
 	if err != nil {
-		return c, err
+		return nil, err
 	}
 	conn, err := tenancy.Connect(ctx, cfg)
 	if err != nil {
-		return c, err
+		return nil, err
 	}
 	defer conn.Close(context.Background())
 	for _, id := range tenants {
+		if failed[id] {
+			continue
+		}
 		tn := to.Tenant(id)
 		chunks := map[int]manifest.Chunk{}
 		for _, ch := range tn.Chunks {
@@ -212,7 +246,7 @@ func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.M
 			h := sha256.New()
 			tag, err := conn.PgConn().CopyTo(ctx, h, tenancy.TenantCopySQL(t, id))
 			if err != nil {
-				return c, fmt.Errorf("read %s of %q in the scratch database: %w", t.QualifiedName(), id, err)
+				return nil, fmt.Errorf("read %s of %q in the scratch database: %w", t.QualifiedName(), id, err)
 			}
 			if got := hex.EncodeToString(h.Sum(nil)); got != want.Digest {
 				c.diverged(Divergence{Tenant: id, Table: t.QualifiedName(), Detail: fmt.Sprintf("%d rows after replaying %s..%s, set %s has %d (digests differ)",
@@ -220,7 +254,17 @@ func verifyPair(ctx context.Context, o VerifyReplayOptions, from, to *manifest.M
 			}
 		}
 	}
-	return c, nil
+	return retry, nil
+}
+
+// uniqueViolation reports whether err is (or reports) a unique key
+// violation.
+func uniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code == "23505"
+	}
+	return strings.Contains(err.Error(), "(SQLSTATE 23505)")
 }
 
 // scratchDatabase creates an empty database on the server of dbURL and
