@@ -131,7 +131,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	c := &capturer{o: o, cfg: cfg, noFull: map[string]bool{}}
+	c := &capturer{o: o, cfg: cfg, noFull: map[string]bool{}, partitioned: map[string]identityNeed{}}
 	defer c.close()
 	if err := c.prepare(ctx); err != nil {
 		return err
@@ -152,6 +152,15 @@ type capturer struct {
 	// noFull holds the tables (raw schema\x00name) that need FULL for
 	// their moves but cannot have it (generated columns, PostgreSQL 18).
 	noFull map[string]bool
+	// partitioned holds what the partitions of each partitioned tenant
+	// table (root's raw schema\x00name) must keep in their identity.
+	partitioned map[string]identityNeed
+}
+
+// identityNeed is what a relation's replica identity must hold.
+type identityNeed struct {
+	cols    []string // attribution columns
+	movable bool     // its rows can change tenant: out-of-line values too
 }
 
 type relInfo struct {
@@ -407,6 +416,11 @@ func (c *capturer) receive(ctx context.Context) error {
 		// archived position forward (the WAL moved, nothing of ours in it).
 		moved := committed > b.Index.Start
 		if b.Records() > 0 || moved && (force || time.Since(lastFlush) >= o.Heartbeat) {
+			if b.Records() > 0 {
+				if err := c.checkPartitions(ctx); err != nil {
+					return err
+				}
+			}
 			idx, err := o.Vault.WriteSegment(ctx, b, committed, until)
 			if err != nil {
 				return err
@@ -732,6 +746,33 @@ func (c *capturer) checkOldRow(ctx context.Context, ri *relInfo, ch *vault.Chang
 	return c.narrowPartitionError(ctx, ri.table)
 }
 
+// checkPartitions refuses to archive while a partition of a partitioned
+// tenant table keeps a narrower identity than the table needs (attached
+// since the capture started): its changes may carry NULL for what it did
+// not log, which no change can tell from a real NULL in a nullable column.
+func (c *capturer) checkPartitions(ctx context.Context) error {
+	for root, need := range c.partitioned {
+		rels, err := c.identities(ctx, root)
+		if err != nil {
+			return err
+		}
+		for _, x := range rels {
+			if x.root || x.ident == "f" {
+				continue
+			}
+			if x.ident == "n" || !containsAll(x.cols, need.cols) || need.movable && !x.virtual && len(missing(x.cols, x.toastable)) > 0 {
+				schema, name, _ := strings.Cut(root, "\x00")
+				t := c.res.table(schema, name)
+				if t == nil {
+					t = &manifest.Table{Schema: schema, Name: name, Partitioned: true}
+				}
+				return partitionError(t, []string{x.name}, "it cannot be archived")
+			}
+		}
+	}
+	return nil
+}
+
 // narrowPartitionError names the partitions of t whose replica identity
 // holds less than t's.
 func (c *capturer) narrowPartitionError(ctx context.Context, t *manifest.Table) error {
@@ -752,6 +793,10 @@ func (c *capturer) narrowPartitionError(ctx context.Context, t *manifest.Table) 
 		}
 	}
 	sort.Strings(narrow)
+	return partitionError(t, narrow, "the change cannot be attributed")
+}
+
+func partitionError(t *manifest.Table, narrow []string, what string) error {
 	which := "one of its partitions"
 	fix := "ALTER TABLE <partition> REPLICA IDENTITY FULL"
 	if len(narrow) > 0 {
@@ -763,8 +808,8 @@ func (c *capturer) narrowPartitionError(ctx context.Context, t *manifest.Table) 
 		fix = strings.TrimSuffix(fix, "; ")
 	}
 	return &tenantvault.InputError{
-		Msg: fmt.Sprintf("a change to %s arrived with less of its old row than its replica identity holds: %s of it keep a narrower replica identity (attached since the capture started?), so the change cannot be attributed and the change log cannot continue",
-			t.QualifiedName(), which),
+		Msg: fmt.Sprintf("%s of %s keep a narrower replica identity than the table needs (attached since the capture started?): the server sends what they did not log as NULL, so %s and the change log cannot continue",
+			which, t.QualifiedName(), what),
 		Hint: fix + "; then start a new change log, since the changes already written cannot be attributed: tenantvault capture --drop-slot, start the capture again, and take a set with --exact-lsn. Attach partitions with their replica identity already set",
 	}
 }

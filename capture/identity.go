@@ -47,6 +47,11 @@ func (c *capturer) checkIdentity(ctx context.Context, tables []manifest.Table) e
 		}
 		scoped[t.Schema+"\x00"+t.Name] = t.Kind == manifest.TableScoped
 	}
+	for i := range tables {
+		if t := &tables[i]; t.Partitioned && need[t.Schema+"\x00"+t.Name] != nil {
+			c.partitioned[t.Schema+"\x00"+t.Name] = identityNeed{cols: need[t.Schema+"\x00"+t.Name], movable: movable[t.Schema+"\x00"+t.Name]}
+		}
+	}
 	rels, err := c.identities(ctx, "")
 	if err != nil {
 		return err
