@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -46,7 +47,9 @@ type Options struct {
 	// it, so the capture never fills the source's disk.
 	MaxLag int64
 	// SetReplicaIdentity runs ALTER TABLE ... REPLICA IDENTITY FULL on the
-	// scoped tables whose deletes would otherwise not carry their tenant.
+	// scoped tables (partitioned roots and partitions too) whose deletes
+	// would otherwise not carry their tenant, or whose rows that change
+	// tenant would lack unchanged out-of-line values.
 	SetReplicaIdentity bool
 	Logger             *slog.Logger
 	// Stats, when set, is kept up to date for metrics.
@@ -128,7 +131,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	c := &capturer{o: o, cfg: cfg}
+	c := &capturer{o: o, cfg: cfg, noFull: map[string]bool{}, partitioned: map[string]identityNeed{}}
 	defer c.close()
 	if err := c.prepare(ctx); err != nil {
 		return err
@@ -146,6 +149,18 @@ type capturer struct {
 	start  uint64 // where the next segment starts
 	res    *resolver
 	rels   map[uint32]*relInfo
+	// noFull holds the tables (raw schema\x00name) that need FULL for
+	// their moves but cannot have it (generated columns, PostgreSQL 18).
+	noFull map[string]bool
+	// partitioned holds what the partitions of each partitioned tenant
+	// table (root's raw schema\x00name) must keep in their identity.
+	partitioned map[string]identityNeed
+}
+
+// identityNeed is what a relation's replica identity must hold.
+type identityNeed struct {
+	cols    []string // attribution columns
+	movable bool     // its rows can change tenant: out-of-line values too
 }
 
 type relInfo struct {
@@ -162,6 +177,14 @@ type relInfo struct {
 	// refs are the keys chain-scoped tables reference this one's rows by
 	// (its primary key or another unique key).
 	refs []refKey
+	// full: the relation's replica identity is FULL, so every UPDATE and
+	// DELETE carries the whole old row.
+	full bool
+	// notNull marks the columns the catalog declares NOT NULL.
+	notNull []bool
+	// noFull: needs FULL for a row that changes tenant to be archived
+	// whole, and cannot have it (see capturer.noFull).
+	noFull bool
 }
 
 func (c *capturer) close() {
@@ -395,6 +418,11 @@ func (c *capturer) receive(ctx context.Context) error {
 		// archived position forward (the WAL moved, nothing of ours in it).
 		moved := committed > b.Index.Start
 		if b.Records() > 0 || moved && (force || time.Since(lastFlush) >= o.Heartbeat) {
+			if b.Records() > 0 {
+				if err := c.checkPartitions(ctx); err != nil {
+					return err
+				}
+			}
 			idx, err := o.Vault.WriteSegment(ctx, b, committed, until)
 			if err != nil {
 				return err
@@ -597,7 +625,7 @@ func (c *capturer) handle(ctx context.Context, b *vault.SegmentBuilder, cur **tx
 
 // relation learns a relation's shape and whether it holds tenant rows.
 func (c *capturer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (*relInfo, error) {
-	ri := &relInfo{rel: vault.Relation{OID: m.RelationID, Schema: m.Namespace, Name: m.RelationName}, tcol: -1}
+	ri := &relInfo{rel: vault.Relation{OID: m.RelationID, Schema: m.Namespace, Name: m.RelationName}, tcol: -1, full: m.ReplicaIdentity == 'f'}
 	for _, col := range m.Columns {
 		var typ string
 		if err := c.conn.QueryRow(ctx, `SELECT format_type($1::oid, $2)`, col.DataType, col.TypeModifier).Scan(&typ); err != nil {
@@ -610,6 +638,14 @@ func (c *capturer) relation(ctx context.Context, m *pglogrepl.RelationMessage) (
 	ri.table = c.res.table(m.Namespace, m.RelationName)
 	if ri.table == nil {
 		return ri, nil
+	}
+	ri.noFull = c.noFull[m.Namespace+"\x00"+m.RelationName]
+	notNull := map[string]bool{}
+	for _, col := range ri.table.Columns {
+		notNull[col.Name] = col.NotNull
+	}
+	for _, n := range ri.rel.Columns {
+		ri.notNull = append(ri.notNull, notNull[n])
 	}
 	pos := map[string]int{}
 	for i, n := range ri.rel.Columns {
@@ -653,6 +689,9 @@ func (c *capturer) change(ctx context.Context, b *vault.SegmentBuilder, cur *txn
 			}
 		}
 	}
+	if err := c.checkOldRow(ctx, ri, ch, oldType); err != nil {
+		return err
+	}
 	tenants, shared, err := c.res.tenantsOf(ctx, ri, ch)
 	if err != nil {
 		return err
@@ -672,6 +711,105 @@ func (c *capturer) change(ctx context.Context, b *vault.SegmentBuilder, cur *txn
 		c.o.Stats.Records.Add(1)
 	}
 	return nil
+}
+
+// checkOldRow refuses a change whose old row is narrower than the
+// relation's replica identity says. That happens to a partitioned table:
+// the server describes the old rows of all its partitions with the root's
+// identity, while each partition logs only what its own identity holds, and
+// sends the columns it did not log as NULL. A partition attached while the
+// capture runs keeps the default identity, so the evidence is checked on
+// every change: identity columns are NOT NULL, so is what the catalog
+// declares so, an unchanged out-of-line value was not NULL before, and a
+// FULL identity logs the old row of every UPDATE.
+func (c *capturer) checkOldRow(ctx context.Context, ri *relInfo, ch *vault.Change, oldType uint8) error {
+	narrow := ch.Op == vault.OpUpdate && ch.Old == nil && ri.full
+	for i, v := range ch.Old {
+		if v.Kind != vault.ValueNull {
+			continue
+		}
+		switch {
+		case oldType == pglogrepl.UpdateMessageTupleTypeKey, i < len(ri.notNull) && ri.notNull[i],
+			i < len(ch.New) && ch.New[i].Kind == vault.ValueUnchanged:
+			// Not sent, whatever it held.
+			ch.Old[i] = vault.Value{Kind: vault.ValueAbsent}
+			narrow = true
+		}
+	}
+	if !narrow || !ri.table.Partitioned {
+		// Elsewhere the server sends what the identity holds; what is
+		// absent is judged by what the change needs.
+		return nil
+	}
+	return c.narrowPartitionError(ctx, ri.table)
+}
+
+// checkPartitions refuses to archive while a partition of a partitioned
+// tenant table keeps a narrower identity than the table needs (attached
+// since the capture started): its changes may carry NULL for what it did
+// not log, which no change can tell from a real NULL in a nullable column.
+func (c *capturer) checkPartitions(ctx context.Context) error {
+	for root, need := range c.partitioned {
+		rels, err := c.identities(ctx, root)
+		if err != nil {
+			return err
+		}
+		for _, x := range rels {
+			if x.root || x.ident == "f" {
+				continue
+			}
+			if x.ident == "n" || !containsAll(x.cols, need.cols) || need.movable && !x.virtual && len(missing(x.cols, x.toastable)) > 0 {
+				schema, name, _ := strings.Cut(root, "\x00")
+				t := c.res.table(schema, name)
+				if t == nil {
+					t = &manifest.Table{Schema: schema, Name: name, Partitioned: true}
+				}
+				return partitionError(t, []string{x.name}, "it cannot be archived")
+			}
+		}
+	}
+	return nil
+}
+
+// narrowPartitionError names the partitions of t whose replica identity
+// holds less than t's.
+func (c *capturer) narrowPartitionError(ctx context.Context, t *manifest.Table) error {
+	rels, err := c.identities(ctx, t.Schema+"\x00"+t.Name)
+	if err != nil {
+		return err
+	}
+	var root *relIdentity
+	for i := range rels {
+		if rels[i].root {
+			root = &rels[i]
+		}
+	}
+	var narrow []string
+	for _, x := range rels {
+		if !x.root && root != nil && x.ident != "f" && (root.ident == "f" || !containsAll(x.cols, root.cols)) {
+			narrow = append(narrow, x.name)
+		}
+	}
+	sort.Strings(narrow)
+	return partitionError(t, narrow, "the change cannot be attributed")
+}
+
+func partitionError(t *manifest.Table, narrow []string, what string) error {
+	which := "one of its partitions"
+	fix := "ALTER TABLE <partition> REPLICA IDENTITY FULL"
+	if len(narrow) > 0 {
+		which = "partition(s) " + strings.Join(narrow, ", ")
+		fix = ""
+		for _, n := range narrow {
+			fix += "ALTER TABLE " + n + " REPLICA IDENTITY FULL; "
+		}
+		fix = strings.TrimSuffix(fix, "; ")
+	}
+	return &tenantvault.InputError{
+		Msg: fmt.Sprintf("%s of %s keep a narrower replica identity than the table needs (attached since the capture started?): the server sends what they did not log as NULL, so %s and the change log cannot continue",
+			which, t.QualifiedName(), what),
+		Hint: fix + "; then start a new change log, since the changes already written cannot be attributed: tenantvault capture --drop-slot, start the capture again, and take a set with --exact-lsn. Attach partitions with their replica identity already set",
+	}
 }
 
 func values(t *pglogrepl.TupleData) []vault.Value {

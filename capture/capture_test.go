@@ -362,3 +362,96 @@ func TestPublicationMustCoverTenantTables(t *testing.T) {
 		t.Fatalf("a refused capture left %d replication slot(s)", slots)
 	}
 }
+
+// TestPartitionAttachedLater: a partition created or attached while the
+// capture runs keeps the default replica identity (PostgreSQL does not
+// pass the root's on), so its deletes log only its key while the root's
+// FULL identity promises whole old rows: the server sends the tenant
+// column as NULL. Taken for a row of no tenant, the delete would vanish
+// (and where the column may be NULL, no change could tell). The capture
+// stops instead, on the change or before archiving anything once such a
+// partition exists, names the partition and says how to go on, and does
+// not archive the transaction.
+func TestPartitionAttachedLater(t *testing.T) {
+	for _, c := range []struct{ name, sql string }{
+		{"delete", `INSERT INTO events (tenant_id, day) VALUES ('b', '2026-02-02'), ('b', '2026-02-03');
+UPDATE events SET tenant_id = 'a' WHERE day = '2026-01-02';
+DELETE FROM events WHERE day = '2026-02-03'`},
+		{"inserts only", `INSERT INTO events (tenant_id, day) VALUES ('b', '2026-02-02'), ('b', '2026-01-03')`},
+	} {
+		t.Run(c.name, func(t *testing.T) { partitionAttachedLater(t, c.sql) })
+	}
+}
+
+func partitionAttachedLater(t *testing.T, writes string) {
+	ctx := testenv.Context(t, 2*time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, `
+CREATE TABLE tenants (id text PRIMARY KEY);
+CREATE TABLE events (id bigserial, tenant_id text NOT NULL REFERENCES tenants ON DELETE CASCADE, day date NOT NULL, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+CREATE TABLE events_jan PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+INSERT INTO tenants VALUES ('a'), ('b');
+INSERT INTO events (tenant_id, day) VALUES ('a', '2026-01-02')`)
+	v := mustVault(ctx, "file://"+t.TempDir())
+	t.Cleanup(func() { capture.DropSlot(context.Background(), db, "") })
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- capture.Run(cctx, capture.Options{Source: db, Vault: v, SetReplicaIdentity: true, FlushInterval: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+	}()
+	waitSlot(t, ctx, v, db)
+	// The root and the partition that existed were widened.
+	var idents string
+	if err := testenv.Connect(t, db).QueryRow(ctx, `SELECT string_agg(relname::text || '=' || relreplident::text, ' ' ORDER BY relname) FROM pg_class WHERE relname IN ('events', 'events_jan')`).Scan(&idents); err != nil {
+		t.Fatal(err)
+	}
+	if idents != "events=f events_jan=f" {
+		t.Fatalf("replica identities: %s", idents)
+	}
+	testenv.Exec(t, db, `CREATE TABLE events_feb (LIKE events INCLUDING ALL);
+ALTER TABLE events ATTACH PARTITION events_feb FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+`+writes)
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the capture went on archiving with a partition whose replica identity lacks the tenant column")
+	}
+	var ie *tenantvault.InputError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), "partition(s) public.events_feb of public.events keep a narrower replica identity") ||
+		!strings.Contains(ie.Hint, "ALTER TABLE public.events_feb REPLICA IDENTITY FULL") || !strings.Contains(ie.Hint, "--drop-slot") {
+		t.Fatalf("capture after a partition was attached with the default identity: %v (hint %q)", err, hintOf(err))
+	}
+	// Nothing of the transaction was archived.
+	var sys string
+	testenv.Connect(t, db).QueryRow(ctx, "SELECT system_identifier::text FROM pg_control_system()").Scan(&sys)
+	cfg, _ := tenancy.ParseURL(db)
+	refs, err := v.ListSegments(ctx, vault.StreamName(sys, cfg.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range refs {
+		idx, err := v.ReadSegmentIndex(ctx, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tenant := range []string{"a", "b"} {
+			changes, err := v.ReadChanges(ctx, idx, tenant)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(changes) > 0 {
+				t.Fatalf("tenant %s: %d change(s) archived from the transaction written with the narrow partition attached", tenant, len(changes))
+			}
+		}
+	}
+}
+
+func hintOf(err error) string {
+	var ie *tenantvault.InputError
+	if errors.As(err, &ie) {
+		return ie.Hint
+	}
+	return ""
+}

@@ -376,12 +376,23 @@ func (r *resolver) tenantsOf(ctx context.Context, ri *relInfo, ch *vault.Change)
 		ins := ch
 		if ch.Op == vault.OpUpdate {
 			full := vault.FillUnchanged(ch.New, ch.Old)
-			for _, v := range full {
-				if v.Kind == vault.ValueUnchanged {
-					return nil, false, identityError(t, "")
+			var unsent []string
+			for i, v := range full {
+				if v.Kind == vault.ValueUnchanged && i < len(ri.rel.Columns) {
+					unsent = append(unsent, ri.rel.Columns[i])
 				}
 			}
-			ins = &vault.Change{LSN: ch.LSN, Time: ch.Time, Rel: ch.Rel, Op: vault.OpInsert, New: full}
+			switch {
+			case len(unsent) == 0:
+				ins = &vault.Change{LSN: ch.LSN, Time: ch.Time, Rel: ch.Rel, Op: vault.OpInsert, New: full}
+			case ri.noFull:
+				// The row cannot be archived whole for the tenant it joins
+				// (no FULL identity possible): replay of that tenant stops
+				// here instead of inserting it without its values.
+				ins = &vault.Change{LSN: ch.LSN, Time: ch.Time, Rel: ch.Rel, Op: vault.OpMoved, New: ch.New, Old: ch.Old}
+			default:
+				return nil, false, unsentError(t, unsent)
+			}
 		}
 		out = append(out, tenantChange{after.tenant, ins})
 	}
@@ -469,6 +480,17 @@ func identityError(t *manifest.Table, cols string) error {
 	}
 	return &tenantvault.InputError{
 		Msg:  fmt.Sprintf("a change to %s does not carry %s: its replica identity is too narrow", t.QualifiedName(), what),
+		Hint: fmt.Sprintf("run ALTER TABLE %s REPLICA IDENTITY FULL, or start the capture with --set-replica-identity", tenancy.Ident(t.Schema, t.Name)),
+	}
+}
+
+// unsentError refuses a row that changes tenant while the log lacks some
+// of its values: unchanged out-of-line (TOASTed) values are sent only in a
+// FULL old row, and the tenant it joins needs the whole row.
+func unsentError(t *manifest.Table, cols []string) error {
+	return &tenantvault.InputError{
+		Msg: fmt.Sprintf("a row of %s changed tenant, and the change does not carry the unchanged out-of-line value of %s that the tenant it joins needs: its replica identity is not FULL",
+			t.QualifiedName(), strings.Join(cols, ", ")),
 		Hint: fmt.Sprintf("run ALTER TABLE %s REPLICA IDENTITY FULL, or start the capture with --set-replica-identity", tenancy.Ident(t.Schema, t.Name)),
 	}
 }

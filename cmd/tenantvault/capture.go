@@ -55,7 +55,7 @@ source never fills its disk. --drop-slot removes the slot and exits.`,
 	fs.DurationVar(&o.flushInterval, "flush-interval", capture.DefaultFlushInterval, "longest time a committed change waits before it is archived")
 	fs.DurationVar(&o.heartbeat, "heartbeat", capture.DefaultHeartbeat, "how often an idle source's log records that it is complete up to now")
 	fs.Int64Var(&o.maxLag, "max-lag", capture.DefaultMaxLag, "bytes of WAL the source may hold for the slot before the capture drops it")
-	fs.BoolVar(&o.setIdentity, "set-replica-identity", false, "set REPLICA IDENTITY FULL on tables whose changes would otherwise not carry their tenant")
+	fs.BoolVar(&o.setIdentity, "set-replica-identity", false, "set REPLICA IDENTITY FULL on tables (and partitions) whose changes would otherwise not carry their tenant, or the whole row of one that changes tenant")
 	fs.BoolVar(&o.dropSlot, "drop-slot", false, "drop the capture's replication slot and exit")
 	return cmd
 }
