@@ -52,6 +52,10 @@ type SetIndex struct {
 	Stats   IndexStats    `json:"stats"`
 	Signer  string        `json:"-"`
 	sealed  bool          // from a sealed manifest
+	// indexKey and indexGen: the tenant index a plaintext set format 2
+	// manifest names, and the manifest's generation (see forget).
+	indexKey string
+	indexGen int
 	authBy  signerVerdict // how the signature was checked
 }
 
@@ -118,7 +122,9 @@ func indexFromManifest(m *manifest.Manifest) *SetIndex {
 	x.Stats = IndexStats{Chunks: len(x.Chunks), Stored: m.Stats.Stored, Written: m.Stats.Written}
 	if m.Index != nil {
 		x.Stats.Chunks = m.Stats.Chunks // the tenants' are in the index
+		x.indexKey = m.Index.Key
 	}
+	x.indexGen = m.Generation
 	return x
 }
 
