@@ -1,0 +1,401 @@
+package vault_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/repo"
+	"github.com/tenantvault/tenantvault/vault"
+)
+
+const forgetMarker = "ERASE-ME-7f3a9c"
+
+// forgetRepo writes a repository in which the tenant "victim" is
+// everywhere forget must look: a set format 1 set, a set format 2 set
+// that reuses the first one's packs (so it points into them), a
+// pre-restore set, and change-log segments with a frame of its own.
+func forgetRepo(t *testing.T) (string, repo.Backend) {
+	t.Helper()
+	ctx := context.Background()
+	dir, b := newRepoDir(t)
+	v1, err := vault.Open(ctx, b, vault.Options{Init: true, SetFormat: manifest.Version1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	content := func(tenant string, n int) string {
+		var sb strings.Builder
+		for i := range n {
+			fmt.Fprintf(&sb, "%d\t%s\trow %d of %s\n", i, tenant, i, tenant)
+		}
+		return sb.String()
+	}
+	victim := func(n int) string {
+		var sb strings.Builder
+		for i := range n {
+			fmt.Fprintf(&sb, "%d\tvictim\t%s %d\n", i, forgetMarker, i)
+		}
+		return sb.String()
+	}
+	tenants := map[string]string{"acme": content("acme", 40), "globex": content("globex", 30), "victim": victim(50), "zeta": content("zeta", 20)}
+	writeTenantSet(t, v1, tenantSet{at: t0, tenants: tenants, global: "1\tde\n2\tfr\n", schema: "schema"})
+	v2 := openWith(t, b, nil, false)
+	prev := &manifest.Manifest{Source: manifest.Source{Name: "main", Host: "h:5432", Database: "db", SystemID: "42"}, Tenancy: manifest.Tenancy{Model: "column", TenantColumn: "tenant_id"}}
+	reuse, err := v2.PreviousChunks(ctx, prev)
+	if err != nil || reuse.Set == "" {
+		t.Fatalf("reuse: %v", err)
+	}
+	tenants["globex"] = content("globex", 31) // changed: stored anew; the rest reused
+	writeTenantSet(t, v2, tenantSet{at: t0.Add(time.Hour), tenants: tenants, global: "1\tde\n2\tfr\n", schema: "schema", reuse: reuse})
+	pre := writeTenantSet(t, v2, tenantSet{at: t0.Add(2 * time.Hour), tenants: map[string]string{"victim": victim(3)}})
+	_ = pre
+
+	stream := vault.StreamName("42", "db")
+	lsn := uint64(0x3000000)
+	for seg := range 3 {
+		sb := vault.NewSegmentBuilder(stream, "e1", lsn)
+		sb.AddRelation(vault.Relation{OID: 1, Schema: "public", Name: "items", Columns: []string{"id", "tenant_id", "body"}, Types: []string{"bigint", "text", "text"}})
+		row := func(tenant, body string) []vault.Value {
+			return []vault.Value{{Kind: vault.ValueText, Data: []byte("1")}, {Kind: vault.ValueText, Data: []byte(tenant)}, {Kind: vault.ValueText, Data: []byte(body)}}
+		}
+		at := t0.Add(3*time.Hour + time.Duration(seg)*time.Minute)
+		sb.Add("acme", false, &vault.Change{LSN: lsn + 1, Time: at, Rel: 1, Op: vault.OpInsert, New: row("acme", "hello")})
+		if seg != 1 {
+			sb.Add("victim", false, &vault.Change{LSN: lsn + 2, Time: at, Rel: 1, Op: vault.OpInsert, New: row("victim", forgetMarker+" in the log")})
+		}
+		sb.Add("", true, &vault.Change{LSN: lsn + 3, Time: at, Rel: 1, Op: vault.OpDelete, Old: row("?", "shared")})
+		if _, err := v2.WriteSegment(ctx, sb, lsn+0x100, at); err != nil {
+			t.Fatal(err)
+		}
+		lsn += 0x100
+	}
+	// A segment that holds only the victim's records.
+	sb := vault.NewSegmentBuilder(stream, "e1", lsn)
+	sb.Add("victim", false, &vault.Change{LSN: lsn + 1, Time: t0.Add(4 * time.Hour), Rel: 1, Op: vault.OpInsert, New: []vault.Value{{Kind: vault.ValueText, Data: []byte(forgetMarker)}}})
+	if _, err := v2.WriteSegment(ctx, sb, lsn+0x100, t0.Add(4*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	return dir, b
+}
+
+// findMarker searches every stored byte under dir, raw and inside every
+// zstd frame found anywhere in an object, for forgetMarker.
+func findMarker(t *testing.T, dir string) []string {
+	t.Helper()
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	magic := []byte{0x28, 0xb5, 0x2f, 0xfd}
+	var hits []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(data, []byte(forgetMarker)) {
+			hits = append(hits, path+" (raw)")
+		}
+		for i := 0; i+4 <= len(data); i++ {
+			if !bytes.Equal(data[i:i+4], magic) {
+				continue
+			}
+			if err := dec.Reset(bytes.NewReader(data[i:])); err != nil {
+				continue
+			}
+			out, _ := io.ReadAll(io.LimitReader(dec, 64<<20))
+			if bytes.Contains(out, []byte(forgetMarker)) {
+				hits = append(hits, fmt.Sprintf("%s (zstd frame at %d)", path, i))
+			}
+		}
+		return nil
+	})
+	return hits
+}
+
+// contents reads every tenant's chunks of every set (what a restore
+// loads) and every tenant's change records, checked against their digests.
+func contents(t *testing.T, v *vault.Vault) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string]string{}
+	ids, err := v.ListSets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		m, err := v.ReadManifest(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		read := func(who string, c manifest.Chunk) {
+			rc, err := v.OpenChunk(ctx, m, c)
+			if err != nil {
+				t.Fatalf("set %s %s: %v", id, who, err)
+			}
+			data, err := io.ReadAll(rc)
+			rc.Close()
+			if err != nil {
+				t.Fatalf("set %s %s: %v", id, who, err)
+			}
+			out[id+"/"+who] += string(data)
+		}
+		for _, c := range m.Global {
+			read("(global)", c)
+		}
+		for _, tn := range m.Tenants {
+			for _, c := range tn.Chunks {
+				read(tn.ID, c)
+			}
+		}
+	}
+	streams, err := v.ListStreams(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range streams {
+		refs, err := v.ListSegments(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ref := range refs {
+			idx, err := v.ReadSegmentIndex(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, tenant := range []string{"acme", "globex", "victim", "zeta"} {
+				ch, err := v.ReadChanges(ctx, idx, tenant)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, c := range ch {
+					who := tenant
+					if c.Shared {
+						who = "(shared, read by " + tenant + ")"
+					}
+					out[fmt.Sprintf("log/%x/%s", ref.Start, who)] += fmt.Sprintf("%d %c %q %q\n", c.LSN, c.Op, c.New, c.Old)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func withoutVictim(m map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		if !strings.HasSuffix(k, "/victim") && !strings.HasSuffix(k, "read by victim)") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func mustVerify(t *testing.T, v *vault.Vault) {
+	t.Helper()
+	ctx := context.Background()
+	res, err := v.Verify(ctx, nil, true, nil)
+	if err != nil || len(res.Problems) > 0 {
+		t.Fatalf("verify --read-data: %v %+v", err, res)
+	}
+	sc, err := v.VerifySegments(ctx, true)
+	if err != nil || len(sc.Problems) > 0 {
+		t.Fatalf("verify segments: %v %+v", err, sc)
+	}
+}
+
+func forget(ctx context.Context, v *vault.Vault, tenant string) (*vault.ForgetResult, error) {
+	pending, err := v.PendingForget(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	var plan *vault.ForgetPlan
+	if !pending {
+		if plan, err = v.PlanForget(ctx, tenant, 1, nil); err != nil {
+			return nil, err
+		}
+	}
+	return v.Forget(ctx, tenant, plan, vault.ForgetOptions{Reason: "test", By: "tester"})
+}
+
+func listing(t *testing.T, dir string) string {
+	t.Helper()
+	var sb strings.Builder
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			info, _ := d.Info()
+			fmt.Fprintf(&sb, "%s %d %s\n", strings.TrimPrefix(path, dir), info.Size(), info.ModTime())
+		}
+		return err
+	})
+	return sb.String()
+}
+
+// TestForgetRewrites: after forget no stored byte holds the tenant's
+// marker, every other tenant's chunks and change records read back
+// identical, verify passes, a tombstone and an audit record name the
+// tenant only by hash, and a plan changes nothing.
+func TestForgetRewrites(t *testing.T) {
+	ctx := context.Background()
+	dir, b := forgetRepo(t)
+	v := openWith(t, b, nil, false)
+	before := contents(t, v)
+	if len(findMarker(t, dir)) == 0 {
+		t.Fatal("the marker is not in the repository to begin with")
+	}
+	list := listing(t, dir)
+	plan, err := v.PlanForget(ctx, "victim", 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := plan.Summary
+	if len(s.SetsHolding) != 3 || len(s.SetsRewritten) != 3 || s.Segments != 3 || s.SharedRecords != 3 || s.TenantBytes == 0 || s.PacksDropped == 0 {
+		t.Fatalf("plan: %+v", s)
+	}
+	if listing(t, dir) != list {
+		t.Fatal("planning changed the repository")
+	}
+	res, err := v.Forget(ctx, "victim", plan, vault.ForgetOptions{Reason: "art. 17", By: "tester"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hits := findMarker(t, dir); len(hits) > 0 {
+		t.Fatalf("the erased tenant's marker is still stored: %v", hits)
+	}
+	after := openWith(t, b, nil, false)
+	mustVerify(t, after)
+	got := contents(t, after)
+	want := withoutVictim(before)
+	for k, w := range want {
+		if got[k] != w {
+			t.Fatalf("%s changed:\n%q\nwant\n%q", k, got[k], w)
+		}
+	}
+	for k := range got {
+		if strings.HasSuffix(k, "/victim") {
+			t.Fatalf("%s still readable", k)
+		}
+	}
+	if res.Done.Sets != 3 || res.Done.SetsHeld != 3 || res.Tombstone.State != vault.TombstoneErased {
+		t.Fatalf("result: %+v %+v", res.Done, res.Tombstone)
+	}
+	tomb, err := after.Erased(ctx, "victim")
+	if err != nil || tomb == nil || tomb.State != vault.TombstoneErased || tomb.Reason != "art. 17" {
+		t.Fatalf("tombstone: %+v %v", tomb, err)
+	}
+	if err := after.RefuseErased(ctx, []string{"acme", "victim"}); !errors.Is(err, vault.ErrErased) || !strings.Contains(err.Error(), `tenant "victim" (erased on `) {
+		t.Fatalf("refuse: %v", err)
+	}
+	recs, err := after.AuditRecords(ctx)
+	if err != nil || len(recs) != 1 || recs[0].Outcome != "erased" || recs[0].TenantHash != after.TenantHash("victim") {
+		t.Fatalf("audit: %+v %v", recs, err)
+	}
+	// Nothing in the repository names the tenant, not even a key.
+	if strings.Contains(listing(t, dir), "victim") {
+		t.Fatal("a key names the erased tenant")
+	}
+	// GC finds nothing left over; nothing plans to rewrite anything.
+	gc, err := after.GC(ctx, vault.GCOptions{MinAge: -1, DryRun: true})
+	if err != nil || len(gc.Collected) != 0 {
+		t.Fatalf("gc after forget: %+v %v", gc, err)
+	}
+	again, err := after.PlanForget(ctx, "victim", 1, nil)
+	if err != nil || !again.Summary.Empty() {
+		t.Fatalf("plan after forget: %+v %v", again, err)
+	}
+	if p, _ := after.PendingForgets(ctx); len(p) != 0 {
+		t.Fatalf("pending after forget: %+v", p)
+	}
+}
+
+// TestForgetInterrupted: a forget that fails at any write or delete
+// leaves a repository that verifies and reads back every other tenant
+// unchanged, and a rerun completes the erasure.
+func TestForgetInterrupted(t *testing.T) {
+	ctx := context.Background()
+	tmpl, b := forgetRepo(t)
+	want := withoutVictim(contents(t, openWith(t, b, nil, false)))
+	for _, op := range []repo.Op{repo.OpPut, repo.OpDelete} {
+		for k := 0; ; k++ {
+			dir := filepath.Join(t.TempDir(), "repo")
+			if err := os.CopyFS(dir, os.DirFS(tmpl)); err != nil {
+				t.Fatal(err)
+			}
+			fb, err := repo.Open(ctx, "file://"+dir, repo.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := repo.NewFaulty(fb)
+			v := openWith(t, f, nil, false)
+			f.Inject(repo.Fault{Op: op, After: k, Times: 1, Err: repo.Permanent(fmt.Errorf("%w: crash", repo.ErrInjected))})
+			_, err = forget(ctx, v, "victim")
+			if err == nil {
+				if k < 3 {
+					t.Fatalf("%s: only %d call(s) to interrupt", op, k)
+				}
+				t.Logf("interrupted forget at each of its %d %s calls", k, op)
+				fb.Close()
+				break
+			}
+			if !errors.Is(err, repo.ErrInjected) {
+				t.Fatalf("%s %d: %v", op, k, err)
+			}
+			fresh := openWith(t, fb, nil, false)
+			mustVerify(t, fresh)
+			got := withoutVictim(contents(t, fresh))
+			for key, w := range want {
+				if got[key] != w {
+					t.Fatalf("interrupted at %s %d: %s changed", op, k, key)
+				}
+			}
+			if err := fresh.RefuseErased(ctx, []string{"victim"}); k > 0 && op == repo.OpPut && !errors.Is(err, vault.ErrErased) {
+				t.Fatalf("interrupted at %s %d: the tenant is not refused: %v", op, k, err)
+			}
+			if _, err := forget(ctx, openWith(t, fb, nil, false), "victim"); err != nil {
+				t.Fatalf("rerun after %s %d: %v", op, k, err)
+			}
+			done := openWith(t, fb, nil, false)
+			mustVerify(t, done)
+			if hits := findMarker(t, dir); len(hits) > 0 {
+				t.Fatalf("after %s %d and a rerun, the marker is still stored: %v", op, k, hits)
+			}
+			got = contents(t, done)
+			for key, w := range want {
+				if got[key] != w {
+					t.Fatalf("after %s %d and a rerun: %s changed", op, k, key)
+				}
+			}
+			fb.Close()
+		}
+	}
+}
+
+// TestForgetRefuses: an encrypted repository is refused by the stub with
+// exit code 2; an unknown tenant plans nothing.
+func TestForgetRefusesEncrypted(t *testing.T) {
+	ctx := context.Background()
+	_, b := newRepoDir(t)
+	v := openWith(t, b, newKeySet(t).writer, true)
+	_, err := v.PlanForget(ctx, "acme", 1, nil)
+	var ie *tenantvault.InputError
+	if !errors.As(err, &ie) || !errors.Is(err, vault.ErrForgetEncrypted) || err.Error() != "forget in encrypted repositories is not available in this build" {
+		t.Fatalf("encrypted: %v", err)
+	}
+}
