@@ -107,6 +107,10 @@ type Manifest struct {
 	// Erased counts the tenants forget removed from the set; they are not
 	// named (docs/FORMAT.md, "Erased tenants").
 	Erased int `json:"erased,omitempty"`
+	// ErasedPresent counts tenants of the set that had been erased before
+	// it was taken: the source still held their rows (restores refuse
+	// them; forget erases them again).
+	ErasedPresent int `json:"erased_present,omitempty"`
 }
 
 // Index locates a set's tenant index (set format 2).
