@@ -211,6 +211,13 @@ UPDATE users SET email = '`+eraseMarker+`' || id || '@example.com' WHERE tenant_
 				t.Fatalf("snapshot of a source with an erased tenant: exit %d\n%s", code, errOut)
 			}
 			expect(t, 2, `tenant "globex" (erased on `, "restore", "--repo", repoURL, "--target", scratch, "--tenant", "globex", "--create-schema", "--yes")
+			if backend == "file" {
+				// A drill of every tenant of that set leaves it out and says so.
+				out = expect(t, 0, "", "drill", "--repo", repoURL, "--scratch", testenv.PostgresURL(t), "--tenants", "100")
+				if !strings.Contains(out, "skipped: 1 erased tenant(s) the set still holds") || strings.Contains(out, `"globex"`) || !strings.Contains(out, fmt.Sprintf("tenants: %d sampled", len(others))) {
+					t.Fatalf("drill of a set that holds an erased tenant:\n%s", out)
+				}
+			}
 			out = expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "globex", "--yes")
 			if !strings.Contains(out, "1 set(s) rewritten (1 held it)") {
 				t.Fatalf("forget of a tenant snapshotted again: %s", out)
