@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tenantvault/tenantvault"
@@ -75,9 +77,18 @@ const tombstoneVersion = 1
 // it does not stop anyone who can read the repository from testing a
 // guessed ID (docs/SECURITY.md).
 func (v *Vault) TenantHash(tenant string) string {
-	mac := hmac.New(sha256.New, []byte("tenantvault tombstone v1\x00"+v.cfg.ID))
+	return tenantHash(v.tombstoneMAC(), tenant)
+}
+
+func (v *Vault) tombstoneMAC() hash.Hash {
+	return hmac.New(sha256.New, []byte("tenantvault tombstone v1\x00"+v.cfg.ID))
+}
+
+func tenantHash(mac hash.Hash, tenant string) string {
+	mac.Reset()
 	mac.Write([]byte(tenant))
-	return hex.EncodeToString(mac.Sum(nil))
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(mac.Sum(sum[:0]))
 }
 
 // TombstoneKey is where the tombstone of the tenant with this hash lives.
@@ -111,11 +122,13 @@ func (v *Vault) tombstone(ctx context.Context, hash string) (*Tombstone, error) 
 type ErasedIndex struct {
 	v      *Vault
 	hashes map[string]bool
+	mu     sync.Mutex
+	mac    hash.Hash // keyed once: Reset keeps the key
 }
 
 // ErasedTenants lists the tombstones (one listing, whatever the count).
 func (v *Vault) ErasedTenants(ctx context.Context) (*ErasedIndex, error) {
-	ix := &ErasedIndex{v: v, hashes: map[string]bool{}}
+	ix := &ErasedIndex{v: v, hashes: map[string]bool{}, mac: v.tombstoneMAC()}
 	err := v.b.List(ctx, ErasedPrefix, func(o repo.ObjectInfo) error {
 		h, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, ErasedPrefix), recordExt)
 		if ok && len(h) == 64 {
@@ -139,7 +152,12 @@ func (ix *ErasedIndex) Len() int {
 
 // Has reports whether tenant has a tombstone.
 func (ix *ErasedIndex) Has(tenant string) bool {
-	return ix != nil && len(ix.hashes) > 0 && ix.hashes[ix.v.TenantHash(tenant)]
+	if ix == nil || len(ix.hashes) == 0 {
+		return false
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	return ix.hashes[tenantHash(ix.mac, tenant)]
 }
 
 // Tombstone reads tenant's tombstone (one GET); nil when it has none.
