@@ -441,7 +441,13 @@ func (v *Vault) Forget(ctx context.Context, tenant string, first *ForgetPlan, o 
 	if tomb == nil || tomb.State != TombstoneErasing {
 		// The tombstone first: from here on restores refuse the tenant,
 		// even while its data is still being removed.
-		tomb = &Tombstone{Version: tombstoneVersion, TenantHash: hash, State: TombstoneErasing, Requested: j.Started, Reason: j.Reason, By: j.By, Method: "rewrite"}
+		requested := j.Started
+		if tomb != nil {
+			// Erased before, and snapshotted again since: the tenant was
+			// erased on the first date.
+			requested = tomb.Requested
+		}
+		tomb = &Tombstone{Version: tombstoneVersion, TenantHash: hash, State: TombstoneErasing, Requested: requested, Reason: j.Reason, By: j.By, Method: "rewrite"}
 		if err := v.putJSON(ctx, TombstoneKey(hash), tomb); err != nil {
 			return nil, fmt.Errorf("write tombstone: %w", err)
 		}
@@ -609,7 +615,7 @@ func (v *Vault) runRound(ctx context.Context, tenant string, p *ForgetPlan, o Fo
 			return err
 		}
 		if done {
-			note("set %s rewritten (generation %d)", s.ID, s.Gen)
+			note("set %s rewritten", s.ID)
 		}
 	}
 	for _, s := range p.Segments {
@@ -687,11 +693,26 @@ func (v *Vault) rewriteSet(ctx context.Context, tenant string, fs forgetSet, mov
 		return false, err
 	}
 	old := set.Header()
-	if old.Generation >= fs.Gen {
-		return false, nil
+	// Done when the set neither holds the tenant nor points into a pack
+	// this round replaces: judged from the set as it is, so that a plan
+	// made before another erasure rewrote the set is still applied right.
+	touches := false
+	for _, p := range old.Packs {
+		_, ok := moved[p]
+		touches = touches || ok
+	}
+	if !touches {
+		t, err := set.Tenant(ctx, tenant)
+		set.release()
+		if err != nil {
+			return false, err
+		}
+		if t == nil {
+			return false, nil
+		}
 	}
 	m := *old
-	m.Generation, m.Tenants = fs.Gen, nil
+	m.Generation, m.Tenants = old.Generation+1, nil
 	// The packs: moved ones renamed (or dropped when nothing remains),
 	// indexes renumbered in the order the old list had.
 	newIndex := make([]int, len(old.Packs))
@@ -763,7 +784,9 @@ func (v *Vault) rewriteSet(ctx context.Context, tenant string, fs forgetSet, mov
 			return false, err
 		}
 		defer w.Close()
-		w.key = indexKeyGen(fs.ID, fs.Gen)
+		// A leftover of an interrupted attempt at this key is referenced
+		// by no manifest: overwriting it is safe.
+		w.key = indexKeyGen(fs.ID, m.Generation)
 		err = set.Tenants(ctx, func(t *manifest.Tenant) error {
 			nt, err := each(t)
 			if err != nil || nt == nil {
@@ -856,12 +879,10 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 	nx.Size = int64(len(out))
 	nx.Data = ""
 	if len(out) > 0 {
-		if fs.NewData == "" {
-			return false, fmt.Errorf("change segment %s: forget's plan keeps nothing of it, but it holds other records now; rerun forget", idx.Key())
-		}
-		nx.Data = strings.TrimPrefix(fs.NewData, ChangesPrefix+fs.Stream+"/")
-		if err := v.b.Put(ctx, fs.NewData, bytes.NewReader(out), int64(len(out))); err != nil {
-			return false, fmt.Errorf("write change segment %s: %w", fs.NewData, err)
+		// Named after the index as it is now: never the object it uses.
+		nx.Data = fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)
+		if err := v.b.Put(ctx, nx.Key(), bytes.NewReader(out), int64(len(out))); err != nil {
+			return false, fmt.Errorf("write change segment %s: %w", nx.Key(), err)
 		}
 	}
 	if nx.Streams == nil {
@@ -902,18 +923,42 @@ func (v *Vault) collectForgotten(ctx context.Context, j *forgetJournal, note fun
 			referenced[x.indexKey] = true
 		}
 	}
+	gen := map[string]int{}
+	for _, x := range sets {
+		gen[x.ID] = x.indexGen
+	}
 	var old []string
+	segs := map[SegmentRef]bool{}
 	for _, p := range j.Rounds {
 		for _, fp := range p.Packs {
 			old = append(old, fp.Old)
 		}
 		for _, s := range p.Sets {
-			for g := 0; g < s.Gen; g++ {
+			// Every tenant index generation below the manifest's.
+			for g := 0; g < gen[s.ID]; g++ {
 				old = append(old, indexKeyGen(s.ID, g))
 			}
 		}
 		for _, s := range p.Segments {
-			old = append(old, s.OldData)
+			segs[SegmentRef{Stream: s.Stream, Start: s.Start, End: s.End}] = true
+		}
+	}
+	// Every data object of a rewritten segment but the one its index
+	// names now (found by listing: a resumed forget cannot know which
+	// generation an interrupted one wrote).
+	for ref := range segs {
+		idx, err := v.ReadSegmentIndex(ctx, ref)
+		if err != nil {
+			return 0, err
+		}
+		prefix := segmentKey(ref.Stream, ref.Start, ref.End, "")
+		if err := v.b.List(ctx, prefix, func(o repo.ObjectInfo) error {
+			if strings.HasSuffix(o.Key, ".seg") && (idx.Size == 0 || o.Key != idx.Key()) {
+				old = append(old, o.Key)
+			}
+			return nil
+		}); err != nil {
+			return 0, err
 		}
 	}
 	var deleted int64

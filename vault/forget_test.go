@@ -323,6 +323,34 @@ func TestForgetRewrites(t *testing.T) {
 	if p, _ := after.PendingForgets(ctx); len(p) != 0 {
 		t.Fatalf("pending after forget: %+v", p)
 	}
+
+	// A second erasure rewrites the packs and sets the first one wrote
+	// (generation 2), and leaves the rest as it was.
+	if _, err := forget(ctx, after, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	last := openWith(t, b, nil, false)
+	mustVerify(t, last)
+	got = contents(t, last)
+	for k, w := range want {
+		if strings.Contains(k, "acme") {
+			continue
+		}
+		if got[k] != w {
+			t.Fatalf("after a second erasure %s changed", k)
+		}
+	}
+	for k := range got {
+		if strings.HasSuffix(k, "/acme") {
+			t.Fatalf("%s still readable", k)
+		}
+	}
+	if !strings.Contains(listing(t, dir), ".g2.") {
+		t.Fatalf("no second generation:\n%s", listing(t, dir))
+	}
+	if tomb, _ := last.Erased(ctx, "victim"); tomb == nil || tomb.State != vault.TombstoneErased {
+		t.Fatalf("the first tombstone: %+v", tomb)
+	}
 }
 
 // TestForgetInterrupted: a forget that fails at any write or delete

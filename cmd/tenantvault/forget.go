@@ -213,6 +213,15 @@ func (a *app) runForget(ctx context.Context, o *forgetOptions) error {
 	}
 	results := make([]*vault.ForgetResult, len(items))
 	for i, it := range items {
+		if it.plan != nil && i > 0 {
+			// The erasures before this one rewrote sets and packs this
+			// tenant's plan named: plan it again as the repository is now.
+			p, err := v.PlanForget(ctx, it.tenant, 1, nil)
+			if err != nil {
+				return err
+			}
+			it.plan = p
+		}
 		res, err := v.Forget(ctx, it.tenant, it.plan, vault.ForgetOptions{
 			Reason: o.reason, By: by, TempDir: o.tempDir,
 			Progress: func(step string) { a.log.Info("forget: "+step, "tenant_hash", v.TenantHash(it.tenant)[:12]) },
