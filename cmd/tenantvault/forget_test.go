@@ -218,12 +218,25 @@ UPDATE users SET email = '`+eraseMarker+`' || id || '@example.com' WHERE tenant_
 					t.Fatalf("drill of a set that holds an erased tenant:\n%s", out)
 				}
 			}
-			out = expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "globex", "--yes")
-			if !strings.Contains(out, "1 set(s) rewritten (1 held it)") {
-				t.Fatalf("forget of a tenant snapshotted again: %s", out)
+			// Two tenants in one command: the second is planned again
+			// after the first rewrote the packs they share.
+			out = expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "globex", "--tenant", "acme", "--yes")
+			if !strings.Contains(out, `erased tenant "globex": 1 set(s) rewritten (1 held it)`) || !strings.Contains(out, `erased tenant "acme": `) {
+				t.Fatalf("forget of a tenant snapshotted again, and another: %s", out)
 			}
 			if hits := markerHits(t, storedObjects(t, ctx, repoURL)); len(hits) > 0 {
 				t.Fatalf("marker stored after the second forget:\n%s", strings.Join(hits, "\n"))
+			}
+			out = expect(t, 0, "", "verify", "--repo", repoURL, "--read-data")
+			if !strings.Contains(out, "0 problem(s)") {
+				t.Fatalf("verify --read-data after the second forget: %s", out)
+			}
+			rest := slices.DeleteFunc(slices.Clone(others), func(s string) bool { return s == "acme" })
+			got = restoredStates(t, ctx, repoURL, rest)
+			for _, id := range rest {
+				if d := fixture.Diff(before[id], got[id]); d != "" {
+					t.Fatalf("tenant %q restores differently after the second forget: %s", id, d)
+				}
 			}
 		})
 	}
