@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +13,10 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/internal/testenv"
 	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/repo"
+	_ "github.com/tenantvault/tenantvault/repo/s3"
 	"github.com/tenantvault/tenantvault/vault"
 )
 
@@ -27,10 +26,9 @@ const forgetMarker = "ERASE-ME-7f3a9c"
 // everywhere forget must look: a set format 1 set, a set format 2 set
 // that reuses the first one's packs (so it points into them), a
 // pre-restore set, and change-log segments with a frame of its own.
-func forgetRepo(t *testing.T) (string, repo.Backend) {
+func forgetRepo(t *testing.T, b repo.Backend) {
 	t.Helper()
 	ctx := context.Background()
-	dir, b := newRepoDir(t)
 	v1, err := vault.Open(ctx, b, vault.Options{Init: true, SetFormat: manifest.Version1})
 	if err != nil {
 		t.Fatal(err)
@@ -88,30 +86,65 @@ func forgetRepo(t *testing.T) (string, repo.Backend) {
 	if _, err := v2.WriteSegment(ctx, sb, lsn+0x100, t0.Add(4*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	return dir, b
 }
 
-// findMarker searches every stored byte under dir, raw and inside every
-// zstd frame found anywhere in an object, for forgetMarker.
-func findMarker(t *testing.T, dir string) []string {
+// forgetBackends are the storages the forget tests run on: a directory,
+// and a MinIO bucket.
+func forgetBackends(t *testing.T) map[string]func(t *testing.T) repo.Backend {
+	return map[string]func(t *testing.T) repo.Backend{
+		"file": func(t *testing.T) repo.Backend { _, b := newRepoDir(t); return b },
+		"s3": func(t *testing.T) repo.Backend {
+			b, err := repo.Open(context.Background(), testenv.NewS3Repo(t), repo.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { b.Close() })
+			return b
+		},
+	}
+}
+
+// copyRepo copies every object of from into to.
+func copyRepo(t *testing.T, from, to repo.Backend) {
 	t.Helper()
+	ctx := context.Background()
+	var keys []string
+	if err := from.List(ctx, "", func(o repo.ObjectInfo) error { keys = append(keys, o.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		data, err := repo.ReadAll(ctx, from, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := to.Put(ctx, k, bytes.NewReader(data), int64(len(data))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// findMarker searches every stored byte, raw and inside every zstd frame
+// found anywhere in an object, for forgetMarker.
+func findMarker(t *testing.T, b repo.Backend) []string {
+	t.Helper()
+	ctx := context.Background()
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dec.Close()
 	magic := []byte{0x28, 0xb5, 0x2f, 0xfd}
-	var hits []string
-	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		data, err := os.ReadFile(path)
+	var keys, hits []string
+	if err := b.List(ctx, "", func(o repo.ObjectInfo) error { keys = append(keys, o.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		data, err := repo.ReadAll(ctx, b, k)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if bytes.Contains(data, []byte(forgetMarker)) {
-			hits = append(hits, path+" (raw)")
+			hits = append(hits, k+" (raw)")
 		}
 		for i := 0; i+4 <= len(data); i++ {
 			if !bytes.Equal(data[i:i+4], magic) {
@@ -122,11 +155,10 @@ func findMarker(t *testing.T, dir string) []string {
 			}
 			out, _ := io.ReadAll(io.LimitReader(dec, 64<<20))
 			if bytes.Contains(out, []byte(forgetMarker)) {
-				hits = append(hits, fmt.Sprintf("%s (zstd frame at %d)", path, i))
+				hits = append(hits, fmt.Sprintf("%s (zstd frame at %d)", k, i))
 			}
 		}
-		return nil
-	})
+	}
 	return hits
 }
 
@@ -235,16 +267,15 @@ func forget(ctx context.Context, v *vault.Vault, tenant string) (*vault.ForgetRe
 	return v.Forget(ctx, tenant, plan, vault.ForgetOptions{Reason: "test", By: "tester"})
 }
 
-func listing(t *testing.T, dir string) string {
+func listing(t *testing.T, b repo.Backend) string {
 	t.Helper()
 	var sb strings.Builder
-	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			info, _ := d.Info()
-			fmt.Fprintf(&sb, "%s %d %s\n", strings.TrimPrefix(path, dir), info.Size(), info.ModTime())
-		}
-		return err
-	})
+	if err := b.List(context.Background(), "", func(o repo.ObjectInfo) error {
+		fmt.Fprintf(&sb, "%s %d %s\n", o.Key, o.Size, o.ModTime)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	return sb.String()
 }
 
@@ -253,14 +284,20 @@ func listing(t *testing.T, dir string) string {
 // identical, verify passes, a tombstone and an audit record name the
 // tenant only by hash, and a plan changes nothing.
 func TestForgetRewrites(t *testing.T) {
+	for name, mk := range forgetBackends(t) {
+		t.Run(name, func(t *testing.T) { testForgetRewrites(t, mk(t)) })
+	}
+}
+
+func testForgetRewrites(t *testing.T, b repo.Backend) {
 	ctx := context.Background()
-	dir, b := forgetRepo(t)
+	forgetRepo(t, b)
 	v := openWith(t, b, nil, false)
 	before := contents(t, v)
-	if len(findMarker(t, dir)) == 0 {
+	if len(findMarker(t, b)) == 0 {
 		t.Fatal("the marker is not in the repository to begin with")
 	}
-	list := listing(t, dir)
+	list := listing(t, b)
 	plan, err := v.PlanForget(ctx, "victim", 1, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -269,14 +306,14 @@ func TestForgetRewrites(t *testing.T) {
 	if len(s.SetsHolding) != 3 || len(s.SetsRewritten) != 3 || s.Segments != 3 || s.SharedRecords != 3 || s.TenantBytes == 0 || s.PacksDropped == 0 {
 		t.Fatalf("plan: %+v", s)
 	}
-	if listing(t, dir) != list {
+	if listing(t, b) != list {
 		t.Fatal("planning changed the repository")
 	}
 	res, err := v.Forget(ctx, "victim", plan, vault.ForgetOptions{Reason: "art. 17", By: "tester"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hits := findMarker(t, dir); len(hits) > 0 {
+	if hits := findMarker(t, b); len(hits) > 0 {
 		t.Fatalf("the erased tenant's marker is still stored: %v", hits)
 	}
 	after := openWith(t, b, nil, false)
@@ -308,7 +345,7 @@ func TestForgetRewrites(t *testing.T) {
 		t.Fatalf("audit: %+v %v", recs, err)
 	}
 	// Nothing in the repository names the tenant, not even a key.
-	if strings.Contains(listing(t, dir), "victim") {
+	if strings.Contains(listing(t, b), "victim") {
 		t.Fatal("a key names the erased tenant")
 	}
 	// GC finds nothing left over; nothing plans to rewrite anything.
@@ -345,8 +382,8 @@ func TestForgetRewrites(t *testing.T) {
 			t.Fatalf("%s still readable", k)
 		}
 	}
-	if !strings.Contains(listing(t, dir), ".g2.") {
-		t.Fatalf("no second generation:\n%s", listing(t, dir))
+	if !strings.Contains(listing(t, b), ".g2.") {
+		t.Fatalf("no second generation:\n%s", listing(t, b))
 	}
 	if tomb, _ := last.Erased(ctx, "victim"); tomb == nil || tomb.State != vault.TombstoneErased {
 		t.Fatalf("the first tombstone: %+v", tomb)
@@ -358,27 +395,51 @@ func TestForgetRewrites(t *testing.T) {
 // unchanged, and a rerun completes the erasure.
 func TestForgetInterrupted(t *testing.T) {
 	ctx := context.Background()
-	tmpl, b := forgetRepo(t)
-	want := withoutVictim(contents(t, openWith(t, b, nil, false)))
-	for _, op := range []repo.Op{repo.OpPut, repo.OpDelete} {
-		for k := 0; ; k++ {
-			dir := filepath.Join(t.TempDir(), "repo")
-			if err := os.CopyFS(dir, os.DirFS(tmpl)); err != nil {
-				t.Fatal(err)
-			}
-			fb, err := repo.Open(ctx, "file://"+dir, repo.Options{})
+	t.Run("file", func(t *testing.T) {
+		testForgetInterrupted(t, func(t *testing.T, _ string) repo.Backend { _, b := newRepoDir(t); return b }, 1, true)
+	})
+	t.Run("s3", func(t *testing.T) {
+		// One bucket, a prefix per run; every third interruption point
+		// (MinIO is slower than a directory).
+		bucket := testenv.NewBucket(t)
+		testForgetInterrupted(t, func(t *testing.T, prefix string) repo.Backend {
+			b, err := repo.Open(ctx, testenv.S3RepoURL(t, bucket, prefix), repo.Options{})
 			if err != nil {
 				t.Fatal(err)
 			}
+			return b
+		}, 3, false)
+	})
+}
+
+func testForgetInterrupted(t *testing.T, open func(t *testing.T, prefix string) repo.Backend, step int, lost bool) {
+	ctx := context.Background()
+	tmpl := open(t, "template")
+	defer tmpl.Close()
+	forgetRepo(t, tmpl)
+	want := withoutVictim(contents(t, openWith(t, tmpl, nil, false)))
+	faults := []repo.Fault{{Op: repo.OpPut}, {Op: repo.OpDelete}}
+	if lost {
+		// The call reaches the storage and succeeds; its answer is lost.
+		faults = append(faults, repo.Fault{Op: repo.OpPut, Lost: true}, repo.Fault{Op: repo.OpDelete, Lost: true})
+	}
+	for _, fault := range faults {
+		op := fault.Op
+		if fault.Lost {
+			op += " (answer lost)"
+		}
+		for k := 0; ; k += step {
+			fb := open(t, fmt.Sprintf("%s-%v-%d", fault.Op, fault.Lost, k))
+			copyRepo(t, tmpl, fb)
 			f := repo.NewFaulty(fb)
 			v := openWith(t, f, nil, false)
-			f.Inject(repo.Fault{Op: op, After: k, Times: 1, Err: repo.Permanent(fmt.Errorf("%w: crash", repo.ErrInjected))})
-			_, err = forget(ctx, v, "victim")
+			f.Inject(repo.Fault{Op: fault.Op, Lost: fault.Lost, After: k, Times: 1, Err: repo.Permanent(fmt.Errorf("%w: crash", repo.ErrInjected))})
+			_, err := forget(ctx, v, "victim")
 			if err == nil {
 				if k < 3 {
 					t.Fatalf("%s: only %d call(s) to interrupt", op, k)
 				}
-				t.Logf("interrupted forget at each of its %d %s calls", k, op)
+				t.Logf("interrupted forget at %d of its %s calls (every %d)", (k+step-1)/step, op, step)
 				fb.Close()
 				break
 			}
@@ -393,7 +454,7 @@ func TestForgetInterrupted(t *testing.T) {
 					t.Fatalf("interrupted at %s %d: %s changed", op, k, key)
 				}
 			}
-			if err := fresh.RefuseErased(ctx, []string{"victim"}); k > 0 && op == repo.OpPut && !errors.Is(err, vault.ErrErased) {
+			if err := fresh.RefuseErased(ctx, []string{"victim"}); (k > 0 || fault.Lost) && fault.Op == repo.OpPut && !errors.Is(err, vault.ErrErased) {
 				t.Fatalf("interrupted at %s %d: the tenant is not refused: %v", op, k, err)
 			}
 			if _, err := forget(ctx, openWith(t, fb, nil, false), "victim"); err != nil {
@@ -401,7 +462,7 @@ func TestForgetInterrupted(t *testing.T) {
 			}
 			done := openWith(t, fb, nil, false)
 			mustVerify(t, done)
-			if hits := findMarker(t, dir); len(hits) > 0 {
+			if hits := findMarker(t, fb); len(hits) > 0 {
 				t.Fatalf("after %s %d and a rerun, the marker is still stored: %v", op, k, hits)
 			}
 			got = contents(t, done)
@@ -409,6 +470,9 @@ func TestForgetInterrupted(t *testing.T) {
 				if got[key] != w {
 					t.Fatalf("after %s %d and a rerun: %s changed", op, k, key)
 				}
+			}
+			if p, _ := done.PendingForgets(ctx); len(p) != 0 {
+				t.Fatalf("after %s %d and a rerun: still pending", op, k)
 			}
 			fb.Close()
 		}
