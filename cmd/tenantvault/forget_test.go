@@ -17,6 +17,7 @@ import (
 	"github.com/tenantvault/tenantvault/internal/fixture"
 	"github.com/tenantvault/tenantvault/internal/testenv"
 	"github.com/tenantvault/tenantvault/repo"
+	"github.com/tenantvault/tenantvault/vault"
 )
 
 const eraseMarker = "ERASE-ME-41c9d2e7"
@@ -263,4 +264,33 @@ func TestForgetUsage(t *testing.T) {
 	expect(t, 2, "no tenants given", "forget", "--repo", "file:///x")
 	expect(t, 2, "--dry-run excludes --yes", "forget", "--repo", "file:///x", "--tenant", "a", "--dry-run", "--yes")
 	expect(t, 2, "--status takes no --tenant", "forget", "--repo", "file:///x", "--tenant", "a", "--status")
+}
+
+// TestForgetRefusesEncrypted: this build has no per-tenant keys to
+// destroy, so forget in an encrypted repository refuses (exit 2) and
+// changes nothing.
+func TestForgetRefusesEncrypted(t *testing.T) {
+	ctx := testenv.Context(t, time.Minute)
+	dir := t.TempDir()
+	identity, signing := filepath.Join(dir, "restore.key"), filepath.Join(dir, "snapshot.key")
+	expect(t, 0, "", "keygen", "--output", identity, "--signing-output", signing)
+	keys := &vault.Keys{}
+	if _, err := keys.LoadSigningKeyFile(signing); err != nil {
+		t.Fatal(err)
+	}
+	repoURL := "file://" + filepath.Join(dir, "repo")
+	b, err := repo.Open(ctx, repoURL, repo.Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := vault.Open(ctx, b, vault.Options{Init: true, Keys: keys}); err != nil {
+		t.Fatal(err)
+	}
+	objects := storedObjects(t, ctx, repoURL)
+	expect(t, 2, "tenantvault: forget in encrypted repositories is not available in this build", "forget", "--repo", repoURL, "--tenant", "acme", "--yes")
+	expect(t, 2, "forget in encrypted repositories is not available in this build", "forget", "--repo", repoURL, "--tenant", "acme", "--dry-run")
+	if objectList(storedObjects(t, ctx, repoURL)) != objectList(objects) {
+		t.Fatal("a refused forget changed the repository")
+	}
 }
