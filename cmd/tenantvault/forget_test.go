@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -293,4 +294,38 @@ func TestForgetRefusesEncrypted(t *testing.T) {
 	if objectList(storedObjects(t, ctx, repoURL)) != objectList(objects) {
 		t.Fatal("a refused forget changed the repository")
 	}
+}
+
+// TestTerminalForget: on a terminal forget shows its plan and asks; any
+// answer but "yes" changes nothing (exit 2), "yes" erases.
+func TestTerminalForget(t *testing.T) {
+	tm := newTmux(t)
+	bin := cliBinary(t)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, `CREATE TABLE tenants (id text PRIMARY KEY, name text NOT NULL);
+INSERT INTO tenants VALUES ('acme', 'Acme'), ('globex', 'Globex')`)
+	repoURL := "file://" + t.TempDir() + "/repo"
+	env := []string{"TENANTVAULT_REPO=" + repoURL, "TENANTVAULT_SOURCE=" + db}
+	expect(t, 0, "", "snapshot", "--source", db, "--repo", repoURL, "--init", "--tenant-table", "public.tenants")
+	prompt := regexp.MustCompile(`^Erase 1 tenant\(s\) from every backup in this repository\? This cannot be undone\. Type 'yes' to go on:( .*)?$`)
+	for _, answer := range []string{"no", "yes"} {
+		p := tm.start(t, "forget-"+answer, env, bin+" forget --tenant acme --reason ticket-1")
+		sc := p.waitScreen(time.Minute, nil, func(sc []string) bool { return prompt.MatchString(lastLine(sc)) })
+		if contains(sc, regexp.MustCompile(`^plan: erase tenant "acme" from `)) != 1 || contains(sc, regexp.MustCompile(`^  sets holding it: +1 `)) != 1 {
+			t.Fatalf("no plan above the prompt:\n%s", strings.Join(sc, "\n"))
+		}
+		p.send(answer, "Enter")
+		code := p.wait(time.Minute)
+		h := strings.Join(p.history(), "\n")
+		switch {
+		case answer == "no" && (code != 2 || !strings.Contains(h, "not confirmed; nothing was changed")):
+			t.Fatalf("answered no: exit %d\n%s", code, h)
+		case answer == "yes" && (code != 0 || !strings.Contains(h, `erased tenant "acme"`)):
+			t.Fatalf("answered yes: exit %d\n%s", code, h)
+		}
+		if out := expect(t, 0, "", "list", "--repo", repoURL, "--tenant", "acme"); answer == "no" && strings.Contains(out, "erased") {
+			t.Fatalf("answered no, and the tenant is erased:\n%s", out)
+		}
+	}
+	expect(t, 2, `tenant "acme" (erased on `, "restore", "--repo", repoURL, "--target", db, "--tenant", "acme", "--dry-run")
 }
