@@ -263,3 +263,24 @@ func (v *Vault) AuditRecords(ctx context.Context) ([]AuditRecord, error) {
 	}
 	return out, nil
 }
+
+// RecordErased writes the tombstone (state erased) and the audit record of
+// an erasure done by other means than Forget's rewrite, e.g. destroying
+// the tenant's keys in an encrypted repository (method "crypto-shred").
+func (v *Vault) RecordErased(ctx context.Context, tenant, reason, by, method string, done *ForgetDone) (*Tombstone, error) {
+	hash := v.TenantHash(tenant)
+	now := v.now().UTC()
+	tomb := &Tombstone{Version: tombstoneVersion, TenantHash: hash, State: TombstoneErased, Requested: now, Completed: now, Reason: reason, By: by, Method: method, Done: done}
+	if old, err := v.tombstone(ctx, hash); err != nil {
+		return nil, err
+	} else if old != nil {
+		tomb.Requested = old.Requested
+	}
+	if err := v.putJSON(ctx, TombstoneKey(hash), tomb); err != nil {
+		return nil, fmt.Errorf("write tombstone: %w", err)
+	}
+	if err := v.WriteAudit(ctx, &AuditRecord{At: now, Action: "forget", TenantHash: hash, Reason: reason, By: by, Outcome: TombstoneErased, Done: done}); err != nil {
+		return nil, err
+	}
+	return tomb, nil
+}
