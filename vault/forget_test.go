@@ -490,4 +490,15 @@ func TestForgetRefusesEncrypted(t *testing.T) {
 	if !errors.As(err, &ie) || !errors.Is(err, vault.ErrForgetEncrypted) || err.Error() != "forget in encrypted repositories is not available in this build" {
 		t.Fatalf("encrypted: %v", err)
 	}
+	// What crypto-shredding will record: the same tombstone and audit
+	// record, so restores refuse the tenant the same way.
+	if _, err := v.RecordErased(ctx, "acme", "ticket 9", "tester", "crypto-shred", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.RefuseErased(ctx, []string{"acme", "globex"}); !errors.Is(err, vault.ErrErased) || !strings.Contains(err.Error(), `tenant "acme" (erased on `) {
+		t.Fatalf("after RecordErased: %v", err)
+	}
+	if recs, err := v.AuditRecords(ctx); err != nil || len(recs) != 1 || recs[0].TenantHash != v.TenantHash("acme") {
+		t.Fatalf("audit: %+v %v", recs, err)
+	}
 }
