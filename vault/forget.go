@@ -80,7 +80,8 @@ type ForgetPlan struct {
 
 type forgetSet struct {
 	ID string `json:"id"`
-	// Gen is the generation the rewrite writes: the manifest's then.
+	// Gen is the generation the rewrite would write as planned; the
+	// rewrite takes the manifest's generation as it finds it, plus one.
 	Gen   int  `json:"gen"`
 	Holds bool `json:"holds"`
 }
