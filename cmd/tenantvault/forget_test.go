@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -328,4 +329,20 @@ INSERT INTO tenants VALUES ('acme', 'Acme'), ('globex', 'Globex')`)
 		}
 	}
 	expect(t, 2, `tenant "acme" (erased on `, "restore", "--repo", repoURL, "--target", db, "--tenant", "acme", "--dry-run")
+
+	// --json: the plan and the result, per tenant, on stdout.
+	var plans []forgetJSON
+	out := expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "globex", "--dry-run", "--json")
+	if err := json.Unmarshal([]byte(out), &plans); err != nil || len(plans) != 1 || plans[0].Tenant != "globex" || plans[0].Plan == nil || len(plans[0].Plan.SetsHolding) != 1 || plans[0].Done != nil {
+		t.Fatalf("forget --dry-run --json: %v\n%s", err, out)
+	}
+	out = expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "globex", "--yes", "--json")
+	if err := json.Unmarshal([]byte(out), &plans); err != nil || len(plans) != 1 || plans[0].Done == nil || plans[0].Done.SetsHeld != 1 || plans[0].Erased == "" || !strings.HasPrefix(plans[0].Tombstone, "erased/") {
+		t.Fatalf("forget --json: %v\n%s", err, out)
+	}
+	out = expect(t, 0, "", "list", "--repo", repoURL, "--tenant", "globex", "--json")
+	var listed erasedJSON
+	if err := json.Unmarshal([]byte(out), &listed); err != nil || listed.Erased == nil || listed.Erased.State != vault.TombstoneErased || len(listed.Sets) != 0 {
+		t.Fatalf("list --tenant --json of an erased tenant: %v\n%s", err, out)
+	}
 }
