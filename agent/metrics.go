@@ -20,6 +20,7 @@ type metrics struct {
 	reused       *prometheus.CounterVec
 	tenants      *prometheus.GaugeVec
 	rows         *prometheus.GaugeVec
+	erased       *prometheus.GaugeVec
 	snapshots    *prometheus.CounterVec
 	failures     *prometheus.CounterVec
 	skipped      *prometheus.CounterVec
@@ -74,6 +75,8 @@ func newMetrics(version string) *metrics {
 			Help: "Tenants in the source's last successful snapshot set."}, src),
 		rows: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "snapshot_rows",
 			Help: "Rows in the source's last successful snapshot set."}, src),
+		erased: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "erased_tenants_present",
+			Help: "Tenants erased from the repository (tenantvault forget) whose rows the source still held at its last successful snapshot: delete them from the database and run forget again."}, src),
 		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "snapshots_total",
 			Help: "Snapshot sets the agent wrote for the source."}, src),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "snapshot_failures_total",
@@ -130,7 +133,7 @@ func newMetrics(version string) *metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	m.reg.MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), build,
-		m.lastSuccess, m.lastDuration, m.lateAfter, m.written, m.reused, m.tenants, m.rows, m.snapshots, m.failures,
+		m.lastSuccess, m.lastDuration, m.lateAfter, m.written, m.reused, m.tenants, m.rows, m.erased, m.snapshots, m.failures,
 		m.skipped, m.running, m.verifyFail, m.marked,
 		m.purged, m.gcObjects, m.gcBytes, m.deleteFail, m.purgeFail, m.purgeLastDone, m.webhookFail,
 		m.captureRunning, m.captureRecords, m.captureSegments, m.captureLag, m.captureArchived, m.captureFailures,

@@ -101,6 +101,9 @@ type Report struct {
 	// tenants were given.
 	Seed    int64
 	Sampled bool
+	// ErasedSkipped counts tenants of the set the sample left out because
+	// they were erased (tenantvault forget).
+	ErasedSkipped int
 	// Scratch names the scratch server (host:port/database, no
 	// credentials); Database is the drill's own database on it, and
 	// TenantDatabases the tenant databases it created (database model).
@@ -323,7 +326,14 @@ func chooseSet(ctx context.Context, v *vault.Vault, id string) (*vault.Set, erro
 // chooseTenants checks the given tenants against the set, or samples.
 func chooseTenants(ctx context.Context, s *vault.Set, o *Options, rep *Report) ([]string, error) {
 	set := s.Header()
+	erased, err := o.Repo.ErasedTenants(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if len(o.Tenants) > 0 {
+		if err := o.Repo.RefuseErased(ctx, o.Tenants); err != nil {
+			return nil, err
+		}
 		seen := map[string]bool{}
 		var ids, missing []string
 		for _, id := range o.Tenants {
@@ -350,10 +360,19 @@ func chooseTenants(ctx context.Context, s *vault.Set, o *Options, rep *Report) (
 	// What sampling weighs, a few bytes a tenant: not their chunks.
 	var all []manifest.Tenant
 	if err := s.Tenants(ctx, func(t *manifest.Tenant) error {
+		if erased.Has(t.ID) {
+			// Erased after this set was taken and not yet rewritten, or
+			// taken while the source still held its rows: never restored.
+			rep.ErasedSkipped++
+			return nil
+		}
 		all = append(all, manifest.Tenant{ID: t.ID, Size: t.Size})
 		return nil
 	}); err != nil {
 		return nil, err
+	}
+	if rep.ErasedSkipped > 0 {
+		o.Logger.Warn("the sample skips erased tenants that the set still holds (tenantvault forget)", "set", set.ID, "erased", rep.ErasedSkipped)
 	}
 	if len(all) == 0 {
 		return nil, tenantvault.Inputf("snapshot set %s holds no tenants", set.ID)

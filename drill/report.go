@@ -216,6 +216,7 @@ type JSONReport struct {
 	Model           string       `json:"model"`
 	Seed            int64        `json:"seed,omitempty"`
 	Sampled         bool         `json:"sampled"`
+	ErasedSkipped   int          `json:"erased_skipped,omitempty"`
 	Scratch         string       `json:"scratch"`
 	Database        string       `json:"database"`
 	TenantDatabases []string     `json:"tenant_databases,omitempty"`
@@ -279,7 +280,7 @@ func (r *Report) RTOVerdict() string {
 func (r *Report) JSON() JSONReport {
 	j := JSONReport{
 		Passed: r.Passed, Repository: r.Repository, Set: r.Set, SetConsistentAt: r.SetTime, Model: r.Model,
-		Seed: r.Seed, Sampled: r.Sampled, Scratch: r.Scratch, Database: r.Database, TenantDatabases: r.TenantDatabases,
+		Seed: r.Seed, Sampled: r.Sampled, ErasedSkipped: r.ErasedSkipped, Scratch: r.Scratch, Database: r.Database, TenantDatabases: r.TenantDatabases,
 		Cleanup: r.Cleanup, StartedAt: r.Started, Seconds: r.Duration.Seconds(), RTOSeconds: r.RTO.Seconds(),
 		MaxRTOSeconds: r.MaxRTO.Seconds(), RTO: r.RTOVerdict(), Rows: r.Rows, Bytes: r.Bytes,
 		Interrupted: r.Interrupted, Error: r.Error, Tenants: []JSONTenant{}, Checks: []JSONChecks{},

@@ -172,13 +172,11 @@ func (f *tableFile) colNames() []string {
 var emptyDigest = func() string { s := sha256.Sum256(nil); return hex.EncodeToString(s[:]) }()
 
 // checkErased is the one place where an export refuses a tenant erased
-// with forget, before anything of the tenant is read or written. It checks
-// nothing yet: tombstones arrive with forget (issue 17), whose lookup goes
-// here and returns an *InputError (exit 2) with the date of the erasure.
-// (A replaying export also goes through restore.Run, which forget makes
-// refuse erased tenants too.)
-func checkErased(_ context.Context, _ *vault.Vault, _ string) error {
-	return nil
+// with forget (exit 2, with the date), before anything of the tenant is
+// read or written. (A replaying export also goes through restore.Run,
+// which refuses erased tenants too.)
+func checkErased(ctx context.Context, v *vault.Vault, tenant string) error {
+	return v.RefuseErased(ctx, []string{tenant})
 }
 
 // Run exports one tenant into w. On error, what was written to w is not a

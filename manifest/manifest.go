@@ -100,6 +100,17 @@ type Manifest struct {
 	// Index locates the tenant index of a set format 2 header.
 	Index *Index `json:"index,omitempty"`
 	Stats Stats  `json:"stats"`
+	// Generation counts the times forget rewrote the set (0: never). A
+	// rewrite keeps the set's ID and replaces its manifest; the rewritten
+	// tenant index and packs carry the generation in their keys.
+	Generation int `json:"generation,omitempty"`
+	// Erased counts the tenants forget removed from the set; they are not
+	// named (docs/FORMAT.md, "Erased tenants").
+	Erased int `json:"erased,omitempty"`
+	// ErasedPresent counts tenants of the set that had been erased before
+	// it was taken: the source still held their rows (restores refuse
+	// them; forget erases them again).
+	ErasedPresent int `json:"erased_present,omitempty"`
 }
 
 // Index locates a set's tenant index (set format 2).

@@ -164,6 +164,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An erased tenant is never resurrected, even from a set taken after
+	// the erasure while the source still held its rows.
+	if err := o.Vault.RefuseErased(ctx, tenants); err != nil {
+		return nil, err
+	}
 	items, err := selectSets(ctx, o.Vault, tenants, o.Select)
 	if err != nil {
 		return nil, err

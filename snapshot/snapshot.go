@@ -634,6 +634,13 @@ func (r *run) finish(ctx context.Context) error {
 		}
 		defer iw.Close()
 	}
+	// Erased tenants (tenantvault forget) whose rows the source still
+	// holds: one listing, then a keyed hash per tenant when there are any.
+	erased, err := r.o.Vault.ErasedTenants(ctx)
+	if err != nil {
+		return err
+	}
+	var present []string
 	// Tenants that exist without rows (schema and database models, and
 	// every requested one) get an entry too.
 	empty := dedupe(append(append([]string(nil), r.owners...), r.o.Tenants...))
@@ -652,6 +659,9 @@ func (r *run) finish(ctx context.Context) error {
 			next++
 		}
 		t := manifest.Tenant{ID: id}
+		if erased.Has(id) {
+			present = append(present, id)
+		}
 		for h.Len() > 0 && (*h)[0].head.tenant == id {
 			cur := (*h)[0]
 			c := chunk(cur.table, cur.head)
@@ -689,6 +699,12 @@ func (r *run) finish(ctx context.Context) error {
 	st.Seconds = m.FinishedAt.Sub(m.StartedAt).Seconds()
 	if st.Unscoped > 0 {
 		r.o.Logger.Warn("some rows of tenant tables belong to no tenant; they are kept with the global data", "rows", st.Unscoped)
+	}
+	if m.ErasedPresent = len(present); len(present) > 0 {
+		// Restores refuse them anyway; the rows must go from the source,
+		// and forget run again for this set.
+		r.o.Logger.Warn("the source still holds rows of tenants that were erased from this repository (tenantvault forget): delete them from the database, then run forget for them again; restores refuse them meanwhile",
+			"tenants", len(present), "first", present[:min(len(present), 10)])
 	}
 	if iw == nil {
 		return r.o.Vault.WriteManifest(ctx, m)

@@ -79,8 +79,16 @@ func (v *Vault) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	}
 	live := map[string]bool{}
 	referenced := map[string]bool{}
+	// replaced are tenant indexes of live sets that their manifest no
+	// longer names (older generations): known once the manifest is read.
+	replaced := map[string]bool{}
 	for _, m := range sets {
 		live[m.ID] = true
+		if m.indexKey != "" {
+			for g := 0; g < m.indexGen; g++ {
+				replaced[indexKeyGen(m.ID, g)] = true
+			}
+		}
 		for _, p := range m.Packs {
 			referenced[p] = true
 		}
@@ -130,12 +138,18 @@ func (v *Vault) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		return nil, fmt.Errorf("list schema archives: %w", err)
 	}
 	err = v.b.List(ctx, SetsPrefix, func(o repo.ObjectInfo) error {
-		id, ok := strings.CutSuffix(strings.TrimPrefix(o.Key, SetsPrefix), indexExt)
-		if !ok || !ValidSetID(id) || live[id] {
+		id, ok := indexSetID(o.Key)
+		if !ok || (live[id] && !replaced[o.Key]) {
 			return nil
 		}
 		started, _ := time.Parse(setIDLayout, id[:len(setIDLayout)])
-		consider(o, started, "tenant index of a set that does not exist")
+		why := "tenant index of a set that does not exist"
+		if live[id] {
+			// forget wrote a newer generation; the manifest uses that one
+			why = "tenant index its set no longer uses"
+			started = time.Time{}
+		}
+		consider(o, started, why)
 		return nil
 	})
 	if err != nil {

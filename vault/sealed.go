@@ -45,14 +45,18 @@ type SetIndex struct {
 	Recipients []string `json:"recipients,omitempty"`
 	// Keys are the wrapped data keys of this set and of every earlier set
 	// whose packs it points into, by the set that wrote those packs.
-	Keys    []WrappedKey  `json:"keys,omitempty"`
-	Packs   []string      `json:"packs"`
-	Schemas []ObjectRef   `json:"schemas"`
-	Chunks  []IndexChunk  `json:"chunks"`
-	Stats   IndexStats    `json:"stats"`
-	Signer  string        `json:"-"`
-	sealed  bool          // from a sealed manifest
-	authBy  signerVerdict // how the signature was checked
+	Keys    []WrappedKey `json:"keys,omitempty"`
+	Packs   []string     `json:"packs"`
+	Schemas []ObjectRef  `json:"schemas"`
+	Chunks  []IndexChunk `json:"chunks"`
+	Stats   IndexStats   `json:"stats"`
+	Signer  string       `json:"-"`
+	sealed  bool         // from a sealed manifest
+	// indexKey and indexGen: the tenant index a plaintext set format 2
+	// manifest names, and the manifest's generation (see forget).
+	indexKey string
+	indexGen int
+	authBy   signerVerdict // how the signature was checked
 }
 
 // WrappedKey is a data key wrapped with age for a set's recipients.
@@ -118,7 +122,9 @@ func indexFromManifest(m *manifest.Manifest) *SetIndex {
 	x.Stats = IndexStats{Chunks: len(x.Chunks), Stored: m.Stats.Stored, Written: m.Stats.Written}
 	if m.Index != nil {
 		x.Stats.Chunks = m.Stats.Chunks // the tenants' are in the index
+		x.indexKey = m.Index.Key
 	}
+	x.indexGen = m.Generation
 	return x
 }
 

@@ -142,6 +142,10 @@ type SegmentIndex struct {
 	Size      int64           `json:"size,omitempty"`
 	Relations []Relation      `json:"relations"`
 	Streams   []SegmentStream `json:"streams"`
+	// Data names the data object (within the stream's prefix) when forget
+	// rewrote the segment: <start>-<end>.g<N>.seg. Empty means the
+	// original <start>-<end>.seg.
+	Data string `json:"data,omitempty"`
 
 	// In an encrypted repository: the segment's data key, once unwrapped;
 	// without it only the signed header was read (no relations, no
@@ -155,7 +159,27 @@ type SegmentIndex struct {
 func (s *SegmentIndex) Opened() bool { return !s.sealed || s.dataKey != nil }
 
 // Key returns the key of the segment's data object.
-func (s *SegmentIndex) Key() string { return segmentKey(s.Stream, s.Start, s.End, ".seg") }
+func (s *SegmentIndex) Key() string {
+	if s.Data != "" {
+		return ChangesPrefix + s.Stream + "/" + s.Data
+	}
+	return segmentKey(s.Stream, s.Start, s.End, ".seg")
+}
+
+// validData checks a rewritten segment's data name: its own range and a
+// generation, never a path elsewhere.
+func (s *SegmentIndex) validData() bool {
+	if s.Data == "" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(s.Data, fmt.Sprintf("%016x-%016x.g", s.Start, s.End))
+	if !ok {
+		return false
+	}
+	n, ok := strings.CutSuffix(rest, ".seg")
+	g, err := strconv.Atoi(n)
+	return ok && err == nil && g > 0 && strconv.Itoa(g) == n
+}
 
 func segmentKey(stream string, start, end uint64, ext string) string {
 	return fmt.Sprintf("%s%s/%016x-%016x%s", ChangesPrefix, stream, start, end, ext)
@@ -530,6 +554,9 @@ func (v *Vault) ReadSegmentIndex(ctx context.Context, ref SegmentRef) (*SegmentI
 	}
 	if idx.Stream != ref.Stream || idx.Start != ref.Start || idx.End != ref.End {
 		return nil, tenantvault.Integrityf("change segment index %s describes another segment", key)
+	}
+	if !idx.validData() {
+		return nil, tenantvault.Integrityf("change segment index %s names data object %q, not one of its own", key, idx.Data)
 	}
 	return idx, nil
 }

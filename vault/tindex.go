@@ -12,6 +12,8 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -36,6 +38,51 @@ const (
 
 // IndexKey is where the tenant index of set id lives.
 func IndexKey(id string) string { return SetsPrefix + id + indexExt }
+
+// indexKeyGen is where generation gen (> 0) of the tenant index of set id
+// lives: forget writes a new index beside the old one, and the manifest,
+// replaced last, switches to it.
+func indexKeyGen(id string, gen int) string {
+	if gen <= 0 {
+		return IndexKey(id)
+	}
+	return fmt.Sprintf("%s%s.g%d%s", SetsPrefix, id, gen, indexExt)
+}
+
+// ownIndexKey reports whether key is a tenant index key of set id (any
+// generation).
+func ownIndexKey(id, key string) bool {
+	rest, ok := strings.CutPrefix(key, SetsPrefix+id)
+	if !ok {
+		return false
+	}
+	if rest == indexExt {
+		return true
+	}
+	n, ok := strings.CutPrefix(rest, ".g")
+	if !ok {
+		return false
+	}
+	n, ok = strings.CutSuffix(n, indexExt)
+	g, err := strconv.Atoi(n)
+	return ok && err == nil && g > 0 && strconv.Itoa(g) == n
+}
+
+// indexSetID returns the set a tenant index key (of any generation)
+// belongs to.
+func indexSetID(key string) (string, bool) {
+	name, ok := strings.CutSuffix(strings.TrimPrefix(key, SetsPrefix), indexExt)
+	if !ok {
+		return "", false
+	}
+	if i := strings.Index(name, ".g"); i >= 0 {
+		name = name[:i]
+	}
+	if !ValidSetID(name) || !ownIndexKey(name, key) {
+		return "", false
+	}
+	return name, true
+}
 
 // pageRef is one directory entry.
 type pageRef struct {
@@ -305,7 +352,7 @@ func (v *Vault) OpenSet(ctx context.Context, id string) (*Set, error) {
 	if m.ID != id {
 		return nil, tenantvault.Integrityf("manifest %s claims to be set %s", ManifestKey(id), m.ID)
 	}
-	if m.Index != nil && m.Index.Key != IndexKey(id) {
+	if m.Index != nil && !ownIndexKey(id, m.Index.Key) {
 		return nil, tenantvault.Integrityf("manifest %s names tenant index %q, not its own", ManifestKey(id), m.Index.Key)
 	}
 	if m.Index == nil {

@@ -96,7 +96,7 @@ Exit codes: 0 success, 1 operational failure, 2 usage or bad input,
 	root.AddCommand(
 		a.snapshotCmd(), a.listCmd(), a.restoreCmd(), a.verifyCmd(),
 		a.drillCmd(), a.agentCmd(), a.pruneCmd(), a.captureCmd(), a.keygenCmd(),
-		a.diffCmd(), a.changesCmd(), a.exportCmd(),
+		a.diffCmd(), a.changesCmd(), a.exportCmd(), a.forgetCmd(),
 		a.manCmd(),
 	)
 	addCompletions(root)

@@ -186,6 +186,9 @@ func (a *app) printDrillReport(rep *drill.Report) {
 	} else {
 		fmt.Fprintf(w, "tenants: %d given\n", len(rep.Tenants))
 	}
+	if rep.ErasedSkipped > 0 {
+		fmt.Fprintf(w, "skipped: %d erased tenant(s) the set still holds (tenantvault forget); they are never restored\n", rep.ErasedSkipped)
+	}
 	if rep.Database != "" {
 		dbs := rep.Database
 		if len(rep.TenantDatabases) > 0 {

@@ -121,10 +121,17 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 		}
 		return tw.Flush()
 	}
+	tomb, err := v.Erased(ctx, o.tenant)
+	if err != nil {
+		return err
+	}
 	var hist []tenantHistoryJSON
 	for _, t := range entries {
 		m := t.Set
 		hist = append(hist, tenantHistoryJSON{Set: m.ID, Kind: m.Kind, ConsistentAt: m.ConsistentAt, Rows: t.Rows, Bytes: t.Size, Stored: t.Stored, Tables: t.Tables, Status: status(m.ID)})
+	}
+	if tomb != nil {
+		return a.listErased(o.tenant, tomb, hist)
 	}
 	if len(hist) == 0 {
 		return tenantvault.Inputf("tenant %q is in no snapshot set of %s", o.tenant, v.Location())
@@ -232,4 +239,43 @@ func restorableRange(ctx context.Context, v *vault.Vault, sets []*manifest.Manif
 	}
 	r.From, r.Until = r.From.UTC(), r.Until.UTC()
 	return r, nil
+}
+
+// erasedJSON is list --tenant's answer for an erased tenant.
+type erasedJSON struct {
+	Tenant string              `json:"tenant"`
+	Erased *vault.Tombstone    `json:"erased"`
+	Sets   []tenantHistoryJSON `json:"sets"`
+}
+
+// listErased says that a tenant was erased: restore refuses it whatever
+// sets still hold it (an erasure in progress, or sets taken since while
+// the source still had its rows).
+func (a *app) listErased(tenant string, tomb *vault.Tombstone, hist []tenantHistoryJSON) error {
+	if a.jsonOut {
+		if hist == nil {
+			hist = []tenantHistoryJSON{}
+		}
+		return a.printJSON(erasedJSON{Tenant: tenant, Erased: tomb, Sets: hist})
+	}
+	state := "erased"
+	if tomb.State == vault.TombstoneErasing {
+		state = "being erased (interrupted: rerun tenantvault forget to complete it)"
+	}
+	fmt.Fprintf(a.stdout, "tenant %q: %s on %s by tenantvault forget", tenant, state, tomb.When())
+	if tomb.Reason != "" {
+		fmt.Fprintf(a.stdout, " (reason: %s)", tomb.Reason)
+	}
+	fmt.Fprintln(a.stdout, "; restore and drill refuse it")
+	if len(hist) == 0 {
+		fmt.Fprintln(a.stdout, "no snapshot set holds it")
+		return nil
+	}
+	fmt.Fprintf(a.stdout, "%d snapshot set(s) still hold it (never restored; forget --tenant erases them):\n", len(hist))
+	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONSISTENT AT\tSET\tKIND\tROWS")
+	for _, h := range hist {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", h.ConsistentAt.Format(time.RFC3339), h.Set, h.Kind, h.Rows)
+	}
+	return tw.Flush()
 }

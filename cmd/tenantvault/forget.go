@@ -1,0 +1,332 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tenantvault/tenantvault"
+	"github.com/tenantvault/tenantvault/vault"
+)
+
+type forgetOptions struct {
+	repo        repoFlags
+	tenants     []string
+	tenantsFile string
+	reason      string
+	dryRun      bool
+	yes         bool
+	status      bool
+	tempDir     string
+}
+
+func (a *app) forgetCmd() *cobra.Command {
+	var o forgetOptions
+	cmd := &cobra.Command{
+		Use:   "forget --repo URL --tenant ID ... [--reason TEXT] [--dry-run] [--yes]",
+		Short: "Erase tenants from every snapshot set and the change log (irreversible)",
+		Long: `Erase tenants from the repository: afterwards no snapshot set, no
+pre-restore set and no change-log segment yields their rows, and restore,
+drill and list refuse or mark them (a tombstone under erased/ records the
+erasure by a keyed hash of the ID, never the ID itself).
+
+In a plaintext repository forget rewrites what holds a tenant: new packs
+without its chunks (every other chunk copied byte for byte), a new tenant
+index and manifest for every set that holds it or shares a pack with it
+(set IDs stay), new change-log segments without its records; then it deletes
+the old objects. It is journaled: interrupted, it leaves a consistent
+repository, and running the same command again completes it. Records the
+change log could not attribute to a tenant when it captured them are kept
+(see docs/SECURITY.md, Known limits); the plan counts them.
+
+forget prints its plan first (--dry-run stops there) and asks for
+confirmation on a terminal; without a terminal it runs only with --yes.
+An audit record of each erasure is kept under audit/. Repositories under
+S3 Object Lock retention are refused: their objects cannot be deleted
+before the retention ends. Encrypted repositories are refused by this
+build. --reason is stored in the tombstone and audit record as given: do
+not put personal data in it. --status lists erasures in progress.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.runForget(cmd.Context(), &o) },
+	}
+	fs := cmd.Flags()
+	o.repo.add(fs, false)
+	fs.StringArrayVar(&o.tenants, "tenant", nil, "tenant to erase (repeatable; any characters)")
+	fs.StringVar(&o.tenantsFile, "tenants-file", "", "file with one tenant ID per line")
+	fs.StringVar(&o.reason, "reason", "", "why (e.g. a ticket number; stored as given, so no personal data)")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and change nothing")
+	fs.BoolVar(&o.yes, "yes", false, "do not ask for confirmation (required without a terminal)")
+	fs.BoolVar(&o.status, "status", false, "list erasures that were started and not completed, and the number of erased tenants")
+	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for a pack while it is copied")
+	return cmd
+}
+
+// forgetJSON is forget's --json output, one element per tenant.
+type forgetJSON struct {
+	Tenant    string             `json:"tenant"`
+	Hash      string             `json:"tenant_hash"`
+	Resumed   bool               `json:"resumed,omitempty"`
+	Plan      *vault.PlanSummary `json:"plan,omitempty"`
+	Done      *vault.ForgetDone  `json:"done,omitempty"`
+	Erased    string             `json:"erased_at,omitempty"`
+	Tombstone string             `json:"tombstone"`
+}
+
+type forgetItem struct {
+	tenant  string
+	plan    *vault.ForgetPlan // nil when resuming from a journal
+	resumed bool
+	again   *vault.Tombstone // erased before, held again by later sets
+}
+
+func (a *app) runForget(ctx context.Context, o *forgetOptions) error {
+	tenants := o.tenants
+	if o.tenantsFile != "" {
+		ids, err := readTenantsFile(o.tenantsFile)
+		if err != nil {
+			return err
+		}
+		tenants = append(tenants, ids...)
+	}
+	if o.status {
+		if len(tenants) > 0 || o.dryRun || o.yes {
+			return &usageError{"--status takes no --tenant, --dry-run or --yes"}
+		}
+	} else if len(tenants) == 0 {
+		return &usageError{"no tenants given: use --tenant ID (repeatable) or --tenants-file FILE"}
+	}
+	if o.dryRun && o.yes {
+		return &usageError{"--dry-run excludes --yes"}
+	}
+	seen := map[string]bool{}
+	var ids []string
+	for _, id := range tenants {
+		if strings.ContainsRune(id, 0) {
+			return tenantvault.Inputf("tenant ID %q contains a NUL byte", id)
+		}
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	v, closeRepo, err := a.openVault(ctx, &o.repo, false)
+	if err != nil {
+		return err
+	}
+	defer closeRepo()
+	if o.status {
+		return a.forgetStatus(ctx, v)
+	}
+	if v.Encrypted() {
+		return v.CryptoShredTenant(ctx, ids[0])
+	}
+	if err := v.CheckForgettable(); err != nil {
+		return err
+	}
+
+	// Every tenant is checked and planned before anything is written.
+	var items []forgetItem
+	var unknown, erased []string
+	for _, id := range ids {
+		tomb, err := v.Erased(ctx, id)
+		if err != nil {
+			return err
+		}
+		pending, err := v.PendingForget(ctx, id)
+		if err != nil {
+			return err
+		}
+		if pending {
+			items = append(items, forgetItem{tenant: id, resumed: true})
+			continue
+		}
+		p, err := v.PlanForget(ctx, id, 1, nil)
+		if err != nil {
+			return err
+		}
+		switch {
+		case !p.Summary.Empty() && tomb != nil && tomb.State == vault.TombstoneErased:
+			items = append(items, forgetItem{tenant: id, plan: p, again: tomb})
+		case !p.Summary.Empty():
+			items = append(items, forgetItem{tenant: id, plan: p})
+		case tomb != nil && tomb.State == vault.TombstoneErased:
+			erased = append(erased, fmt.Sprintf("%q (erased on %s)", id, tomb.When()))
+		case tomb != nil:
+			// Started, and interrupted before its journal was written:
+			// nothing was rewritten yet, and nothing holds the tenant.
+			items = append(items, forgetItem{tenant: id, plan: p})
+		default:
+			unknown = append(unknown, fmt.Sprintf("%q", id))
+		}
+	}
+	switch {
+	case len(unknown) > 0 && len(erased) > 0:
+		return tenantvault.Inputf("%d unknown tenant(s), in no snapshot set or change-log segment of %s: %s; %d tenant(s) already erased: %s; nothing was changed",
+			len(unknown), v.Location(), strings.Join(unknown, ", "), len(erased), strings.Join(erased, ", "))
+	case len(unknown) > 0:
+		return tenantvault.Inputf("%d unknown tenant(s), in no snapshot set or change-log segment of %s: %s; nothing was changed", len(unknown), v.Location(), strings.Join(unknown, ", "))
+	case len(erased) > 0:
+		return &tenantvault.InputError{
+			Msg:  fmt.Sprintf("%d tenant(s) already erased: %s; nothing was changed", len(erased), strings.Join(erased, ", ")),
+			Hint: "no set or change-log segment holds them; the tombstones stay, so restores keep refusing them",
+		}
+	}
+
+	w := a.stdout
+	if a.jsonOut {
+		w = a.stderr
+	}
+	for _, it := range items {
+		a.printForgetPlan(w, v, it)
+	}
+	if o.dryRun {
+		if a.jsonOut {
+			return a.printJSON(forgetResults(v, items, nil))
+		}
+		fmt.Fprintln(a.stdout, "dry run: nothing was changed")
+		return nil
+	}
+	if !o.yes {
+		if !terminal(a.stdin) {
+			return &tenantvault.InputError{
+				Msg:  "forget is irreversible and there is no terminal to confirm it on; nothing was changed",
+				Hint: "review the plan (--dry-run), then run again with --yes",
+			}
+		}
+		if !a.confirmForget(ctx, len(items)) {
+			return tenantvault.Inputf("not confirmed; nothing was changed")
+		}
+	}
+	by := "unknown"
+	if u, err := user.Current(); err == nil {
+		by = u.Username
+	}
+	if h, err := os.Hostname(); err == nil {
+		by += "@" + h
+	}
+	results := make([]*vault.ForgetResult, len(items))
+	for i, it := range items {
+		if it.plan != nil && i > 0 {
+			// The erasures before this one rewrote sets and packs this
+			// tenant's plan named: plan it again as the repository is now.
+			p, err := v.PlanForget(ctx, it.tenant, 1, nil)
+			if err != nil {
+				return err
+			}
+			it.plan = p
+		}
+		res, err := v.Forget(ctx, it.tenant, it.plan, vault.ForgetOptions{
+			Reason: o.reason, By: by, TempDir: o.tempDir,
+			Progress: func(step string) { a.log.Info("forget: "+step, "tenant_hash", v.TenantHash(it.tenant)[:12]) },
+		})
+		if err != nil {
+			return fmt.Errorf("forget %q (stopped part way; the repository is consistent, and running the same command again completes the erasure): %w", it.tenant, err)
+		}
+		results[i] = res
+		if !a.jsonOut {
+			d := res.Done
+			fmt.Fprintf(a.stdout, "erased tenant %q: %d set(s) rewritten (%d held it), %d change-log segment(s), %d pack(s); %s copied, %s of old objects deleted\n",
+				it.tenant, d.Sets, d.SetsHeld, d.Segments, d.Packs, humanBytes(d.BytesCopied), humanBytes(d.BytesDeleted))
+		}
+	}
+	if a.jsonOut {
+		return a.printJSON(forgetResults(v, items, results))
+	}
+	fmt.Fprintln(a.stdout, "tombstones written under erased/ and audit records under audit/; run verify --read-data to prove the rewritten sets")
+	return nil
+}
+
+func forgetResults(v *vault.Vault, items []forgetItem, results []*vault.ForgetResult) []forgetJSON {
+	out := make([]forgetJSON, len(items))
+	for i, it := range items {
+		h := v.TenantHash(it.tenant)
+		out[i] = forgetJSON{Tenant: it.tenant, Hash: h, Resumed: it.resumed, Tombstone: vault.TombstoneKey(h)}
+		if it.plan != nil {
+			out[i].Plan = &it.plan.Summary
+		}
+		if results != nil && results[i] != nil {
+			out[i].Done = &results[i].Done
+			out[i].Erased = results[i].Tombstone.Completed.Format(time.RFC3339)
+		}
+	}
+	return out
+}
+
+func (a *app) printForgetPlan(w io.Writer, v *vault.Vault, it forgetItem) {
+	if it.resumed {
+		fmt.Fprintf(w, "plan: complete the interrupted erasure of tenant %q from %s (its journal says what is left)\n", it.tenant, v.Location())
+		return
+	}
+	s := it.plan.Summary
+	fmt.Fprintf(w, "plan: erase tenant %q from %s\n", it.tenant, v.Location())
+	if it.again != nil {
+		fmt.Fprintf(w, "  note: it was erased on %s, and sets taken since hold it again (its rows are still in the source?)\n", it.again.When())
+	}
+	fmt.Fprintf(w, "  sets holding it:       %d (%d pre-restore)%s\n", len(s.SetsHolding), s.PreRestore, listIDs(s.SetsHolding))
+	fmt.Fprintf(w, "  sets rewritten:        %d (same IDs; new tenant index and manifest)%s\n", len(s.SetsRewritten), listIDs(s.SetsRewritten))
+	fmt.Fprintf(w, "  change-log segments:   %d rewritten without its records\n", s.Segments)
+	fmt.Fprintf(w, "  packs:                 %d rewritten (%d deleted with nothing left to keep)\n", s.Packs, s.PacksDropped)
+	fmt.Fprintf(w, "  bytes:                 %s to copy, %s of old objects to delete (%s of them the tenant's)\n", humanBytes(s.BytesCopied), humanBytes(s.BytesDeleted), humanBytes(s.TenantBytes))
+	if s.SharedRecords > 0 {
+		fmt.Fprintf(w, "  kept:                  %d shared change-log record(s) (tenant unknown when captured, and TRUNCATEs); they may hold rows of this tenant, and forget cannot tell without the database (docs/SECURITY.md, Known limits)\n", s.SharedRecords)
+	}
+	fmt.Fprintf(w, "  afterwards:            tombstone %s; restore and drill refuse the tenant, list marks it; this cannot be undone\n", vault.TombstoneKey(v.TenantHash(it.tenant)))
+}
+
+func listIDs(ids []string) string {
+	switch {
+	case len(ids) == 0:
+		return ""
+	case len(ids) <= 5:
+		return ": " + strings.Join(ids, ", ")
+	}
+	return fmt.Sprintf(": %s, ... and %d more", strings.Join(ids[:5], ", "), len(ids)-5)
+}
+
+// confirmForget asks on the terminal; anything but "yes" refuses.
+func (a *app) confirmForget(ctx context.Context, n int) bool {
+	prompt := a.stderr
+	if !terminal(a.stderr) && terminal(a.stdout) {
+		prompt = a.stdout
+	}
+	fmt.Fprintf(prompt, "Erase %d tenant(s) from every backup in this repository? This cannot be undone. Type 'yes' to go on: ", n)
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+		answer <- line
+	}()
+	select {
+	case line := <-answer:
+		return strings.TrimSpace(line) == "yes"
+	case <-ctx.Done():
+		fmt.Fprintln(prompt)
+		return false
+	}
+}
+
+func (a *app) forgetStatus(ctx context.Context, v *vault.Vault) error {
+	pending, err := v.PendingForgets(ctx)
+	if err != nil {
+		return err
+	}
+	erased, err := v.ErasedTenants(ctx)
+	if err != nil {
+		return err
+	}
+	if a.jsonOut {
+		return a.printJSON(map[string]any{"in_progress": pending, "tombstones": erased.Len()})
+	}
+	for _, p := range pending {
+		fmt.Fprintf(a.stdout, "in progress: tenant hash %s, started %s by %s (%s): %d set(s) and %d segment(s) to rewrite; rerun forget --tenant ID to complete it\n",
+			p.TenantHash[:16], p.Started.Format(time.RFC3339), p.By, p.Reason, len(p.Plan.SetsRewritten), p.Plan.Segments)
+	}
+	fmt.Fprintf(a.stdout, "%d erasure(s) in progress; %d tombstone(s) in %s\n", len(pending), erased.Len(), v.Location())
+	return nil
+}
