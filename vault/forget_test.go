@@ -283,6 +283,15 @@ func listing(t *testing.T, b repo.Backend) string {
 // marker, every other tenant's chunks and change records read back
 // identical, verify passes, a tombstone and an audit record name the
 // tenant only by hash, and a plan changes nothing.
+func countCatalog(t *testing.T, b repo.Backend) int {
+	t.Helper()
+	n := 0
+	if err := b.List(context.Background(), vault.CatalogPrefix, func(repo.ObjectInfo) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func TestForgetRewrites(t *testing.T) {
 	for name, mk := range forgetBackends(t) {
 		t.Run(name, func(t *testing.T) { testForgetRewrites(t, mk(t)) })
@@ -296,6 +305,15 @@ func testForgetRewrites(t *testing.T, b repo.Backend) {
 	before := contents(t, v)
 	if len(findMarker(t, b)) == 0 {
 		t.Fatal("the marker is not in the repository to begin with")
+	}
+	// A catalog over the sets holds the tenant's ID and numbers: forget
+	// drops it with the sets it rewrites.
+	defer vault.SetCatalogFanout(2)()
+	if err := v.UpdateCatalog(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := countCatalog(t, b); n == 0 {
+		t.Fatal("no catalog was built")
 	}
 	list := listing(t, b)
 	plan, err := v.PlanForget(ctx, "victim", 1, nil)
@@ -318,6 +336,16 @@ func testForgetRewrites(t *testing.T, b repo.Backend) {
 	}
 	after := openWith(t, b, nil, false)
 	mustVerify(t, after)
+	if n := countCatalog(t, b); n != 0 {
+		t.Fatalf("%d catalog objects left after forget", n)
+	}
+	ids, err := after.ListSets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, err := after.TenantHistory(ctx, ids, "victim"); err != nil || len(h) != 0 {
+		t.Fatalf("history of the erased tenant: %+v, %v", h, err)
+	}
 	got := contents(t, after)
 	want := withoutVictim(before)
 	for k, w := range want {
