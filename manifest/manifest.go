@@ -227,6 +227,10 @@ type Chunk struct {
 	SHA256 string `json:"sha256"`
 	// Reused is true when the chunk was not uploaded by this set.
 	Reused bool `json:"reused,omitempty"`
+	// Key is its tenant entry's Key, filled in by readers (never stored
+	// per chunk): the tenant key the chunk is sealed with, "" for its
+	// set's data key.
+	Key string `json:"-"`
 }
 
 // Tenant is one tenant's snapshot in the set.

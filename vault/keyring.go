@@ -16,6 +16,8 @@ type setKey struct {
 	dk         []byte
 	wrapped    []byte
 	recipients []string
+	// tenants are the tenants' own keys (set format 2), nil otherwise
+	tenants *tenantKeys
 }
 
 // newSetKey makes the data key of a new set in an encrypted repository.
@@ -25,6 +27,11 @@ func (v *Vault) newSetKey(id string) (*setKey, error) {
 		return nil, err
 	}
 	k := &setKey{dk: dk, wrapped: wrapped, recipients: v.keys.RecipientStrings()}
+	if v.WritesIndexed() {
+		// Set format 1 has no place for a tenant's key that older
+		// readers would honour.
+		k.tenants = v.newTenantKeys()
+	}
 	v.writing.Store(id, k)
 	return k, nil
 }

@@ -158,8 +158,8 @@ func (ix *ReuseIndex) Lookup(tenant string, global bool, signature string) *Chun
 			}
 		}
 	case ix.byTag != nil:
-		return &ChunkRef{find: func(digest string, size int64) (ChunkRef, bool) {
-			r, ok := ix.byTag[reuseTag(ix.tagKey, tenant, global, signature, digest, size, "")]
+		return &ChunkRef{find: func(digest string, size int64, keyName string) (ChunkRef, bool) {
+			r, ok := ix.byTag[reuseTag(ix.tagKey, tenant, global, signature, digest, size, keyName)]
 			return r, ok
 		}}
 	}

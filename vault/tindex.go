@@ -629,6 +629,9 @@ func (s *Set) page(ctx context.Context, dir []pageRef, i int, want ...string) ([
 		if err := json.Unmarshal(line, &t); err != nil || t.ID != id {
 			return nil, s.integrity("page %d: entry %q is damaged", i, id)
 		}
+		for k := range t.Chunks {
+			t.Chunks[k].Key = t.Key
+		}
 		items = append(items, t)
 	}
 	switch {
@@ -673,9 +676,10 @@ func entryID(line []byte) (string, error) {
 	return "", errors.New("entry ID is not terminated")
 }
 
-// usable refuses an entry this build cannot read.
-func usable(t *manifest.Tenant) error {
-	if t.Key != "" {
+// usable refuses an entry this build cannot read: one whose key is not a
+// tenant key object of an encrypted repository.
+func (s *Set) usable(t *manifest.Tenant) error {
+	if t.Key != "" && (!s.v.cfg.Encrypted() || !ValidTenantKeyName(t.Key)) {
 		return &tenantvault.InputError{
 			Msg:  fmt.Sprintf("tenant %q is sealed with its own data key %q, which this build cannot read", t.ID, t.Key),
 			Hint: "upgrade tenantvault to read this repository",
@@ -719,7 +723,7 @@ func (s *Set) Tenant(ctx context.Context, id string) (*manifest.Tenant, error) {
 	j := sort.Search(len(items), func(j int) bool { return items[j].ID >= id })
 	if j < len(items) && items[j].ID == id {
 		t := items[j]
-		if err := usable(&t); err != nil {
+		if err := s.usable(&t); err != nil {
 			return nil, err
 		}
 		return &t, nil
@@ -750,7 +754,7 @@ func (s *Set) Tenants(ctx context.Context, fn func(*manifest.Tenant) error) erro
 			return err
 		}
 		for k := range items {
-			if err := usable(&items[k]); err != nil {
+			if err := s.usable(&items[k]); err != nil {
 				return err
 			}
 			if err := fn(&items[k]); err != nil {

@@ -152,6 +152,8 @@ type Vault struct {
 	keyrings sync.Map // set ID -> *keyring: data keys of the sets a decrypted manifest reads from
 	schemas  sync.Map // schema archive key -> set ID whose data key sealed it
 	writing  sync.Map // set ID -> *setKey: the data key of a set this vault is writing
+	// tenantDKs: tenant key object -> the key it holds, once read
+	tenantDKs sync.Map
 	// attempted holds the sets whose manifest upload failed: see
 	// ManifestAttempted.
 	attempted sync.Map
@@ -618,6 +620,12 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 	}
 	if err := v.checkShared(ctx, hdr); err != nil {
 		return err
+	}
+	if k, ok := v.writing.Load(hdr.ID); ok && k.(*setKey).tenants != nil {
+		// The key objects the entries name exist before the set does.
+		if err := k.(*setKey).tenants.wait(); err != nil {
+			return err
+		}
 	}
 	ix, sx, err := w.finish(ctx, hdr)
 	if err != nil {

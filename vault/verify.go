@@ -49,6 +49,13 @@ type VerifyResult struct {
 	// signer this side does not trust (no identity or signing key file
 	// names it): they are intact, and who wrote them is not proven.
 	Unpinned []string `json:"unpinned_signer,omitempty"`
+	// Shredded counts chunks whose tenant's data key is destroyed
+	// (crypto-shredded by forget, or deleted): their stored bytes were
+	// checked against their checksums, their content cannot be decrypted
+	// by anyone, so no content digest was recomputed. ShreddedTenants is
+	// how many (set, tenant) entries they belong to.
+	Shredded        int64 `json:"shredded_chunks,omitempty"`
+	ShreddedTenants int   `json:"shredded_tenants,omitempty"`
 }
 
 // Verify checks sets (all when ids is empty): each manifest decodes, its
@@ -147,6 +154,7 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		ic     IndexChunk
 		c      manifest.Chunk
 	}
+	shredded := map[string]bool{} // set and tenant; only those shredded
 	var done, chunks atomic.Int64
 	work := make(chan job)
 	var wg sync.WaitGroup
@@ -170,6 +178,17 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 					var err error
 					if j.m != nil {
 						err = v.VerifyChunk(ctx, j.m, j.c, true)
+						if errors.Is(err, ErrTenantKeyDestroyed) {
+							// Nothing can decrypt it any more: prove
+							// what can be proven, and say so.
+							if err = v.VerifyStored(ctx, j.x, j.ic); err == nil {
+								mu.Lock()
+								res.Shredded++
+								shredded[j.x.ID+"\x00"+j.tenant] = true
+								res.ShreddedTenants = len(shredded)
+								mu.Unlock()
+							}
+						}
 					} else {
 						err = v.VerifyStored(ctx, j.x, j.ic)
 					}
