@@ -240,8 +240,9 @@ type Tenant struct {
 	Size   int64   `json:"size"`   // uncompressed bytes
 	Stored int64   `json:"stored"` // compressed bytes of its chunks
 	Chunks []Chunk `json:"chunks"`
-	// Key names the data key that sealed this tenant's chunks; empty means
-	// the set's own. Reserved for per-tenant keys (set format 2 only).
+	// Key names the data key that sealed this tenant's chunks: a tenant
+	// key object (keys/tenants/..., encrypted repositories, set format 2
+	// only; see docs/FORMAT.md "Tenant keys"), or empty for the set's own.
 	Key string `json:"key,omitempty"`
 }
 

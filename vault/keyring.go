@@ -64,6 +64,9 @@ func (v *Vault) newWrappedKey(who, signs string) (dk, wrapped []byte, err error)
 // aborted.
 func (v *Vault) forgetSetKey(id string) {
 	if k, ok := v.writing.LoadAndDelete(id); ok {
+		if tk := k.(*setKey).tenants; tk != nil {
+			tk.stop()
+		}
 		clear(k.(*setKey).dk)
 	}
 }

@@ -12,20 +12,26 @@ package vault
 //
 // The snapshotting side holds only recipients and a signing key, and must
 // find and use a tenant's key without being able to unwrap it. So the key
-// is derived, not stored, on that side: TK = HMAC-SHA-256(HKDF(signing
-// seed, "tenantvault tenant key v1"), nonce), and the object's name carries
-// the nonce and a MAC under another key derived from the signing seed:
+// is derived on that side: TK = HMAC-SHA-256(HKDF(signing seed, "tenantvault
+// tenant key v1"), nonce), where the nonce is random and stored only inside
+// the key object, next to TK wrapped with age to the recipients, all signed:
 //
 //	keys/tenants/<n>-<r>-<m>.key
 //	n = first 16 bytes of HMAC(name key, "tenant\0" || tenant ID), hex
-//	r = the nonce, 16 random bytes, hex
+//	r = 16 random bytes, hex (two writers never pick one name)
 //	m = first 16 bytes of HMAC(name key, "object\0" || n || "-" || r), hex
 //
-// One LIST of the prefix per snapshot tells the writer every tenant's key
-// (no GET): n finds the tenant, m proves that the name was made by this
-// signing key (a name anyone else made is ignored), r gives the key. The
-// object itself holds the key wrapped with age to the recipients, signed:
-// readers GET it once per tenant, check the signature and unwrap.
+// One LIST of the prefix per set tells the writer every tenant's key
+// object: n finds the tenant, m tells names this signing key made from
+// anyone else's (ignored). The writer then GETs the objects it needs (all
+// listed ones, 16 at a time, from the moment of the LIST) for their nonces;
+// readers GET the one an index entry names and unwrap TK.
+//
+// Why the nonce is not in the name, which would spare the writer its GETs:
+// the name outlives the object (index entries, readable with the identity,
+// name it; so may access logs), and the identity file holds the signing
+// key too. Whoever holds the signing key and a nonce can derive TK: only
+// the destroyed object may hold the nonce.
 
 import (
 	"bytes"
@@ -58,6 +64,8 @@ const (
 	tenantKeyMagic     = "tenantvault tenant key 1\n"
 	tenantKeySignature = "tenantvault tenant key signature v1\x00"
 	tenantNonceSize    = 16
+	// maxTenantKey bounds a key object a reader accepts.
+	maxTenantKey = 64 << 10
 )
 
 // ErrTenantKeyDestroyed is wrapped when a tenant's data cannot be read
@@ -127,14 +135,13 @@ func ValidTenantKeyName(key string) bool {
 }
 
 // mine reports whether key was named by this signing key, and returns its
-// nonce.
-func (kn *tenantKeyNamer) mine(key string) (n string, nonce []byte, ok bool) {
+// tenant part.
+func (kn *tenantKeyNamer) mine(key string) (n string, ok bool) {
 	n, r, m, ok := parseTenantKeyName(key)
 	if !ok || !hmac.Equal([]byte(m), []byte(mac16(kn.nameKey, "object\x00", n, "-", r))) {
-		return "", nil, false
+		return "", false
 	}
-	nonce, _ = hex.DecodeString(r)
-	return n, nonce, true
+	return n, true
 }
 
 func (kn *tenantKeyNamer) key(nonce []byte) []byte {
@@ -150,8 +157,9 @@ type tenantKey struct {
 }
 
 // tenantKeys is the snapshotting side's view of the tenants' keys for one
-// set: listed once, created (and uploaded in the background) for tenants
-// that have none yet. Memory: the listing, about 130 bytes per tenant.
+// set: listed once, read (in the background, from the LIST on), created
+// (and uploaded in the background) for tenants that have none yet.
+// Memory: about 250 bytes per tenant.
 type tenantKeys struct {
 	v          *Vault
 	kn         *tenantKeyNamer
@@ -161,13 +169,15 @@ type tenantKeys struct {
 	listOnce sync.Once
 	listErr  error
 	listed   map[string][]string // n -> names this signing key made, sorted
+	objects  map[string]*tenantKeySlot
 
 	mu      sync.Mutex
 	tenants map[string]*tenantKeySlot
 
-	uploads errgroup.Group
-	created int
-	reused  int
+	uploads  errgroup.Group
+	prefetch context.CancelFunc
+	created  int
+	reused   int
 }
 
 type tenantKeySlot struct {
@@ -185,21 +195,76 @@ func (v *Vault) newTenantKeys() *tenantKeys {
 
 func (tk *tenantKeys) list(ctx context.Context) error {
 	tk.listOnce.Do(func() {
-		tk.listed = map[string][]string{}
+		tk.listed, tk.objects = map[string][]string{}, map[string]*tenantKeySlot{}
 		tk.listErr = tk.v.b.List(ctx, TenantKeysPrefix, func(o repo.ObjectInfo) error {
-			if n, _, ok := tk.kn.mine(o.Key); ok {
+			if n, ok := tk.kn.mine(o.Key); ok {
 				tk.listed[n] = append(tk.listed[n], o.Key)
 			}
 			return nil
 		})
 		if tk.listErr != nil {
 			tk.listErr = fmt.Errorf("list tenant keys: %w", tk.listErr)
+			return
 		}
+		var first []string
 		for _, names := range tk.listed {
 			sort.Strings(names)
+			tk.objects[names[0]] = &tenantKeySlot{}
+			first = append(first, names[0])
 		}
+		// Read every tenant's key object now, a few at a time, rather
+		// than one at a time when a table worker first meets the tenant.
+		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		tk.prefetch = cancel
+		go func() {
+			var g errgroup.Group
+			g.SetLimit(16)
+			for _, name := range first {
+				if pctx.Err() != nil {
+					break
+				}
+				g.Go(func() error { tk.object(pctx, name); return nil })
+			}
+			g.Wait()
+		}()
 	})
 	return tk.listErr
+}
+
+// object reads key object name (once) for its nonce, and derives its key.
+func (tk *tenantKeys) object(ctx context.Context, name string) (*tenantKey, error) {
+	slot := tk.objects[name]
+	slot.once.Do(func() {
+		data, err := repo.ReadAll(ctx, tk.v.b, name)
+		if err != nil {
+			slot.err = fmt.Errorf("read tenant key %s: %w", name, err)
+			return
+		}
+		pub, nonce, _, err := openTenantKey(data, name)
+		if err != nil {
+			slot.err = err
+			return
+		}
+		if !tk.v.keys.trusted(pub) {
+			slot.err = tenantvault.Integrityf("tenant key %s is signed by %s, not by this side: refusing a key that may be forged", name, SignerString(pub))
+			return
+		}
+		slot.k = &tenantKey{name: name, dk: tk.kn.key(nonce)}
+	})
+	return slot.k, slot.err
+}
+
+// openTenantKey checks a key object's framing, signature and name, and
+// returns its signer, nonce and wrapped key.
+func openTenantKey(data []byte, name string) (pub []byte, nonce, wrapped []byte, err error) {
+	pub, hdr, body, err := openFrames(data, tenantKeyMagic, tenantKeySignature)
+	if err != nil {
+		return nil, nil, nil, tenantvault.Integrityf("tenant key %s: %v", name, err)
+	}
+	if len(hdr) != tenantNonceSize+len(name) || string(hdr[tenantNonceSize:]) != name {
+		return nil, nil, nil, tenantvault.Integrityf("tenant key %s does not name itself", name)
+	}
+	return pub, hdr[:tenantNonceSize], body, nil
 }
 
 // get returns tenant's key: the first (by name) of its key objects this
@@ -224,22 +289,29 @@ func (tk *tenantKeys) get(ctx context.Context, tenant string) (*tenantKey, error
 func (tk *tenantKeys) find(ctx context.Context, tenant string) (*tenantKey, error) {
 	n := tk.kn.tenantName(tenant)
 	if names := tk.listed[n]; len(names) > 0 {
-		_, nonce, _ := tk.kn.mine(names[0])
+		k, err := tk.object(ctx, names[0])
+		if err != nil {
+			return nil, err
+		}
 		tk.mu.Lock()
 		tk.reused++
 		tk.mu.Unlock()
-		return &tenantKey{name: names[0], dk: tk.kn.key(nonce)}, nil
+		return k, nil
 	}
 	nonce := make([]byte, tenantNonceSize)
+	r := make([]byte, 16)
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
-	k := &tenantKey{name: tk.kn.objectKey(n, hex.EncodeToString(nonce)), dk: tk.kn.key(nonce)}
+	if _, err := rand.Read(r); err != nil {
+		return nil, err
+	}
+	k := &tenantKey{name: tk.kn.objectKey(n, hex.EncodeToString(r)), dk: tk.kn.key(nonce)}
 	wrapped, err := wrapKey(k.dk, tk.recipients)
 	if err != nil {
 		return nil, err
 	}
-	data := signFrames(tenantKeyMagic, tenantKeySignature, tk.signer, []byte(k.name), wrapped)
+	data := signFrames(tenantKeyMagic, tenantKeySignature, tk.signer, append(nonce, k.name...), wrapped)
 	tk.mu.Lock()
 	tk.created++
 	tk.mu.Unlock()
@@ -256,7 +328,18 @@ func (tk *tenantKeys) find(ctx context.Context, tenant string) (*tenantKey, erro
 }
 
 // wait returns once every new key object is stored.
-func (tk *tenantKeys) wait() error { return tk.uploads.Wait() }
+func (tk *tenantKeys) wait() error {
+	err := tk.uploads.Wait()
+	tk.stop()
+	return err
+}
+
+// stop ends the background reads.
+func (tk *tenantKeys) stop() {
+	if tk.prefetch != nil {
+		tk.prefetch()
+	}
+}
 
 // TenantKeyStats says how many tenant key objects set id's writer found
 // and created (zero for a set without per-tenant keys).
@@ -289,6 +372,9 @@ func (v *Vault) tenantDataKey(ctx context.Context, what, name string) ([]byte, e
 		}
 	}
 	data, err := repo.ReadAll(ctx, v.b, name)
+	if err == nil && len(data) > maxTenantKey {
+		err = tenantvault.Integrityf("tenant key %s is %d bytes", name, len(data))
+	}
 	if errors.Is(err, repo.ErrNotFound) {
 		return nil, &tenantvault.InputError{
 			Msg:  fmt.Sprintf("%s cannot be decrypted: the tenant's data key %s is destroyed (the tenant was erased with forget, or the key object was deleted), so no one can read this tenant's data in any set", what, name),
@@ -299,15 +385,12 @@ func (v *Vault) tenantDataKey(ctx context.Context, what, name string) ([]byte, e
 	if err != nil {
 		return nil, fmt.Errorf("read tenant key %s: %w", name, err)
 	}
-	pub, hdr, body, err := openFrames(data, tenantKeyMagic, tenantKeySignature)
+	pub, _, body, err := openTenantKey(data, name)
 	if err != nil {
-		return nil, tenantvault.Integrityf("tenant key %s: %v", name, err)
+		return nil, err
 	}
 	if !v.keys.trusted(pub) {
 		return nil, tenantvault.Integrityf("tenant key %s is signed by %s, which the identity file does not trust: refusing a key that may be forged", name, SignerString(pub))
-	}
-	if string(hdr) != name {
-		return nil, tenantvault.Integrityf("tenant key %s claims to be %q", name, hdr)
 	}
 	dk, err := unwrapKey(body, v.keys.Identities)
 	if errors.Is(err, ErrNoIdentity) {
@@ -343,7 +426,7 @@ func (v *Vault) TenantKeys(ctx context.Context, tenant string) ([]string, error)
 	for _, sk := range v.keys.Signing {
 		kn := newTenantKeyNamer(sk)
 		err := v.b.List(ctx, TenantKeysPrefix+kn.tenantName(tenant)+"-", func(o repo.ObjectInfo) error {
-			if _, _, ok := kn.mine(o.Key); ok {
+			if _, ok := kn.mine(o.Key); ok {
 				found[o.Key] = true
 			}
 			return nil
