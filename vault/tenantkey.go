@@ -46,6 +46,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"filippo.io/age"
 	"golang.org/x/sync/errgroup"
@@ -495,4 +496,48 @@ func (v *Vault) TenantReadable(ctx context.Context, t *manifest.Tenant) error {
 	}
 	_, err := v.tenantDataKey(ctx, fmt.Sprintf("tenant %q", t.ID), t.Key)
 	return err
+}
+
+// segmentTenantKeys is the capturing side's view of the tenants' keys: one
+// listing (and its key objects) kept for segmentKeysFor, then listed again,
+// so that a capture running for weeks sees keys made or destroyed since.
+func (v *Vault) segmentTenantKeys() (*tenantKeys, error) {
+	if len(v.keys.Signing) == 0 {
+		return nil, errors.New("no signing key")
+	}
+	v.segKeysMu.Lock()
+	defer v.segKeysMu.Unlock()
+	if v.segKeys == nil || v.now().Sub(v.segKeysAt) > segmentKeysFor {
+		if v.segKeys != nil {
+			v.segKeys.stop()
+		}
+		v.segKeys, v.segKeysAt = v.newTenantKeys(), v.now()
+	}
+	return v.segKeys, nil
+}
+
+// segmentKeysFor is how long a capture uses one listing of tenant keys.
+const segmentKeysFor = 10 * time.Minute
+
+// streamKey is the key the records of stream s of a sealed, opened
+// segment were sealed with: the tenant's own, or the segment's.
+func (v *Vault) streamKey(ctx context.Context, idx *SegmentIndex, s SegmentStream) ([]byte, error) {
+	if s.Key == "" {
+		return idx.dataKey, nil
+	}
+	if s.Shared {
+		return nil, tenantvault.Integrityf("change segment %s: shared records sealed with a tenant's key", idx.Key())
+	}
+	return v.tenantDataKey(ctx, fmt.Sprintf("the change records of tenant %q in %s", s.Tenant, idx.Key()), s.Key)
+}
+
+// dropSegmentTenantKeys forgets tk if it is still the capture's, after a
+// failure (an upload error stays in it).
+func (v *Vault) dropSegmentTenantKeys(tk *tenantKeys) {
+	v.segKeysMu.Lock()
+	defer v.segKeysMu.Unlock()
+	if v.segKeys == tk {
+		tk.stop()
+		v.segKeys = nil
+	}
 }

@@ -154,6 +154,10 @@ type Vault struct {
 	writing  sync.Map // set ID -> *setKey: the data key of a set this vault is writing
 	// tenantDKs: tenant key object -> the key it holds, once read
 	tenantDKs sync.Map
+	// segKeys: the capture's tenant keys (see segmentTenantKeys)
+	segKeysMu sync.Mutex
+	segKeys   *tenantKeys
+	segKeysAt time.Time
 	// attempted holds the sets whose manifest upload failed: see
 	// ManifestAttempted.
 	attempted sync.Map
