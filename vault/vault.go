@@ -630,6 +630,8 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 		if err := k.(*setKey).tenants.wait(); err != nil {
 			return err
 		}
+		found, created := v.TenantKeyStats(hdr.ID)
+		v.log.Debug("tenant keys", "set", hdr.ID, "found", found, "created", created)
 	}
 	ix, sx, err := w.finish(ctx, hdr)
 	if err != nil {
