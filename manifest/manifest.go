@@ -238,6 +238,10 @@ type Chunk struct {
 	SHA256 string `json:"sha256"`
 	// Reused is true when the chunk was not uploaded by this set.
 	Reused bool `json:"reused,omitempty"`
+	// Key is its tenant entry's Key, filled in by readers (never stored
+	// per chunk): the tenant key the chunk is sealed with, "" for its
+	// set's data key.
+	Key string `json:"-"`
 }
 
 // Tenant is one tenant's snapshot in the set.
@@ -247,8 +251,9 @@ type Tenant struct {
 	Size   int64   `json:"size"`   // uncompressed bytes
 	Stored int64   `json:"stored"` // compressed bytes of its chunks
 	Chunks []Chunk `json:"chunks"`
-	// Key names the data key that sealed this tenant's chunks; empty means
-	// the set's own. Reserved for per-tenant keys (set format 2 only).
+	// Key names the data key that sealed this tenant's chunks: a tenant
+	// key object (keys/tenants/..., encrypted repositories, set format 2
+	// only; see docs/FORMAT.md "Tenant keys"), or empty for the set's own.
 	Key string `json:"key,omitempty"`
 }
 

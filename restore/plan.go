@@ -113,7 +113,7 @@ func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selec
 		if len(missing) > 0 {
 			return nil, &tenantvault.InputError{Err: &UnknownTenantsError{IDs: missing, Reason: "in snapshot set " + m.ID}}
 		}
-		return items, nil
+		return readable(ctx, v, items)
 	}
 	ids, err := v.ListSets(ctx)
 	if err != nil {
@@ -193,6 +193,17 @@ func selectSets(ctx context.Context, v *vault.Vault, tenants []string, sel Selec
 	items := make([]Item, 0, len(tenants))
 	for _, id := range tenants {
 		items = append(items, found[id])
+	}
+	return readable(ctx, v, items)
+}
+
+// readable makes sure every item's data can be decrypted (a tenant whose
+// own key was destroyed cannot) before anything is written.
+func readable(ctx context.Context, v *vault.Vault, items []Item) ([]Item, error) {
+	for _, it := range items {
+		if err := v.TenantReadable(ctx, it.T); err != nil {
+			return nil, err
+		}
 	}
 	return items, nil
 }

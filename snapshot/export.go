@@ -16,7 +16,7 @@ import (
 // one chunk per tenant (plus one for rows without a tenant).
 func (r *run) export(ctx context.Context, conn *pgx.Conn, packer *vault.Packer, tables []manifest.Table, ti int) (tableResult, error) {
 	t := &tables[ti]
-	s := &splitter{r: r, t: t, packer: packer, prefixed: t.Scope != nil, res: tableResult{table: ti}}
+	s := &splitter{ctx: ctx, r: r, t: t, packer: packer, prefixed: t.Scope != nil, res: tableResult{table: ti}}
 	if t.Owner != "" {
 		s.fixed = t.Owner
 	}
@@ -38,6 +38,7 @@ func (r *run) export(ctx context.Context, conn *pgx.Conn, packer *vault.Packer, 
 // a column-model scoped table start with the tenant key field, which is
 // cut off; rows arrive grouped by tenant.
 type splitter struct {
+	ctx      context.Context
 	r        *run
 	t        *manifest.Table
 	packer   *vault.Packer
@@ -62,7 +63,9 @@ func (s *splitter) Write(p []byte) (int, error) {
 		// One chunk for the whole table: every raw newline ends a row,
 		// because COPY escapes newlines inside values.
 		if s.cw == nil {
-			s.cw = s.packer.StartChunk()
+			if s.cw, s.err = s.start(s.fixed); s.err != nil {
+				return 0, s.err
+			}
 		}
 		s.rows += int64(bytes.Count(p, []byte{'\n'}))
 		s.bytes(len(p))
@@ -111,11 +114,27 @@ func (s *splitter) line(l []byte) {
 			}
 		}
 		s.cur = append(s.cur[:0], key...)
-		s.cw = s.packer.StartChunk()
+		tenant := s.fixed
+		if tenant == "" && string(key) != `\N` {
+			tenant = tenancy.UnescapeCopy(key)
+		}
+		if s.cw, s.err = s.start(tenant); s.err != nil {
+			return
+		}
 	}
 	s.rows++
 	s.bytes(len(row))
 	_, s.err = s.cw.Write(row)
+}
+
+// start begins a chunk of tenant's rows ("": global rows, or rows that
+// reach no tenant), sealed with the tenant's own key where the repository
+// has them.
+func (s *splitter) start(tenant string) (*vault.ChunkWriter, error) {
+	if tenant == "" {
+		return s.packer.StartChunk(), nil
+	}
+	return s.packer.StartTenantChunk(s.ctx, tenant)
 }
 
 // finishChunk stores the current chunk, or references the earlier set's

@@ -665,6 +665,10 @@ func (r *run) finish(ctx context.Context) error {
 		for h.Len() > 0 && (*h)[0].head.tenant == id {
 			cur := (*h)[0]
 			c := chunk(cur.table, cur.head)
+			if len(t.Chunks) > 0 && cur.head.ref.Key != t.Key {
+				return fmt.Errorf("tenant %q: chunks sealed with two keys (%s, %s)", id, t.Key, cur.head.ref.Key)
+			}
+			t.Key = cur.head.ref.Key
 			t.Chunks = append(t.Chunks, c)
 			t.Rows += c.Rows
 			t.Size += c.Size

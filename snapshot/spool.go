@@ -90,6 +90,7 @@ func (s *chunkSpool) add(tc tenantChunk) error {
 	b = binary.AppendVarint(b, tc.ref.Size)
 	str(tc.ref.SHA256)
 	str(tc.ref.Digest)
+	str(tc.ref.Key)
 	if tc.ref.Reused {
 		b = append(b, 1)
 	} else {
@@ -143,7 +144,7 @@ func (s *chunkSpool) next() (tenantChunk, error) {
 		return tc, io.EOF
 	}
 	tc.rows = num()
-	ref := vault.ChunkRef{Pack: str(), Offset: num(), Length: num(), Size: num(), SHA256: str(), Digest: str()}
+	ref := vault.ChunkRef{Pack: str(), Offset: num(), Length: num(), Size: num(), SHA256: str(), Digest: str(), Key: str()}
 	if err == nil {
 		var b byte
 		b, err = s.r.ReadByte()

@@ -304,6 +304,9 @@ type TenantInSet struct {
 	Set                *manifest.Manifest
 	Rows, Size, Stored int64
 	Tables             int
+	// Key is the entry's own data key object (encrypted repositories,
+	// which have no catalog; empty otherwise).
+	Key string
 }
 
 // TenantHistory finds tenant in every set of ids (as ListSets returns
@@ -371,7 +374,7 @@ func (v *Vault) TenantHistory(ctx context.Context, ids []string, tenant string) 
 		if err != nil || t == nil {
 			return nil, err
 		}
-		return &TenantInSet{Set: s.Header(), Rows: t.Rows, Size: t.Size, Stored: t.Stored, Tables: len(t.Chunks)}, nil
+		return &TenantInSet{Set: s.Header(), Rows: t.Rows, Size: t.Size, Stored: t.Stored, Tables: len(t.Chunks), Key: t.Key}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -707,7 +710,7 @@ func (v *Vault) writeCatalog(ctx context.Context, level int, sums []manifest.Man
 			return nil, err
 		}
 	}
-	ix, err := w.finish(ctx)
+	ix, _, err := w.finish(ctx, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -57,7 +57,13 @@ func (v *Vault) OpenChunk(ctx context.Context, m *manifest.Manifest, c manifest.
 		// A plaintext chunk in an encrypted repository (or the reverse)
 		// is refused above: the manifest's checksum would not match it
 		// anyway, and no reader ever downgrades.
-		dk, err := v.objectKey(ctx, m.ID, key)
+		var dk []byte
+		var err error
+		if c.Key != "" {
+			dk, err = v.tenantDataKey(ctx, what, c.Key)
+		} else {
+			dk, err = v.objectKey(ctx, m.ID, key)
+		}
 		if err != nil {
 			rc.Close()
 			return nil, err

@@ -121,22 +121,71 @@ type forgetJournal struct {
 // storage keeps under retention.
 var ErrForgetLocked = errors.New("repository under object retention")
 
-// ErrForgetEncrypted is wrapped by CryptoShredTenant in this build.
-var ErrForgetEncrypted = errors.New("forget in encrypted repositories is not available in this build")
+// ErrForgetEncrypted is wrapped when a rewrite is asked of an encrypted
+// repository, which is erased by destroying keys (CryptoShredTenant).
+var ErrForgetEncrypted = errors.New("an encrypted repository is erased by destroying the tenant's own data keys, not by rewriting")
 
-// CryptoShredTenant erases tenant from an encrypted repository by
-// destroying its per-tenant keys. This build has no per-tenant keys, so it
-// only refuses: the per-tenant key work (DestroyTenantKeys) replaces it.
-func (v *Vault) CryptoShredTenant(ctx context.Context, tenant string) error {
-	return &tenantvault.InputError{
-		Msg:  ErrForgetEncrypted.Error(),
-		Hint: "nothing was changed; encrypted repositories are erased by destroying per-tenant keys, which this build does not have yet",
-		Err:  ErrForgetEncrypted,
-	}
+func (v *Vault) refuseRewrite() error {
+	return &tenantvault.InputError{Msg: ErrForgetEncrypted.Error(), Hint: "use CryptoShredPlan and CryptoShredTenant", Err: ErrForgetEncrypted}
 }
 
-// CheckForgettable refuses repositories forget cannot rewrite: encrypted
-// ones (see CryptoShredTenant) and those under object retention.
+// ShredPlan is what erasing a tenant from an encrypted repository does.
+type ShredPlan struct {
+	// Sets hold the tenant; SetKeyed are those of them that seal its
+	// chunks with the set's data key (set format 1, or written before
+	// per-tenant keys), which destroying its keys does not reach.
+	Sets, SetKeyed []string
+	// Keys are the tenant's key objects, all to be deleted.
+	Keys []string
+}
+
+// CryptoShredPlan finds what erasing tenant by its keys destroys and what
+// it would not reach. It needs an identity (it reads the sets' entries).
+func (v *Vault) CryptoShredPlan(ctx context.Context, tenant string) (*ShredPlan, error) {
+	if !v.CanDecrypt() {
+		return nil, &tenantvault.InputError{
+			Msg:  fmt.Sprintf("repository %s is encrypted: forget reads every set to find the tenant's keys, which needs the identity file", v.b.Location()),
+			Hint: "give --identity FILE (or TENANTVAULT_IDENTITY); nothing was changed",
+			Err:  ErrNoIdentity,
+		}
+	}
+	ids, err := v.ListSets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	hist, err := v.TenantHistory(ctx, ids, tenant)
+	if err != nil {
+		return nil, err
+	}
+	p := &ShredPlan{}
+	for _, h := range hist {
+		p.Sets = append(p.Sets, h.Set.ID)
+		if h.Key == "" && h.Tables > 0 {
+			p.SetKeyed = append(p.SetKeyed, h.Set.ID)
+		}
+	}
+	if p.Keys, err = v.TenantKeys(ctx, tenant); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// CryptoShredTenant erases tenant from an encrypted repository: it destroys
+// every key object of the tenant (DestroyTenantKeys), so that no set and no
+// change-log stream sealed with them yields its rows to anyone, then writes
+// the tombstone and the audit record. Nothing large is rewritten. It is
+// safe to run again.
+func (v *Vault) CryptoShredTenant(ctx context.Context, tenant, reason, by string) ([]string, *Tombstone, error) {
+	destroyed, err := v.DestroyTenantKeys(ctx, tenant)
+	if err != nil {
+		return nil, nil, err
+	}
+	tomb, err := v.RecordErased(ctx, tenant, reason, by, "crypto-shred", nil)
+	return destroyed, tomb, err
+}
+
+// CheckForgettable refuses repositories forget cannot rewrite: those under
+// object retention (encrypted ones are erased by CryptoShredTenant).
 func (v *Vault) CheckForgettable() error {
 	if r, ok := repo.AsRetainer(v.b); ok {
 		return &tenantvault.InputError{
@@ -163,7 +212,7 @@ type setScan struct {
 // them are rewritten too. Nothing is written.
 func (v *Vault) PlanForget(ctx context.Context, tenant string, round int, tainted map[string]bool) (*ForgetPlan, error) {
 	if v.cfg.Encrypted() {
-		return nil, v.CryptoShredTenant(ctx, tenant)
+		return nil, v.refuseRewrite()
 	}
 	ids, err := v.ListSets(ctx)
 	if err != nil {
@@ -409,7 +458,7 @@ const maxForgetRounds = 4
 // plan (nil when resuming from a journal).
 func (v *Vault) Forget(ctx context.Context, tenant string, first *ForgetPlan, o ForgetOptions) (*ForgetResult, error) {
 	if v.cfg.Encrypted() {
-		return nil, v.CryptoShredTenant(ctx, tenant)
+		return nil, v.refuseRewrite()
 	}
 	if err := v.CheckForgettable(); err != nil {
 		return nil, err
@@ -814,7 +863,7 @@ func (v *Vault) rewriteSet(ctx context.Context, tenant string, fs forgetSet, mov
 		if err != nil {
 			return false, err
 		}
-		if m.Index, err = w.finish(ctx); err != nil {
+		if m.Index, _, err = w.finish(ctx, &m); err != nil {
 			return false, err
 		}
 	}

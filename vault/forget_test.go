@@ -507,15 +507,16 @@ func testForgetInterrupted(t *testing.T, open func(t *testing.T, prefix string) 
 	}
 }
 
-// TestForgetRefuses: an encrypted repository is refused by the stub with
-// exit code 2; an unknown tenant plans nothing.
+// TestForgetRefusesEncrypted: an encrypted repository is not rewritten
+// (exit code 2: it is erased by destroying keys); RecordErased leaves the
+// tombstone and audit record crypto-shredding needs.
 func TestForgetRefusesEncrypted(t *testing.T) {
 	ctx := context.Background()
 	_, b := newRepoDir(t)
 	v := openWith(t, b, newKeySet(t).writer, true)
 	_, err := v.PlanForget(ctx, "acme", 1, nil)
 	var ie *tenantvault.InputError
-	if !errors.As(err, &ie) || !errors.Is(err, vault.ErrForgetEncrypted) || err.Error() != "forget in encrypted repositories is not available in this build" {
+	if !errors.As(err, &ie) || !errors.Is(err, vault.ErrForgetEncrypted) || err.Error() != "an encrypted repository is erased by destroying the tenant's own data keys, not by rewriting" {
 		t.Fatalf("encrypted: %v", err)
 	}
 	// What crypto-shredding will record: the same tombstone and audit

@@ -16,6 +16,8 @@ type setKey struct {
 	dk         []byte
 	wrapped    []byte
 	recipients []string
+	// tenants are the tenants' own keys (set format 2), nil otherwise
+	tenants *tenantKeys
 }
 
 // newSetKey makes the data key of a new set in an encrypted repository.
@@ -25,6 +27,11 @@ func (v *Vault) newSetKey(id string) (*setKey, error) {
 		return nil, err
 	}
 	k := &setKey{dk: dk, wrapped: wrapped, recipients: v.keys.RecipientStrings()}
+	if v.WritesIndexed() {
+		// Set format 1 has no place for a tenant's key that older
+		// readers would honour.
+		k.tenants = v.newTenantKeys()
+	}
 	v.writing.Store(id, k)
 	return k, nil
 }
@@ -57,6 +64,9 @@ func (v *Vault) newWrappedKey(who, signs string) (dk, wrapped []byte, err error)
 // aborted.
 func (v *Vault) forgetSetKey(id string) {
 	if k, ok := v.writing.LoadAndDelete(id); ok {
+		if tk := k.(*setKey).tenants; tk != nil {
+			tk.stop()
+		}
 		clear(k.(*setKey).dk)
 	}
 }
@@ -156,8 +166,11 @@ func (v *Vault) wrappedFor(ctx context.Context, owner string) ([]byte, error) {
 }
 
 // sealManifest builds the signed header and the sealed body of the
-// manifest of an encrypted set (encoded is manifest.Encode's output).
-func (v *Vault) sealManifest(ctx context.Context, m *manifest.Manifest, encoded []byte) (*SetIndex, []byte, error) {
+// manifest of an encrypted set (encoded is manifest.Encode's output). For a
+// set in set format 2 (m is its header) sx is its tenant index, whose
+// locator holds the chunks' places and tags: the signed header (version 2)
+// carries sx instead of them.
+func (v *Vault) sealManifest(ctx context.Context, m *manifest.Manifest, encoded []byte, sx *SealedIndex) (*SetIndex, []byte, error) {
 	k, ok := v.writing.Load(m.ID)
 	if !ok {
 		return nil, nil, fmt.Errorf("set %s was not written by this vault (no data key)", m.ID)
@@ -177,13 +190,21 @@ func (v *Vault) sealManifest(ctx context.Context, m *manifest.Manifest, encoded 
 	for _, s := range m.Schemas {
 		x.Schemas = append(x.Schemas, ObjectRef{Key: s.Key, Size: s.Size, SHA256: s.SHA256})
 	}
-	eachChunk(m, func(tenant string, global bool, c manifest.Chunk) {
-		x.Chunks = append(x.Chunks, IndexChunk{
-			Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256,
-			Tag: reuseTag(tagKey, tenant, global, m.Tables[c.Table].Signature, c.Digest, c.Size),
+	if (sx != nil) != (m.Index != nil) {
+		return nil, nil, errors.New("a set format 2 header needs its tenant index")
+	}
+	if sx != nil {
+		x.Version, x.Index = 2, sx
+		x.Stats = IndexStats{Chunks: sx.chunks, Stored: m.Stats.Stored, Written: m.Stats.Written}
+	} else {
+		eachChunk(m, func(tenant string, global bool, c manifest.Chunk) {
+			x.Chunks = append(x.Chunks, IndexChunk{
+				Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256,
+				Tag: reuseTag(tagKey, tenant, global, m.Tables[c.Table].Signature, c.Digest, c.Size, ""),
+			})
 		})
-	})
-	x.Stats = IndexStats{Chunks: len(x.Chunks), Stored: m.Stats.Stored, Written: m.Stats.Written}
+		x.Stats = IndexStats{Chunks: len(x.Chunks), Stored: m.Stats.Stored, Written: m.Stats.Written}
+	}
 	seen := map[string]bool{m.ID: true}
 	for _, p := range m.Packs {
 		owner, ok := packOwner(p)

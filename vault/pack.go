@@ -261,20 +261,23 @@ type ChunkRef struct {
 	Size   int64  // uncompressed
 	Digest string // SHA-256 of the uncompressed content
 	Reused bool
+	// Key is the tenant key object the chunk is sealed with ("" for the
+	// set's data key): what the tenant's index entry names.
+	Key string
 
 	// find, in a reference that ReuseIndex.Lookup returns for an
 	// encrypted set, looks for an earlier chunk by its content: such sets
 	// do not reveal digests, only tags the writer can compute.
-	find func(digest string, size int64) (ChunkRef, bool)
+	find func(digest string, size int64, keyName string) (ChunkRef, bool)
 }
 
 // reusable returns the earlier chunk that holds exactly the content with
-// this digest and size, if r is one.
-func (r *ChunkRef) reusable(digest string, size int64) (ChunkRef, bool) {
+// this digest and size, sealed with the same key, if r is one.
+func (r *ChunkRef) reusable(digest string, size int64, keyName string) (ChunkRef, bool) {
 	if r.find != nil {
-		return r.find(digest, size)
+		return r.find(digest, size, keyName)
 	}
-	return *r, r.Digest == digest && r.Size == size
+	return *r, r.Digest == digest && r.Size == size && r.Key == keyName
 }
 
 // ChunkWriter receives one chunk's uncompressed content.
@@ -285,13 +288,35 @@ type ChunkWriter struct {
 	started bool // compression into the pack has begun
 	w       io.Writer
 	err     error
+	dk      []byte // seals the chunk in an encrypted set
+	keyName string // the tenant key object dk comes from; "" for the set's key
 }
 
-// StartChunk begins a chunk. Only one chunk per packer is open at a time.
+// StartChunk begins a chunk of global rows (or of rows that belong to no
+// tenant). Only one chunk per packer is open at a time.
 func (p *Packer) StartChunk() *ChunkWriter {
 	p.content.Reset()
 	p.pending = p.pending[:0]
-	return &ChunkWriter{p: p}
+	c := &ChunkWriter{p: p}
+	if p.s.key != nil {
+		c.dk = p.s.key.dk
+	}
+	return c
+}
+
+// StartTenantChunk begins a chunk of tenant's rows: in an encrypted set of
+// set format 2 sealed with the tenant's own key (see tenantkey.go), which
+// it finds or makes first.
+func (p *Packer) StartTenantChunk(ctx context.Context, tenant string) (*ChunkWriter, error) {
+	c := p.StartChunk()
+	if p.s.key != nil && p.s.key.tenants != nil {
+		k, err := p.s.key.tenants.get(ctx, tenant)
+		if err != nil {
+			return nil, err
+		}
+		c.dk, c.keyName = k.dk, k.name
+	}
+	return c, nil
 }
 
 func (p *Packer) open() error {
@@ -364,8 +389,8 @@ func (c *ChunkWriter) begin() error {
 	c.started = true
 	p.stored.Reset()
 	var out io.Writer = packOut{p}
-	if k := p.s.key; k != nil {
-		seal, err := newSealWriter(out, k.dk, p.sealer)
+	if p.s.key != nil {
+		seal, err := newSealWriter(out, c.dk, p.sealer)
 		if err != nil {
 			return err
 		}
@@ -398,7 +423,7 @@ func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
 	var r ChunkRef
 	reuse := false
 	if prev != nil {
-		r, reuse = prev.reusable(digest, c.size)
+		r, reuse = prev.reusable(digest, c.size, c.keyName)
 	}
 	if reuse {
 		if c.started {
@@ -418,7 +443,7 @@ func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
 			p.size = c.start
 		}
 		r.Reused, r.find = true, nil
-		r.Digest, r.Size = digest, c.size
+		r.Digest, r.Size, r.Key = digest, c.size, c.keyName
 		return r, nil
 	}
 	if !c.started {
@@ -440,7 +465,7 @@ func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
 	ref := ChunkRef{
 		Pack: p.key, Offset: c.start, Length: p.size - c.start,
 		SHA256: hex.EncodeToString(p.stored.Sum(nil)),
-		Size:   c.size, Digest: digest,
+		Size:   c.size, Digest: digest, Key: c.keyName,
 	}
 	if p.size >= p.s.opts.PackSize {
 		if err := p.seal(); err != nil {

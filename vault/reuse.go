@@ -70,10 +70,15 @@ func (v *Vault) PreviousChunks(ctx context.Context, m *manifest.Manifest) (*Reus
 				continue
 			}
 			ix := &ReuseIndex{Set: x.ID, byTag: map[string]ChunkRef{}, tagKey: v.keys.Signing[0].tagKey()}
-			for _, c := range x.Chunks {
+			err = v.EachIndexChunk(ctx, x, func(c IndexChunk) error {
 				if c.Tag != "" {
 					ix.byTag[c.Tag] = ChunkRef{Pack: x.Packs[c.Pack], Offset: c.Offset, Length: c.Length, SHA256: c.SHA256}
 				}
+				return nil
+			})
+			if err != nil {
+				v.log.Warn("skipping unreadable earlier set for deduplication", "set", ids[i], "err", err)
+				continue
 			}
 			v.log.Debug("deduplicating against earlier set", "set", x.ID)
 			return ix, nil
@@ -153,8 +158,8 @@ func (ix *ReuseIndex) Lookup(tenant string, global bool, signature string) *Chun
 			}
 		}
 	case ix.byTag != nil:
-		return &ChunkRef{find: func(digest string, size int64) (ChunkRef, bool) {
-			r, ok := ix.byTag[reuseTag(ix.tagKey, tenant, global, signature, digest, size)]
+		return &ChunkRef{find: func(digest string, size int64, keyName string) (ChunkRef, bool) {
+			r, ok := ix.byTag[reuseTag(ix.tagKey, tenant, global, signature, digest, size, keyName)]
 			return r, ok
 		}}
 	}

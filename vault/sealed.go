@@ -48,10 +48,16 @@ type SetIndex struct {
 	Keys    []WrappedKey `json:"keys,omitempty"`
 	Packs   []string     `json:"packs"`
 	Schemas []ObjectRef  `json:"schemas"`
-	Chunks  []IndexChunk `json:"chunks"`
-	Stats   IndexStats   `json:"stats"`
-	Signer  string       `json:"-"`
-	sealed  bool         // from a sealed manifest
+	// Chunks are every chunk's place and checksum in header version 1;
+	// version 2 has none here: they are in the tenant index's locator
+	// (see Index and Vault.EachIndexChunk).
+	Chunks []IndexChunk `json:"chunks,omitempty"`
+	// Index locates the tenant index of an encrypted set in set format 2
+	// (header version 2).
+	Index  *SealedIndex `json:"index,omitempty"`
+	Stats  IndexStats   `json:"stats"`
+	Signer string       `json:"-"`
+	sealed bool         // from a sealed manifest
 	// indexKey and indexGen: the tenant index a plaintext set format 2
 	// manifest names, and the manifest's generation (see forget).
 	indexKey string
@@ -81,6 +87,21 @@ type IndexChunk struct {
 	Length int64  `json:"l"`
 	SHA256 string `json:"h"`
 	Tag    string `json:"t,omitempty"`
+}
+
+// SealedIndex is what the signed header of an encrypted set in set format
+// 2 says about its tenant index: where the (sealed) directory and the
+// (plaintext) locator are, and the checksum of the whole object, so that a
+// reader without keys can prove every byte of it. It leaves out the tenant
+// count.
+type SealedIndex struct {
+	Key       string         `json:"key"`
+	Size      int64          `json:"size"`
+	Pages     int            `json:"pages"`
+	Directory manifest.Range `json:"directory"`
+	Locator   manifest.Range `json:"locator"`
+	SHA256    string         `json:"sha256"`
+	chunks    int            // written to the locator
 }
 
 // IndexStats are the sizes of a set that tell nothing about its tenants.
@@ -152,8 +173,11 @@ func groupHashOf(groupKey string) string {
 }
 
 // reuseTag is the Tag of a chunk: an HMAC, under a key only the signing
-// side has, of what makes two chunks interchangeable.
-func reuseTag(key []byte, tenant string, global bool, signature, digest string, size int64) string {
+// side has, of what makes two chunks interchangeable. A chunk sealed with a
+// tenant's own key (keyName, the key object) is interchangeable only with
+// one sealed with the same key; keyName "" (the set's data key) leaves the
+// tag as it always was.
+func reuseTag(key []byte, tenant string, global bool, signature, digest string, size int64, keyName string) string {
 	h := hmac.New(sha256.New, key)
 	var b []byte
 	b = binary.AppendUvarint(b, uint64(len(tenant)))
@@ -163,6 +187,11 @@ func reuseTag(key []byte, tenant string, global bool, signature, digest string, 
 	b = append(b, signature...)
 	b = append(b, digest...)
 	b = binary.AppendVarint(b, size)
+	if keyName != "" {
+		b = append(b, 'k')
+		b = binary.AppendUvarint(b, uint64(len(keyName)))
+		b = append(b, keyName...)
+	}
 	h.Write(b)
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }
@@ -268,11 +297,23 @@ func cutFrame(b []byte) (frame, rest []byte, err error) {
 
 // validate checks the references inside an index.
 func (x *SetIndex) validate() error {
-	if x.Version != 1 {
+	if x.Version != 1 && x.Version != 2 {
 		return fmt.Errorf("unsupported header version %d", x.Version)
 	}
 	if !ValidSetID(x.ID) {
 		return fmt.Errorf("bad set ID %q", x.ID)
+	}
+	switch ix := x.Index; {
+	case x.Version == 1 && ix != nil:
+		return errors.New("a version 1 header with a tenant index")
+	case x.Version == 2 && (ix == nil || len(x.Chunks) > 0):
+		return errors.New("a version 2 header needs a tenant index and lists no chunks")
+	case ix != nil && (ix.Key != IndexKey(x.ID) || ix.Pages < 0 || len(ix.SHA256) != 64 ||
+		len(ix.Directory.SHA256) != 64 || len(ix.Locator.SHA256) != 64 ||
+		ix.Directory.Offset < int64(len(indexMagic)) || ix.Directory.Length <= 0 ||
+		ix.Locator.Offset != ix.Directory.Offset+ix.Directory.Length || ix.Locator.Length <= 0 ||
+		ix.Size != ix.Locator.Offset+ix.Locator.Length):
+		return errors.New("bad tenant index reference")
 	}
 	for _, p := range x.Packs {
 		if _, ok := packOwner(p); !ok {
@@ -334,6 +375,17 @@ func (x *SetIndex) sameAs(m *manifest.Manifest) error {
 		if (ObjectRef{Key: s.Key, Size: s.Size, SHA256: s.SHA256}) != x.Schemas[i] {
 			return errors.New("the manifest body's schema archives do not match its header")
 		}
+	}
+	if x.Version == 2 || m.Index != nil {
+		// The tenants' chunks are in the index: the pages (sealed, under
+		// the directory's checksum) for readers with keys, the locator for
+		// readers without; verify compares the two.
+		ix := x.Index
+		if ix == nil || m.Index == nil || m.Index.Key != ix.Key || m.Index.Size != ix.Size ||
+			m.Index.Pages != ix.Pages || m.Index.Directory != ix.Directory {
+			return errors.New("the manifest body's tenant index does not match its header")
+		}
+		return nil
 	}
 	i, bad := 0, false
 	eachChunk(m, func(_ string, _ bool, c manifest.Chunk) {

@@ -27,8 +27,15 @@ import (
 // written last: a segment exists once its index does).
 const ChangesPrefix = "changes/"
 
-// SegmentVersion is the change segment format this build writes.
-const SegmentVersion = 1
+// SegmentVersion is the newest change segment format this build reads.
+// It writes version 1, and version 2 for a segment of an encrypted
+// repository whose tenant streams are sealed with the tenants' own keys
+// (SegmentStream.Key), which older builds must refuse rather than fail to
+// decrypt.
+const (
+	SegmentVersion      = 2
+	segmentVersionPlain = 1
+)
 
 // Change operations.
 const (
@@ -110,6 +117,9 @@ type SegmentStream struct {
 	// Moved is the first move record (OpMoved) of the tenant's stream:
 	// restore plans see it without reading the records.
 	Moved *Move `json:"moved,omitempty"`
+	// Key is the tenant key object the stream is sealed with (encrypted
+	// repositories, segment version 2); "" means the segment's data key.
+	Key string `json:"key,omitempty"`
 }
 
 // Move locates a move record: its commit LSN and time, and the relation
@@ -376,7 +386,7 @@ const sharedKey = "\x00shared"
 // NewSegmentBuilder starts a segment of stream at LSN start.
 func NewSegmentBuilder(stream, epoch string, start uint64) *SegmentBuilder {
 	return &SegmentBuilder{
-		Index:  SegmentIndex{Version: SegmentVersion, Stream: stream, Epoch: epoch, Start: start, End: start},
+		Index:  SegmentIndex{Version: segmentVersionPlain, Stream: stream, Epoch: epoch, Start: start, End: start},
 		frames: map[string]*bytes.Buffer{}, counts: map[string]int{}, relSeen: map[uint32]bool{}, moved: map[string]*Move{},
 	}
 }
@@ -452,23 +462,48 @@ func (v *Vault) WriteSegment(ctx context.Context, b *SegmentBuilder, end uint64,
 	}
 	defer enc.Close()
 	var data, frame []byte
+	var tks *tenantKeys
+	if sk != nil {
+		if tks, err = v.segmentTenantKeys(); err != nil {
+			return nil, err
+		}
+	}
 	for _, k := range keys {
 		start := len(data)
 		frame = enc.EncodeAll(b.frames[k].Bytes(), append(frame[:0], CodecZstd))
+		keyName := ""
 		if sk != nil {
-			if frame, err = sealBytes(sk.dk, frame); err != nil {
+			dk := sk.dk
+			if k != sharedKey {
+				// A tenant's records are sealed with its own key, so
+				// that erasing it reaches the change log too.
+				tk, err := tks.get(ctx, k)
+				if err != nil {
+					return nil, err
+				}
+				dk, keyName = tk.dk, tk.name
+				idx.Version = SegmentVersion
+			}
+			if frame, err = sealBytes(dk, frame); err != nil {
 				return nil, err
 			}
 		}
 		data = append(data, frame...)
 		sum := sha256.Sum256(data[start:])
-		s := SegmentStream{Tenant: k, Offset: int64(start), Length: int64(len(data) - start), Records: b.counts[k], SHA256: hex.EncodeToString(sum[:]), Moved: b.moved[k]}
+		s := SegmentStream{Tenant: k, Offset: int64(start), Length: int64(len(data) - start), Records: b.counts[k], SHA256: hex.EncodeToString(sum[:]), Moved: b.moved[k], Key: keyName}
 		if k == sharedKey {
 			s.Tenant, s.Shared = "", true
 		}
 		idx.Streams = append(idx.Streams, s)
 	}
 	idx.Size = int64(len(data))
+	if tks != nil {
+		// The key objects the index names exist before the segment does.
+		if err := tks.uploads.Wait(); err != nil {
+			v.dropSegmentTenantKeys(tks) // list and try again next time
+			return nil, err
+		}
+	}
 	if len(data) > 0 {
 		if err := v.b.Put(ctx, idx.Key(), bytes.NewReader(data), int64(len(data))); err != nil {
 			return nil, fmt.Errorf("write change segment: %w", err)
@@ -607,7 +642,11 @@ func (v *Vault) OpenSegmentStream(ctx context.Context, idx *SegmentIndex, s Segm
 		return nil, nil, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the records of %q)", idx.Key(), s.Tenant)
 	}
 	if idx.sealed {
-		if data, err = openBytes(idx.dataKey, data, maxSegmentStream); err != nil {
+		dk, err := v.streamKey(ctx, idx, s)
+		if err != nil {
+			return nil, nil, err
+		}
+		if data, err = openBytes(dk, data, maxSegmentStream); err != nil {
 			return nil, nil, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
 		}
 	}

@@ -40,6 +40,9 @@ func (v *Vault) ScanSegment(ctx context.Context, idx *SegmentIndex, want func(Se
 	if len(picked)*2 < len(idx.Streams) {
 		for _, s := range picked {
 			cr, _, err := v.OpenSegmentStream(ctx, idx, s)
+			if errors.Is(err, ErrTenantKeyDestroyed) {
+				continue // an erased tenant: its records are beyond use
+			}
 			if err != nil {
 				return err
 			}
@@ -68,7 +71,10 @@ func (v *Vault) ScanSegment(ctx context.Context, idx *SegmentIndex, want func(Se
 		if s.Offset < 0 || s.Length < 0 || s.Offset+s.Length > int64(len(data)) {
 			return tenantvault.Integrityf("change segment %s: the records of %q lie outside the object", idx.Key(), s.Tenant)
 		}
-		raw, err := v.decodeStream(idx, s, data[s.Offset:s.Offset+s.Length])
+		raw, err := v.decodeStream(ctx, idx, s, data[s.Offset:s.Offset+s.Length])
+		if errors.Is(err, ErrTenantKeyDestroyed) {
+			continue // an erased tenant: its records are beyond use
+		}
 		if err != nil {
 			return err
 		}
@@ -80,14 +86,18 @@ func (v *Vault) ScanSegment(ctx context.Context, idx *SegmentIndex, want func(Se
 }
 
 // decodeStream checks, opens and inflates one stream's stored bytes.
-func (v *Vault) decodeStream(idx *SegmentIndex, s SegmentStream, data []byte) ([]byte, error) {
+func (v *Vault) decodeStream(ctx context.Context, idx *SegmentIndex, s SegmentStream, data []byte) ([]byte, error) {
 	sum := sha256.Sum256(data)
 	if hex.EncodeToString(sum[:]) != s.SHA256 {
 		return nil, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the records of %q)", idx.Key(), s.Tenant)
 	}
 	var err error
 	if idx.sealed {
-		if data, err = openBytes(idx.dataKey, data, maxSegmentStream); err != nil {
+		dk, err := v.streamKey(ctx, idx, s)
+		if err != nil {
+			return nil, err
+		}
+		if data, err = openBytes(dk, data, maxSegmentStream); err != nil {
 			return nil, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
 		}
 	}

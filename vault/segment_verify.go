@@ -98,6 +98,11 @@ func (v *Vault) VerifySegments(ctx context.Context, readData bool) (*SegmentChec
 						err = tenantvault.Integrityf("%v", err)
 					}
 				}
+				if errors.Is(err, ErrTenantKeyDestroyed) {
+					// Checked against its checksum before decrypting;
+					// its records cannot be read by anyone (not counted).
+					continue
+				}
 				if err != nil {
 					if !errors.Is(err, tenantvault.ErrIntegrity) {
 						return nil, err

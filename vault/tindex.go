@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"sort"
@@ -103,6 +105,26 @@ func storePage(content []byte) []byte {
 	return pageEncoder.EncodeAll(content, []byte{CodecZstd})
 }
 
+// open inflates a stored page of this set: sealed (codec 0x02, with the
+// set's data key) in an encrypted repository, plain otherwise.
+func (s *Set) open(ctx context.Context, stored []byte) ([]byte, error) {
+	if !s.v.cfg.Encrypted() {
+		return loadPage(stored)
+	}
+	if len(stored) == 0 || stored[0] != CodecSealed {
+		return nil, errors.New("a plaintext page in an encrypted repository")
+	}
+	dk, err := s.v.objectKey(ctx, s.m.ID, s.m.Index.Key)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := openBytes(dk, stored, maxPage)
+	if err != nil {
+		return nil, err
+	}
+	return loadPage(plain)
+}
+
 // loadPage inflates a stored page.
 func loadPage(stored []byte) ([]byte, error) {
 	if len(stored) == 0 || stored[0] != CodecZstd {
@@ -113,7 +135,10 @@ func loadPage(stored []byte) ([]byte, error) {
 
 // IndexWriter streams tenant entries, in ID order, into the pages of a set's
 // tenant index, spooled to a temporary file: its memory is one page and the
-// directory (about 50 bytes per page), whatever the tenant count.
+// directory (about 50 bytes per page), whatever the tenant count. In an
+// encrypted repository it seals the pages and the directory with the set's
+// data key and spools every tenant chunk's locator line (see finish) to a
+// second temporary file.
 type IndexWriter struct {
 	v       *Vault
 	key     string
@@ -128,31 +153,98 @@ type IndexWriter struct {
 	tenants int
 	// unlocked: uploaded without Object Lock retention (catalogs).
 	unlocked bool
+	// encrypted repositories
+	setID string
+	dk    []byte
+	loc   *os.File
+	lw    *bufio.Writer
+	locN  int
+}
+
+// locLine is what the writer keeps of a tenant chunk until the locator is
+// written: enough to compute its reuse tag. It stays in a local temporary
+// file, as the chunks spooled by a snapshot do.
+type locLine struct {
+	Tenant string `json:"n"`
+	Key    string `json:"k,omitempty"`
+	Table  int    `json:"t"`
+	Digest string `json:"d"`
+	Size   int64  `json:"s"`
+	IndexChunk
 }
 
 // NewIndexWriter starts the tenant index of set setID; tempDir "" means
-// the system's.
+// the system's. In an encrypted repository the set's chunks must be
+// written first (NewSetWriter makes its data key).
 func (v *Vault) NewIndexWriter(setID, tempDir string) (*IndexWriter, error) {
-	return v.newPagedWriter(IndexKey(setID), tempDir)
+	w, err := v.newPagedWriter(IndexKey(setID), tempDir)
+	if err != nil {
+		return nil, err
+	}
+	w.setID = setID
+	if v.cfg.Encrypted() {
+		k, ok := v.writing.Load(setID)
+		if !ok {
+			w.Close()
+			return nil, fmt.Errorf("tenant index: set %s was not written by this vault (no data key)", setID)
+		}
+		w.dk = k.(*setKey).dk
+		loc, err := os.CreateTemp(tempDir, "tenantvault-locator-*")
+		if err != nil {
+			w.Close()
+			return nil, fmt.Errorf("tenant index: %w", err)
+		}
+		os.Remove(loc.Name())
+		w.loc, w.lw = loc, bufio.NewWriterSize(loc, 256<<10)
+	}
+	return w, nil
 }
 
-// newPagedWriter starts an object in the tenant index's layout at key.
+// newPagedWriter starts an object in the tenant index's layout at key
+// (plaintext pages).
 func (v *Vault) newPagedWriter(key, tempDir string) (*IndexWriter, error) {
+	w := &IndexWriter{v: v, key: key, off: int64(len(indexMagic))}
 	f, err := os.CreateTemp(tempDir, "tenantvault-index-*")
 	if err != nil {
 		return nil, fmt.Errorf("tenant index: %w", err)
 	}
 	os.Remove(f.Name()) // gone with the last reference, whatever happens
+	w.f = f
 	if _, err := f.WriteString(indexMagic); err != nil {
-		f.Close()
+		w.Close()
 		return nil, fmt.Errorf("tenant index: %w", err)
 	}
-	return &IndexWriter{v: v, key: key, f: f, off: int64(len(indexMagic))}, nil
+	return w, nil
+}
+
+// store renders page content as stored: plain (codec byte and zstd
+// frame), or that sealed with the set's data key.
+func (w *IndexWriter) store(content []byte) ([]byte, error) {
+	stored := storePage(content)
+	if w.dk == nil {
+		return stored, nil
+	}
+	return sealBytes(w.dk, stored)
 }
 
 // Add appends one tenant's entry; IDs must come in strictly increasing
 // byte order.
 func (w *IndexWriter) Add(t *manifest.Tenant) error {
+	// The locator lines first: add may flush the page.
+	if w.lw != nil {
+		for _, c := range t.Chunks {
+			l := locLine{Tenant: t.ID, Key: t.Key, Table: c.Table, Digest: c.Digest, Size: c.Size,
+				IndexChunk: IndexChunk{Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256}}
+			b, err := json.Marshal(&l)
+			if err != nil {
+				return fmt.Errorf("tenant index: %w", err)
+			}
+			w.lw.Write(b)
+			if err := w.lw.WriteByte('\n'); err != nil {
+				return fmt.Errorf("tenant index: %w", err)
+			}
+		}
+	}
 	return w.add(t.ID, t)
 }
 
@@ -187,7 +279,10 @@ func (w *IndexWriter) flush() error {
 	if w.n == 0 {
 		return nil
 	}
-	stored := storePage(w.page.Bytes())
+	stored, err := w.store(w.page.Bytes())
+	if err != nil {
+		return fmt.Errorf("tenant index: %w", err)
+	}
 	if _, err := w.f.Write(stored); err != nil {
 		return fmt.Errorf("tenant index: %w", err)
 	}
@@ -265,31 +360,56 @@ func decodeDirectory(b []byte, ix *manifest.Index) ([]pageRef, error) {
 	return dir, nil
 }
 
-// finish writes the last page and the directory, uploads the index and
-// returns its reference for the header.
-func (w *IndexWriter) finish(ctx context.Context) (*manifest.Index, error) {
+// finish writes the last page and the directory, and in an encrypted
+// repository the locator (the global chunks of hdr, then every tenant's,
+// with their reuse tags), uploads the index and returns its reference for
+// the header (and, encrypted, for the signed header).
+func (w *IndexWriter) finish(ctx context.Context, hdr *manifest.Manifest) (*manifest.Index, *SealedIndex, error) {
 	if err := w.flush(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	stored := storePage(encodeDirectory(w.dir))
+	stored, err := w.store(encodeDirectory(w.dir))
+	if err != nil {
+		return nil, nil, fmt.Errorf("tenant index: %w", err)
+	}
 	if _, err := w.f.Write(stored); err != nil {
-		return nil, fmt.Errorf("tenant index: %w", err)
+		return nil, nil, fmt.Errorf("tenant index: %w", err)
 	}
 	sum := sha256.Sum256(stored)
 	ix := &manifest.Index{
 		Key: w.key, Size: w.off + int64(len(stored)), Pages: len(w.dir), Tenants: w.tenants,
 		Directory: manifest.Range{Offset: w.off, Length: int64(len(stored)), SHA256: hex.EncodeToString(sum[:])},
 	}
+	var sx *SealedIndex
+	if w.dk != nil {
+		loc, err := w.writeLocator(hdr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("tenant index: %w", err)
+		}
+		loc.Offset = ix.Size
+		ix.Size += loc.Length
+		sx = &SealedIndex{Key: ix.Key, Size: ix.Size, Pages: ix.Pages, Directory: ix.Directory, Locator: loc, chunks: w.locN}
+	}
 	if err := w.f.Sync(); err != nil {
-		return nil, fmt.Errorf("tenant index: %w", err)
+		return nil, nil, fmt.Errorf("tenant index: %w", err)
+	}
+	if sx != nil {
+		if _, err := w.f.Seek(0, io.SeekStart); err != nil {
+			return nil, nil, fmt.Errorf("tenant index: %w", err)
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, w.f); err != nil {
+			return nil, nil, fmt.Errorf("tenant index: %w", err)
+		}
+		sx.SHA256 = hex.EncodeToString(h.Sum(nil))
 	}
 	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("tenant index: %w", err)
+		return nil, nil, fmt.Errorf("tenant index: %w", err)
 	}
 	if err := w.v.b.Put(w.putCtx(ctx), ix.Key, w.f, ix.Size); err != nil {
-		return nil, fmt.Errorf("write tenant index %s: %w", ix.Key, err)
+		return nil, nil, fmt.Errorf("write tenant index %s: %w", ix.Key, err)
 	}
-	return ix, nil
+	return ix, sx, nil
 }
 
 func (w *IndexWriter) putCtx(ctx context.Context) context.Context {
@@ -299,8 +419,103 @@ func (w *IndexWriter) putCtx(ctx context.Context) context.Context {
 	return ctx
 }
 
-// Close releases the spool file.
-func (w *IndexWriter) Close() error { return w.f.Close() }
+// writeLocator appends the locator to the index file: codec byte and one
+// zstd frame of IndexChunk lines, global chunks first, then the tenants'
+// in index order, each with its reuse tag.
+func (w *IndexWriter) writeLocator(hdr *manifest.Manifest) (manifest.Range, error) {
+	var r manifest.Range
+	if len(w.v.keys.Signing) == 0 {
+		return r, errors.New("no signing key")
+	}
+	tagKey := w.v.keys.Signing[0].tagKey()
+	if err := w.lw.Flush(); err != nil {
+		return r, err
+	}
+	if _, err := w.loc.Seek(0, io.SeekStart); err != nil {
+		return r, err
+	}
+	h := sha256.New()
+	out := io.MultiWriter(w.f, h)
+	if _, err := out.Write([]byte{CodecZstd}); err != nil {
+		return r, err
+	}
+	cw := &countWriter{w: out}
+	enc, err := zstd.NewWriter(cw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return r, err
+	}
+	bw := bufio.NewWriterSize(enc, 64<<10)
+	w.locN = 0
+	put := func(c IndexChunk) error {
+		w.locN++
+		b, err := json.Marshal(&c)
+		if err != nil {
+			return err
+		}
+		bw.Write(b)
+		return bw.WriteByte('\n')
+	}
+	for _, c := range hdr.Global {
+		if c.Table < 0 || c.Table >= len(hdr.Tables) {
+			return r, fmt.Errorf("global chunk of table %d out of range", c.Table)
+		}
+		if err := put(IndexChunk{Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256,
+			Tag: reuseTag(tagKey, "", true, hdr.Tables[c.Table].Signature, c.Digest, c.Size, "")}); err != nil {
+			return r, err
+		}
+	}
+	sc := bufio.NewScanner(w.loc)
+	sc.Buffer(make([]byte, 0, 64<<10), maxEntry)
+	for sc.Scan() {
+		var l locLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return r, err
+		}
+		if l.Table < 0 || l.Table >= len(hdr.Tables) {
+			return r, fmt.Errorf("chunk of table %d out of range", l.Table)
+		}
+		c := l.IndexChunk
+		c.Tag = reuseTag(tagKey, l.Tenant, false, hdr.Tables[l.Table].Signature, l.Digest, l.Size, l.Key)
+		if err := put(c); err != nil {
+			return r, err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return r, err
+	}
+	if err := bw.Flush(); err != nil {
+		return r, err
+	}
+	if err := enc.Close(); err != nil {
+		return r, err
+	}
+	r.Length = 1 + cw.n
+	r.SHA256 = hex.EncodeToString(h.Sum(nil))
+	return r, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Close releases the spool files.
+func (w *IndexWriter) Close() error {
+	var err error
+	if w.f != nil {
+		err = w.f.Close()
+	}
+	if w.loc != nil {
+		w.loc.Close()
+	}
+	return err
+}
 
 // Set is one snapshot set opened for reading: its header, and its tenants
 // read on demand. For a set in format 1 the header is the whole manifest;
@@ -323,20 +538,23 @@ func (v *Vault) OpenSet(ctx context.Context, id string) (*Set, error) {
 	if s, ok := v.sets.Load(id); ok {
 		return s.(*Set), nil
 	}
-	if v.cfg.Encrypted() {
-		m, err := v.ReadManifest(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		s, _ := v.sets.LoadOrStore(id, &Set{v: v, m: m, lastPage: -1})
-		return s.(*Set), nil
-	}
 	if m, ok := v.mcache.Load(id); ok {
 		s, _ := v.sets.LoadOrStore(id, &Set{v: v, m: m.(*manifest.Manifest), lastPage: -1})
 		return s.(*Set), nil
 	}
 	if !ValidSetID(id) {
 		return nil, tenantvault.Inputf("%q is not a snapshot set ID (they look like 20261128T110145.123Z-1a2b3c4d)", id)
+	}
+	if v.cfg.Encrypted() {
+		m, err := v.readSealedManifest(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if m.Index == nil {
+			v.mcache.Store(id, m)
+		}
+		s, _ := v.sets.LoadOrStore(id, &Set{v: v, m: m, lastPage: -1})
+		return s.(*Set), nil
 	}
 	data, err := v.readManifestObject(ctx, id)
 	if err != nil {
@@ -423,7 +641,10 @@ func (s *Set) directory(ctx context.Context) ([]pageRef, error) {
 	if sum := sha256.Sum256(stored); hex.EncodeToString(sum[:]) != ix.Directory.SHA256 {
 		return nil, s.integrity("directory checksum mismatch")
 	}
-	content, err := loadPage(stored)
+	content, err := s.open(ctx, stored)
+	if isKeyError(err) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, s.integrity("directory: %v", err)
 	}
@@ -449,6 +670,9 @@ func (s *Set) page(ctx context.Context, dir []pageRef, i int, want ...string) ([
 		if err := json.Unmarshal(line, &t); err != nil || t.ID != id {
 			return fmt.Errorf("page %d: entry %q is damaged", i, id)
 		}
+		for k := range t.Chunks {
+			t.Chunks[k].Key = t.Key
+		}
 		items = append(items, t)
 		return nil
 	})
@@ -472,7 +696,10 @@ func (s *Set) pageLines(ctx context.Context, dir []pageRef, i int, fn func(id st
 	if sha256.Sum256(stored) != p.sha {
 		return s.integrity("page %d checksum mismatch", i)
 	}
-	content, err := loadPage(stored)
+	content, err := s.open(ctx, stored)
+	if isKeyError(err) {
+		return err
+	}
 	if err != nil {
 		return s.integrity("page %d: %v", i, err)
 	}
@@ -522,6 +749,12 @@ func checkPageLines(content []byte, dir []pageRef, i int, fn func(id string, lin
 	return nil
 }
 
+// isKeyError tells a missing or unusable key (reported as it is) from
+// damaged bytes.
+func isKeyError(err error) bool {
+	return err != nil && (errors.Is(err, ErrNoIdentity) || errors.Is(err, tenantvault.ErrIntegrity) || errors.As(err, new(*tenantvault.InputError)))
+}
+
 // entryID reads the ID of an entry line without decoding the rest: the
 // writer (encoding/json, manifest.Tenant) puts "id" first.
 func entryID(line []byte) (string, error) {
@@ -544,9 +777,10 @@ func entryID(line []byte) (string, error) {
 	return "", errors.New("entry ID is not terminated")
 }
 
-// usable refuses an entry this build cannot read.
-func usable(t *manifest.Tenant) error {
-	if t.Key != "" {
+// usable refuses an entry this build cannot read: one whose key is not a
+// tenant key object of an encrypted repository.
+func (s *Set) usable(t *manifest.Tenant) error {
+	if t.Key != "" && (!s.v.cfg.Encrypted() || !ValidTenantKeyName(t.Key)) {
 		return &tenantvault.InputError{
 			Msg:  fmt.Sprintf("tenant %q is sealed with its own data key %q, which this build cannot read", t.ID, t.Key),
 			Hint: "upgrade tenantvault to read this repository",
@@ -590,7 +824,7 @@ func (s *Set) Tenant(ctx context.Context, id string) (*manifest.Tenant, error) {
 	j := sort.Search(len(items), func(j int) bool { return items[j].ID >= id })
 	if j < len(items) && items[j].ID == id {
 		t := items[j]
-		if err := usable(&t); err != nil {
+		if err := s.usable(&t); err != nil {
 			return nil, err
 		}
 		return &t, nil
@@ -621,7 +855,7 @@ func (s *Set) Tenants(ctx context.Context, fn func(*manifest.Tenant) error) erro
 			return err
 		}
 		for k := range items {
-			if err := usable(&items[k]); err != nil {
+			if err := s.usable(&items[k]); err != nil {
 				return err
 			}
 			if err := fn(&items[k]); err != nil {
@@ -695,4 +929,130 @@ func (c *pageCache) tenant(ctx context.Context, id string) (*manifest.Tenant, er
 		return &items[j], nil
 	}
 	return nil, nil
+}
+
+// locatorReader streams the locator of an encrypted set in set format 2:
+// the chunks' places, checksums and tags, in manifest order, checked
+// against the signed header's checksum when the end is reached.
+type locatorReader struct {
+	x    *SetIndex
+	body io.ReadCloser
+	h    hash.Hash
+	dec  *zstd.Decoder
+	sc   *bufio.Scanner
+	n    int
+	rerr error // the storage's read error, if any
+	read int64
+	tee  io.Reader
+}
+
+// openLocator starts reading the chunks of x: from the locator in header
+// version 2; Next then serves x.Chunks in version 1.
+func (v *Vault) openLocator(ctx context.Context, x *SetIndex) (*locatorReader, error) {
+	r := &locatorReader{x: x}
+	if x.Index == nil {
+		return r, nil
+	}
+	loc := x.Index.Locator
+	rc, err := v.b.Get(ctx, x.Index.Key, loc.Offset, loc.Length)
+	if errors.Is(err, repo.ErrNotFound) {
+		return nil, tenantvault.Integrityf("tenant index %s: missing (set %s cannot be read)", x.Index.Key, x.ID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read tenant index %s: %w", x.Index.Key, err)
+	}
+	r.body, r.h = rc, sha256.New()
+	tee := io.TeeReader(&countReader{r: io.LimitReader(rc, loc.Length), n: &r.read, err: &r.rerr}, r.h)
+	r.tee = tee
+	var codec [1]byte
+	if _, err := io.ReadFull(tee, codec[:]); err != nil || codec[0] != CodecZstd {
+		rc.Close()
+		return nil, tenantvault.Integrityf("tenant index %s: locator: unknown codec or truncated", x.Index.Key)
+	}
+	dec, err := zstd.NewReader(tee, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxPage))
+	if err != nil {
+		rc.Close()
+		return nil, err
+	}
+	r.dec = dec
+	r.sc = bufio.NewScanner(dec)
+	r.sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	return r, nil
+}
+
+// Next returns the next chunk; ok is false at the end, once the locator's
+// checksum and chunk count were checked. Damage is an integrity error.
+func (r *locatorReader) Next() (c IndexChunk, ok bool, err error) {
+	if r.sc == nil {
+		if r.n < len(r.x.Chunks) {
+			r.n++
+			return r.x.Chunks[r.n-1], true, nil
+		}
+		return c, false, nil
+	}
+	bad := func(format string, args ...any) error {
+		return tenantvault.Integrityf("tenant index %s: locator: "+format, append([]any{r.x.Index.Key}, args...)...)
+	}
+	if r.sc.Scan() {
+		if err := json.Unmarshal(r.sc.Bytes(), &c); err != nil {
+			return c, false, bad("damaged line %d", r.n+1)
+		}
+		if c.Pack < 0 || c.Pack >= len(r.x.Packs) || c.Offset < 0 || c.Length <= 0 || len(c.SHA256) != 64 {
+			return c, false, bad("bad chunk reference at line %d", r.n+1)
+		}
+		r.n++
+		return c, true, nil
+	}
+	if err := r.sc.Err(); err != nil {
+		if r.rerr != nil && r.rerr != io.EOF {
+			return c, false, fmt.Errorf("read tenant index %s: %w", r.x.Index.Key, r.rerr)
+		}
+		return c, false, bad("%v", err)
+	}
+	// Drain what follows the frame, so the checksum covers every byte.
+	io.Copy(io.Discard, r.tee)
+	if r.rerr != nil && r.rerr != io.EOF {
+		return c, false, fmt.Errorf("read tenant index %s: %w", r.x.Index.Key, r.rerr)
+	}
+	if r.read != r.x.Index.Locator.Length || hex.EncodeToString(r.h.Sum(nil)) != r.x.Index.Locator.SHA256 {
+		return c, false, bad("checksum mismatch")
+	}
+	if r.n != r.x.Stats.Chunks {
+		return c, false, bad("lists %d chunks, the header says %d", r.n, r.x.Stats.Chunks)
+	}
+	return c, false, nil
+}
+
+// Close releases the locator's reader.
+func (r *locatorReader) Close() {
+	if r.dec != nil {
+		r.dec.Close()
+	}
+	if r.body != nil {
+		r.body.Close()
+	}
+}
+
+// EachIndexChunk calls fn for every chunk of set x in manifest order (the
+// global chunks, then every tenant's), as a reader without keys sees them:
+// from the header (version 1) or from the tenant index's locator (version
+// 2), streamed. An error from fn stops it and is returned.
+func (v *Vault) EachIndexChunk(ctx context.Context, x *SetIndex, fn func(IndexChunk) error) error {
+	r, err := v.openLocator(ctx, x)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	for {
+		c, ok, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return nil
+		}
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
 }

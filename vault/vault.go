@@ -152,6 +152,12 @@ type Vault struct {
 	keyrings sync.Map // set ID -> *keyring: data keys of the sets a decrypted manifest reads from
 	schemas  sync.Map // schema archive key -> set ID whose data key sealed it
 	writing  sync.Map // set ID -> *setKey: the data key of a set this vault is writing
+	// tenantDKs: tenant key object -> the key it holds, once read
+	tenantDKs sync.Map
+	// segKeys: the capture's tenant keys (see segmentTenantKeys)
+	segKeysMu sync.Mutex
+	segKeys   *tenantKeys
+	segKeysAt time.Time
 	// attempted holds the sets whose manifest upload failed: see
 	// ManifestAttempted.
 	attempted sync.Map
@@ -169,9 +175,8 @@ type Options struct {
 	// must be encrypted; with recipients (and a signing key), Init makes
 	// an encrypted repository.
 	Keys *Keys
-	// SetFormat is the set format new sets of a plaintext repository are
-	// written in: 0 (the default) means manifest.Version2; 1 writes what
-	// older builds read. Encrypted repositories get set format 1.
+	// SetFormat is the set format new sets are written in: 0 (the
+	// default) means manifest.Version2; 1 writes what older builds read.
 	SetFormat int
 }
 
@@ -346,9 +351,6 @@ func (v *Vault) ReadManifest(ctx context.Context, id string) (*manifest.Manifest
 	if !ValidSetID(id) {
 		return nil, tenantvault.Inputf("%q is not a snapshot set ID (they look like 20261128T110145.123Z-1a2b3c4d)", id)
 	}
-	if v.cfg.Encrypted() {
-		return v.readSealedManifest(ctx, id)
-	}
 	s, err := v.OpenSet(ctx, id)
 	if err != nil {
 		return nil, err
@@ -437,7 +439,8 @@ func (v *Vault) verdict(pub ed25519.PublicKey) signerVerdict {
 	return signerConfig
 }
 
-// readSealedManifest decrypts the manifest of an encrypted set.
+// readSealedManifest decrypts the manifest of an encrypted set: the whole
+// set in set format 1, its header in set format 2.
 func (v *Vault) readSealedManifest(ctx context.Context, id string) (*manifest.Manifest, error) {
 	x, err := v.ReadIndex(ctx, id)
 	if err != nil {
@@ -484,7 +487,6 @@ func (v *Vault) readSealedManifest(ctx context.Context, id string) (*manifest.Ma
 		v.schemas.Store(s.Key, id)
 	}
 	v.bodies.Delete(id)
-	v.mcache.Store(id, m)
 	return m, nil
 }
 
@@ -568,7 +570,7 @@ func (v *Vault) WriteManifest(ctx context.Context, m *manifest.Manifest) error {
 	}
 	x := indexFromManifest(m)
 	if v.cfg.Encrypted() {
-		if x, data, err = v.sealManifest(ctx, m, data); err != nil {
+		if x, data, err = v.sealManifest(ctx, m, data, nil); err != nil {
 			return fmt.Errorf("write manifest %s: %w", key, err)
 		}
 	}
@@ -597,7 +599,7 @@ func (v *Vault) WriteManifest(ctx context.Context, m *manifest.Manifest) error {
 // WritesIndexed reports whether new sets are written in set format 2
 // (CommitSet) rather than as one manifest (WriteManifest).
 func (v *Vault) WritesIndexed() bool {
-	return !v.cfg.Encrypted() && v.setFormat == manifest.Version2
+	return v.setFormat == manifest.Version2
 }
 
 // CommitSet writes a set in set format 2: the tenant index w holds, then
@@ -623,7 +625,15 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 	if err := v.checkShared(ctx, hdr); err != nil {
 		return err
 	}
-	ix, err := w.finish(ctx)
+	if k, ok := v.writing.Load(hdr.ID); ok && k.(*setKey).tenants != nil {
+		// The key objects the entries name exist before the set does.
+		if err := k.(*setKey).tenants.wait(); err != nil {
+			return err
+		}
+		found, created := v.TenantKeyStats(hdr.ID)
+		v.log.Debug("tenant keys", "set", hdr.ID, "found", found, "created", created)
+	}
+	ix, sx, err := w.finish(ctx, hdr)
 	if err != nil {
 		return err
 	}
@@ -635,6 +645,12 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 	if err != nil {
 		return err
 	}
+	x := indexFromManifest(hdr)
+	if v.cfg.Encrypted() {
+		if x, data, err = v.sealManifest(ctx, hdr, data, sx); err != nil {
+			return fmt.Errorf("write manifest %s: %w", key, err)
+		}
+	}
 	if err := v.b.Put(ctx, key, bytes.NewReader(data), int64(len(data))); err != nil {
 		if !v.landed(ctx, key, data) {
 			v.attempted.Store(hdr.ID, true)
@@ -642,8 +658,14 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 		}
 		v.log.Warn("the manifest upload reported an error, but the manifest is stored, complete: the set exists", "set", hdr.ID, "err", err)
 	}
+	if v.cfg.Encrypted() {
+		// As in set format 1, the writer forgets the data key: it
+		// cannot read back the sealed pages it wrote.
+		v.forgetSetKey(hdr.ID)
+		x.authBy = signerPinned
+	}
 	v.sets.Store(hdr.ID, &Set{v: v, m: hdr, lastPage: -1})
-	v.icache.Store(hdr.ID, indexFromManifest(hdr))
+	v.icache.Store(hdr.ID, x)
 	return nil
 }
 

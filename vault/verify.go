@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -48,6 +49,13 @@ type VerifyResult struct {
 	// signer this side does not trust (no identity or signing key file
 	// names it): they are intact, and who wrote them is not proven.
 	Unpinned []string `json:"unpinned_signer,omitempty"`
+	// Shredded counts chunks whose tenant's data key is destroyed
+	// (crypto-shredded by forget, or deleted): their stored bytes were
+	// checked against their checksums, their content cannot be decrypted
+	// by anyone, so no content digest was recomputed. ShreddedTenants is
+	// how many (set, tenant) entries they belong to.
+	Shredded        int64 `json:"shredded_chunks,omitempty"`
+	ShreddedTenants int   `json:"shredded_tenants,omitempty"`
 }
 
 // Verify checks sets (all when ids is empty): each manifest decodes, its
@@ -146,6 +154,7 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		ic     IndexChunk
 		c      manifest.Chunk
 	}
+	shredded := map[string]bool{} // set and tenant; only those shredded
 	var done, chunks atomic.Int64
 	work := make(chan job)
 	var wg sync.WaitGroup
@@ -169,6 +178,17 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 					var err error
 					if j.m != nil {
 						err = v.VerifyChunk(ctx, j.m, j.c, true)
+						if errors.Is(err, ErrTenantKeyDestroyed) {
+							// Nothing can decrypt it any more: prove
+							// what can be proven, and say so.
+							if err = v.VerifyStored(ctx, j.x, j.ic); err == nil {
+								mu.Lock()
+								res.Shredded++
+								shredded[j.x.ID+"\x00"+j.tenant] = true
+								res.ShreddedTenants = len(shredded)
+								mu.Unlock()
+							}
+						}
 					} else {
 						err = v.VerifyStored(ctx, j.x, j.ic)
 					}
@@ -202,25 +222,57 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 		}
 	}
 	for _, st := range sets {
+		if ix := st.x.Index; ix != nil {
+			// The tenant index of an encrypted set: its size, and with
+			// readData every byte against the signed header's checksum.
+			if problem, err := v.verifyObject(ctx, ObjectRef{Key: ix.Key, Size: ix.Size, SHA256: ix.SHA256}, readData); err != nil {
+				return nil, err
+			} else if problem != "" {
+				add(Problem{Set: st.x.ID, Problem: strings.Replace(problem, "schema archive", "tenant index", 1)})
+				continue
+			} else if readData {
+				mu.Lock()
+				res.BytesRead += ix.Size
+				mu.Unlock()
+			}
+		}
 		if st.s == nil {
-			for _, ic := range st.x.Chunks {
-				if send(job{x: st.x, ic: ic}) != nil {
-					break
-				}
+			err := v.EachIndexChunk(ctx, st.x, func(ic IndexChunk) error { return send(job{x: st.x, ic: ic}) })
+			if err != nil && !unreadable(st.x.ID, err) && ctx.Err() == nil {
+				fatalOnce.Do(func() { fatal = err })
+				break
 			}
 			continue
 		}
 		m := st.s.Header()
 		i := 0
+		// An encrypted set's chunks are checked against what a reader
+		// without keys checks too: the header's list (set format 1,
+		// compared with the body when it was read) or the locator (set
+		// format 2, compared here, chunk by chunk, with the pages).
+		loc, err := v.openLocator(ctx, st.x)
+		if err != nil {
+			if !unreadable(st.x.ID, err) && ctx.Err() == nil {
+				fatalOnce.Do(func() { fatal = err })
+				break
+			}
+			continue
+		}
 		emit := func(tenant string, c manifest.Chunk) error {
 			ic := IndexChunk{Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256}
 			if st.x.Encrypted() {
-				ic = st.x.Chunks[i] // checked against the body when it was read
+				h, ok, err := loc.Next()
+				if err != nil {
+					return err
+				}
+				if !ok || h.Pack != ic.Pack || h.Offset != ic.Offset || h.Length != ic.Length || h.SHA256 != ic.SHA256 {
+					return tenantvault.Integrityf("chunk %d of the tenant index does not match what the header (or the locator) lists", i)
+				}
+				ic = h
 			}
 			i++
 			return send(job{x: st.x, m: m, tenant: tenant, table: m.Tables[c.Table].QualifiedName(), ic: ic, c: c})
 		}
-		var err error
 		for _, c := range m.Global {
 			if err = emit("", c); err != nil {
 				break
@@ -236,6 +288,15 @@ func (v *Vault) Verify(ctx context.Context, ids []string, readData bool, progres
 				return nil
 			})
 		}
+		if err == nil && st.x.Encrypted() {
+			// The end: nothing more listed, and the locator's checksum.
+			if _, more, lerr := loc.Next(); lerr != nil {
+				err = lerr
+			} else if more {
+				err = tenantvault.Integrityf("the header (or the locator) lists more chunks than the tenant index")
+			}
+		}
+		loc.Close()
 		st.s.release()
 		if err != nil && !unreadable(st.x.ID, err) && ctx.Err() == nil {
 			fatalOnce.Do(func() { fatal = err })

@@ -50,14 +50,19 @@ forget prints its plan first (--dry-run stops there) and asks for
 confirmation on a terminal; without a terminal it runs only with --yes.
 An audit record of each erasure is kept under audit/. Repositories under
 S3 Object Lock retention are refused: their objects cannot be deleted
-before the retention ends. Encrypted repositories are refused by this
-build. --reason is stored in the tombstone and audit record as given: do
+before the retention ends. In an encrypted repository (with --identity)
+forget destroys the tenant's own data keys instead (crypto-shredding):
+nothing is rewritten, Object Lock does not stand in the way (the keys are
+never locked), and the tenant's chunks in every set can no longer be
+decrypted by anyone; a tenant still held under a set's own key (older sets)
+is refused. --reason is stored in the tombstone and audit record as given: do
 not put personal data in it. --status lists erasures in progress.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runForget(cmd.Context(), &o) },
 	}
 	fs := cmd.Flags()
 	o.repo.add(fs, false)
+	o.repo.keys.addReader(fs)
 	fs.StringArrayVar(&o.tenants, "tenant", nil, "tenant to erase (repeatable; any characters)")
 	fs.StringVar(&o.tenantsFile, "tenants-file", "", "file with one tenant ID per line")
 	fs.StringVar(&o.reason, "reason", "", "why (e.g. a ticket number; stored as given, so no personal data)")
@@ -125,7 +130,7 @@ func (a *app) runForget(ctx context.Context, o *forgetOptions) error {
 		return a.forgetStatus(ctx, v)
 	}
 	if v.Encrypted() {
-		return v.CryptoShredTenant(ctx, ids[0])
+		return a.forgetEncrypted(ctx, v, ids, o)
 	}
 	if err := v.CheckForgettable(); err != nil {
 		return err
@@ -193,24 +198,10 @@ func (a *app) runForget(ctx context.Context, o *forgetOptions) error {
 		fmt.Fprintln(a.stdout, "dry run: nothing was changed")
 		return nil
 	}
-	if !o.yes {
-		if !terminal(a.stdin) {
-			return &tenantvault.InputError{
-				Msg:  "forget is irreversible and there is no terminal to confirm it on; nothing was changed",
-				Hint: "review the plan (--dry-run), then run again with --yes",
-			}
-		}
-		if !a.confirmForget(ctx, len(items)) {
-			return tenantvault.Inputf("not confirmed; nothing was changed")
-		}
+	if err := a.confirmed(ctx, o, len(items)); err != nil {
+		return err
 	}
-	by := "unknown"
-	if u, err := user.Current(); err == nil {
-		by = u.Username
-	}
-	if h, err := os.Hostname(); err == nil {
-		by += "@" + h
-	}
+	by := whoAmI()
 	results := make([]*vault.ForgetResult, len(items))
 	for i, it := range items {
 		if it.plan != nil && i > 0 {
@@ -288,6 +279,130 @@ func listIDs(ids []string) string {
 		return ": " + strings.Join(ids, ", ")
 	}
 	return fmt.Sprintf(": %s, ... and %d more", strings.Join(ids[:5], ", "), len(ids)-5)
+}
+
+// confirmed refuses unless --yes, or "yes" typed on a terminal.
+func (a *app) confirmed(ctx context.Context, o *forgetOptions, n int) error {
+	if o.yes {
+		return nil
+	}
+	if !terminal(a.stdin) {
+		return &tenantvault.InputError{
+			Msg:  "forget is irreversible and there is no terminal to confirm it on; nothing was changed",
+			Hint: "review the plan (--dry-run), then run again with --yes",
+		}
+	}
+	if !a.confirmForget(ctx, n) {
+		return tenantvault.Inputf("not confirmed; nothing was changed")
+	}
+	return nil
+}
+
+// whoAmI is who an erasure is recorded as done by: user@host.
+func whoAmI() string {
+	by := "unknown"
+	if u, err := user.Current(); err == nil {
+		by = u.Username
+	}
+	if h, err := os.Hostname(); err == nil {
+		by += "@" + h
+	}
+	return by
+}
+
+// shredJSON is forget's --json output in an encrypted repository.
+type shredJSON struct {
+	Tenant    string   `json:"tenant"`
+	Hash      string   `json:"tenant_hash"`
+	Method    string   `json:"method"`
+	Sets      []string `json:"sets"`
+	Keys      []string `json:"keys"`
+	Destroyed []string `json:"keys_destroyed,omitempty"`
+	Erased    string   `json:"erased_at,omitempty"`
+	Tombstone string   `json:"tombstone"`
+}
+
+// forgetEncrypted erases tenants from an encrypted repository by
+// destroying their own data keys (crypto-shredding): nothing is rewritten.
+// A tenant still held somewhere under a set's key, which that would not
+// reach, is refused with the sets named.
+func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string, o *forgetOptions) error {
+	plans := make([]*vault.ShredPlan, len(ids))
+	var unknown, erased, setKeyed []string
+	for i, id := range ids {
+		p, err := v.CryptoShredPlan(ctx, id)
+		if err != nil {
+			return err
+		}
+		tomb, err := v.Erased(ctx, id)
+		if err != nil {
+			return err
+		}
+		switch {
+		case len(p.SetKeyed) > 0:
+			setKeyed = append(setKeyed, fmt.Sprintf("%q in %d set(s)%s", id, len(p.SetKeyed), listIDs(p.SetKeyed)))
+		case len(p.Keys) == 0 && tomb != nil:
+			erased = append(erased, fmt.Sprintf("%q (erased on %s)", id, tomb.When()))
+		case len(p.Keys) == 0 && len(p.Sets) == 0:
+			unknown = append(unknown, fmt.Sprintf("%q", id))
+		}
+		plans[i] = p
+	}
+	switch {
+	case len(setKeyed) > 0:
+		return &tenantvault.InputError{
+			Msg:  fmt.Sprintf("destroying the tenants' own keys would not erase them from sets that seal their rows with the set's data key (written in set format 1 or before per-tenant keys): %s; nothing was changed", strings.Join(setKeyed, "; ")),
+			Hint: "those sets go when retention prunes them (prune); run forget again then",
+		}
+	case len(unknown) > 0:
+		return tenantvault.Inputf("%d unknown tenant(s), in no snapshot set of %s and with no key: %s; nothing was changed", len(unknown), v.Location(), strings.Join(unknown, ", "))
+	case len(erased) > 0:
+		return &tenantvault.InputError{
+			Msg:  fmt.Sprintf("%d tenant(s) already erased: %s; nothing was changed", len(erased), strings.Join(erased, ", ")),
+			Hint: "their keys are destroyed; the tombstones stay, so restores keep refusing them",
+		}
+	}
+	w := a.stdout
+	if a.jsonOut {
+		w = a.stderr
+	}
+	out := make([]shredJSON, len(ids))
+	for i, id := range ids {
+		p := plans[i]
+		h := v.TenantHash(id)
+		out[i] = shredJSON{Tenant: id, Hash: h, Method: "crypto-shred", Sets: p.Sets, Keys: p.Keys, Tombstone: vault.TombstoneKey(h)}
+		fmt.Fprintf(w, "plan: erase tenant %q from %s by destroying its own data keys (nothing is rewritten)\n", id, v.Location())
+		fmt.Fprintf(w, "  sets holding it:       %d%s\n", len(p.Sets), listIDs(p.Sets))
+		fmt.Fprintf(w, "  key objects to delete: %d (every version)%s\n", len(p.Keys), listIDs(p.Keys))
+		fmt.Fprintf(w, "  kept:                  shared change-log records (tenant unknown when captured) and change-log segments written before per-tenant keys stay under their segment keys; they may hold rows of this tenant (docs/SECURITY.md, Known limits)\n")
+		fmt.Fprintf(w, "  afterwards:            no one can decrypt its chunks in any of those sets, the identity holder included; tombstone %s; this cannot be undone\n", vault.TombstoneKey(h))
+	}
+	if o.dryRun {
+		if a.jsonOut {
+			return a.printJSON(out)
+		}
+		fmt.Fprintln(a.stdout, "dry run: nothing was changed")
+		return nil
+	}
+	if err := a.confirmed(ctx, o, len(ids)); err != nil {
+		return err
+	}
+	by := whoAmI()
+	for i, id := range ids {
+		destroyed, tomb, err := v.CryptoShredTenant(ctx, id, o.reason, by)
+		if err != nil {
+			return fmt.Errorf("forget %q (stopped part way; running the same command again completes the erasure): %w", id, err)
+		}
+		out[i].Destroyed, out[i].Erased = destroyed, tomb.Completed.Format(time.RFC3339)
+		if !a.jsonOut {
+			fmt.Fprintf(a.stdout, "erased tenant %q: %d key object(s) destroyed; its chunks in %d set(s) can no longer be decrypted\n", id, len(destroyed), len(out[i].Sets))
+		}
+	}
+	if a.jsonOut {
+		return a.printJSON(out)
+	}
+	fmt.Fprintln(a.stdout, "tombstones written under erased/ and audit records under audit/")
+	return nil
 }
 
 // confirmForget asks on the terminal; anything but "yes" refuses.

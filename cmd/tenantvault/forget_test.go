@@ -274,33 +274,90 @@ func TestForgetUsage(t *testing.T) {
 	expect(t, 2, "--status takes no --tenant", "forget", "--repo", "file:///x", "--tenant", "a", "--status")
 }
 
-// TestForgetRefusesEncrypted: this build has no per-tenant keys to
-// destroy, so forget in an encrypted repository refuses (exit 2) and
-// changes nothing.
-func TestForgetRefusesEncrypted(t *testing.T) {
-	ctx := testenv.Context(t, time.Minute)
-	dir := t.TempDir()
-	identity, signing := filepath.Join(dir, "restore.key"), filepath.Join(dir, "snapshot.key")
-	expect(t, 0, "", "keygen", "--output", identity, "--signing-output", signing)
-	keys := &vault.Keys{}
-	if _, err := keys.LoadSigningKeyFile(signing); err != nil {
-		t.Fatal(err)
+// TestForgetEncrypted: in an encrypted repository forget destroys the
+// tenant's own keys. Without the identity, and with --dry-run, nothing
+// changes; afterwards the tenant is refused by restore (the tombstone, exit
+// 2) and unreadable even to the identity holder, every other tenant
+// restores exactly, verify --read-data passes, and a second forget says
+// it is already erased.
+func TestForgetEncrypted(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	src := testenv.NewDatabase(t)
+	fixture.Create(t, src)
+	identity, signing, recipient := keygen(t, t.TempDir())
+	repoURL := "file://" + filepath.Join(t.TempDir(), "repo")
+	expect(t, 0, "", "snapshot", "--source", src, "--repo", repoURL, "--init", "--recipient", recipient, "--signing-key", signing)
+	objects := storedObjects(t, ctx, repoURL)
+	expect(t, 2, "forget reads every set to find the tenant's keys, which needs the identity file", "forget", "--repo", repoURL, "--tenant", "acme", "--yes")
+	out := expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "acme", "--dry-run", "--identity", identity)
+	if !strings.Contains(out, "key objects to delete: 1 ") || !strings.Contains(out, "dry run: nothing was changed") {
+		t.Fatalf("dry run:\n%s", out)
 	}
-	repoURL := "file://" + filepath.Join(dir, "repo")
-	b, err := repo.Open(ctx, repoURL, repo.Options{Create: true})
+	expect(t, 2, `1 unknown tenant(s), in no snapshot set of`, "forget", "--repo", repoURL, "--tenant", "nobody", "--dry-run", "--identity", identity)
+	if objectList(storedObjects(t, ctx, repoURL)) != objectList(objects) {
+		t.Fatal("a refused or dry-run forget changed the repository")
+	}
+	if out := expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "acme", "--yes", "--identity", identity, "--reason", "ticket 7"); !strings.Contains(out, `erased tenant "acme": 1 key object(s) destroyed`) {
+		t.Fatalf("forget:\n%s", out)
+	}
+
+	dst := testenv.NewDatabase(t)
+	expect(t, 2, `tenant "acme" (erased on `, "restore", "--repo", repoURL, "--target", dst, "--tenant", "acme", "--create-schema", "--yes", "--identity", identity)
+	expect(t, 2, `1 tenant(s) already erased: "acme" (erased on `, "forget", "--repo", repoURL, "--tenant", "acme", "--yes", "--identity", identity)
+	// Past the tombstone, the keys are gone: the identity cannot read the
+	// tenant's chunks.
+	b, err := repo.Open(ctx, repoURL, repo.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if _, err := vault.Open(ctx, b, vault.Options{Init: true, Keys: keys}); err != nil {
+	reader := &vault.Keys{}
+	if _, err := reader.LoadKeyFile(identity); err != nil {
 		t.Fatal(err)
 	}
-	objects := storedObjects(t, ctx, repoURL)
-	expect(t, 2, "tenantvault: forget in encrypted repositories is not available in this build", "forget", "--repo", repoURL, "--tenant", "acme", "--yes")
-	expect(t, 2, "forget in encrypted repositories is not available in this build", "forget", "--repo", repoURL, "--tenant", "acme", "--dry-run")
-	if objectList(storedObjects(t, ctx, repoURL)) != objectList(objects) {
-		t.Fatal("a refused forget changed the repository")
+	rv, err := vault.Open(ctx, b, vault.Options{Keys: reader})
+	if err != nil {
+		t.Fatal(err)
 	}
+	ids, err := rv.ListSets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist, err := rv.TenantHistory(ctx, ids, "acme")
+	if err != nil || len(hist) != 1 {
+		t.Fatalf("history: %+v, %v", hist, err)
+	}
+	set, err := rv.ReadManifest(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rv.TenantReadable(ctx, set.Tenant("acme")); !errors.Is(err, vault.ErrTenantKeyDestroyed) {
+		t.Fatalf("acme's chunks after forget: %v", err)
+	}
+	args := []string{"restore", "--repo", repoURL, "--target", dst, "--create-schema", "--yes", "--identity", identity}
+	var others []string
+	for _, tn := range fixture.Tenants {
+		if tn != "acme" {
+			others = append(others, tn)
+			args = append(args, "--tenant", tn)
+		}
+	}
+	expect(t, 0, "", args...)
+	sc, dc := testenv.Connect(t, src), testenv.Connect(t, dst)
+	for _, tn := range others {
+		want, err := fixture.Read(ctx, sc, tn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := fixture.Read(ctx, dc, tn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := fixture.Diff(want, got); d != "" {
+			t.Fatalf("tenant %q after forget of another: %s", tn, d)
+		}
+	}
+	expect(t, 0, "", "verify", "--repo", repoURL, "--read-data", "--identity", identity)
 }
 
 // TestTerminalForget: on a terminal forget shows its plan and asks; any

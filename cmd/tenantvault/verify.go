@@ -130,6 +130,9 @@ func (a *app) runVerify(ctx context.Context, o *verifyOptions) error {
 		if res.StoredOnly && o.readData {
 			fmt.Fprintln(a.stdout, "note: the repository is encrypted and no --identity was given: every stored byte was checked, nothing was decrypted; give --identity to also check the content digests")
 		}
+		if res.Shredded > 0 {
+			fmt.Fprintf(a.stdout, "note: %d chunk(s) of %d tenant snapshot(s) have a destroyed tenant data key (crypto-shredded by forget, or deleted): their stored bytes were checked against their checksums; their content cannot be decrypted by anyone, so it was not proven\n", res.Shredded, res.ShreddedTenants)
+		}
 		if len(res.Unpinned) > 0 {
 			fmt.Fprintf(a.stdout, "note: %d set(s) are signed by a signer none of your key files names: they are intact, who wrote them is not proven (give --identity or --signing-key)\n", len(res.Unpinned))
 		}
