@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -292,7 +291,7 @@ func (a *app) confirmed(ctx context.Context, o *forgetOptions, n int) error {
 			Hint: "review the plan (--dry-run), then run again with --yes",
 		}
 	}
-	if !a.confirmForget(ctx, n) {
+	if !a.askYes(ctx, fmt.Sprintf("Erase %d tenant(s) from every backup in this repository? This cannot be undone.", n)) {
 		return tenantvault.Inputf("not confirmed; nothing was changed")
 	}
 	return nil
@@ -403,27 +402,6 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 	}
 	fmt.Fprintln(a.stdout, "tombstones written under erased/ and audit records under audit/")
 	return nil
-}
-
-// confirmForget asks on the terminal; anything but "yes" refuses.
-func (a *app) confirmForget(ctx context.Context, n int) bool {
-	prompt := a.stderr
-	if !terminal(a.stderr) && terminal(a.stdout) {
-		prompt = a.stdout
-	}
-	fmt.Fprintf(prompt, "Erase %d tenant(s) from every backup in this repository? This cannot be undone. Type 'yes' to go on: ", n)
-	answer := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(a.stdin).ReadString('\n')
-		answer <- line
-	}()
-	select {
-	case line := <-answer:
-		return strings.TrimSpace(line) == "yes"
-	case <-ctx.Done():
-		fmt.Fprintln(prompt)
-		return false
-	}
 }
 
 func (a *app) forgetStatus(ctx context.Context, v *vault.Vault) error {

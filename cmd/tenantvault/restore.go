@@ -194,11 +194,17 @@ func (a *app) confirm(ctx context.Context, p *restore.Plan) bool {
 		w = a.stderr // stdout is for the JSON result
 	}
 	a.printRestorePlan(w, p)
+	return a.askYes(ctx, fmt.Sprintf("Restore %d tenant(s) into %s? This writes to the database.", len(p.Items), p.Target))
+}
+
+// askYes asks question on the terminal; anything but "yes", an end of
+// input or an interrupt (Ctrl-C) refuses.
+func (a *app) askYes(ctx context.Context, question string) bool {
 	prompt := a.stderr
 	if !terminal(a.stderr) && terminal(a.stdout) {
 		prompt = a.stdout // stderr goes to a file: the question must still be seen
 	}
-	fmt.Fprintf(prompt, "Restore %d tenant(s) into %s? This writes to the database. Type 'yes' to go on: ", len(p.Items), p.Target)
+	fmt.Fprintf(prompt, "%s Type 'yes' to go on: ", question)
 	answer := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(a.stdin).ReadString('\n')
