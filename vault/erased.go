@@ -49,7 +49,8 @@ type Tombstone struct {
 	Reason    string    `json:"reason,omitempty"`
 	// By is who ran forget: user and host.
 	By string `json:"by"`
-	// Method is "rewrite" (plaintext repositories).
+	// Method is "rewrite" (plaintext repositories) or "crypto-shred"
+	// (encrypted ones: the tenant's keys destroyed).
 	Method string      `json:"method"`
 	Done   *ForgetDone `json:"done,omitempty"`
 }
