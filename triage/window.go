@@ -105,15 +105,31 @@ func findWindow(ctx context.Context, v *vault.Vault, stream string, from, to tim
 		}
 		return idx.Until, true
 	}
-	// bound is a time every record of segment j committed before: the next
-	// watermark's clock reading (Until + commitMargin); false: none yet.
+	// bound is a time every record of segment j committed before: the
+	// clock reading (Until + commitMargin) of the first watermark taken
+	// after j was archived. A segment's own Until does not bound its
+	// records: its watermark's position may lie inside it, so records after
+	// the watermark's clock reading may be in it. A watermark first applied
+	// at a later segment k (its Until newer than k-1's) lies past k-1's end,
+	// so every record of j < k committed before it was read.
+	// Past the end of j's chain, the next chain's marker is stamped when
+	// its slot was made, after the old one's last record.
 	bound := func(j int) (time.Time, bool) {
-		for k := j; k < len(refs); k++ {
-			if u, ok := serverUntil(k); ok {
-				return u.Add(commitMargin), true
+		for k := j + 1; k < len(refs); k++ {
+			if refs[k].Start != refs[k-1].End {
+				if m := read(k); m != nil && !m.Until.IsZero() {
+					return m.Until.Add(commitMargin), true
+				}
 			}
+			u, ok := serverUntil(k)
 			if readErr != nil {
 				break
+			}
+			if !ok {
+				continue
+			}
+			if prev, ok := serverUntil(k - 1); !ok || u.After(prev) {
+				return u.Add(commitMargin), true
 			}
 		}
 		return time.Time{}, false
