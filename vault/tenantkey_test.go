@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -195,5 +196,71 @@ func TestTenantKeysChangeLog(t *testing.T) {
 	res, err := fresh.VerifySegments(ctx, true)
 	if err != nil || len(res.Problems) != 0 {
 		t.Fatalf("verify: %+v, %v", res, err)
+	}
+}
+
+// TestCryptoShredInterrupted: forget in an encrypted repository
+// (CryptoShredTenant) failing at any write or delete leaves the other
+// tenants readable and, run again, completes: the tenant's keys gone, its
+// tombstone and audit record written once erased.
+func TestCryptoShredInterrupted(t *testing.T) {
+	ctx := context.Background()
+	ks := newKeySet(t)
+	const victim = "tenant-000002"
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	for _, op := range []repo.Op{repo.OpDelete, repo.OpPut} {
+		for k := 0; ; k++ {
+			_, b := newRepoDir(t)
+			w := openWith(t, b, ks.writer, true)
+			m1 := writeKeyedSet(t, w, at, 4, 2, true, nil, "")
+			m2 := writeKeyedSet(t, openWith(t, b, ks.writer, false), at.Add(time.Hour), 4, 2, true, nil, "")
+			f := repo.NewFaulty(b)
+			f.Inject(repo.Fault{Op: op, After: k, Times: 1, Err: repo.Permanent(fmt.Errorf("%w: crash", repo.ErrInjected))})
+			v := openWith(t, f, ks.reader, false)
+			_, _, err := v.CryptoShredTenant(ctx, victim, "test", "tester")
+			crashed := err != nil
+			if crashed && !errors.Is(err, repo.ErrInjected) {
+				t.Fatalf("%s %d: %v", op, k, err)
+			}
+			f.Clear()
+			// Whatever happened, every other tenant reads as before.
+			fresh := openWith(t, b, ks.reader, false)
+			for _, id := range []string{m1.ID, m2.ID} {
+				m, err := fresh.ReadManifest(ctx, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, tn := range m.Tenants {
+					if tn.ID == victim {
+						continue
+					}
+					for _, c := range tn.Chunks {
+						if _, err := readChunk(t, fresh, m, c); err != nil {
+							t.Fatalf("%s %d: tenant %s after an interrupted shred: %v", op, k, tn.ID, err)
+						}
+					}
+				}
+			}
+			if _, _, err := fresh.CryptoShredTenant(ctx, victim, "test", "tester"); err != nil {
+				t.Fatalf("%s %d: rerun: %v", op, k, err)
+			}
+			if keys, err := fresh.TenantKeys(ctx, victim); err != nil || len(keys) != 0 {
+				t.Fatalf("%s %d: keys left: %v, %v", op, k, keys, err)
+			}
+			if err := fresh.RefuseErased(ctx, []string{victim}); !errors.Is(err, vault.ErrErased) {
+				t.Fatalf("%s %d: not refused after the rerun: %v", op, k, err)
+			}
+			m, _ := fresh.ReadManifest(ctx, m2.ID)
+			if err := fresh.TenantReadable(ctx, m.Tenant(victim)); !errors.Is(err, vault.ErrTenantKeyDestroyed) {
+				t.Fatalf("%s %d: the victim still reads: %v", op, k, err)
+			}
+			if !crashed {
+				if k == 0 {
+					t.Fatalf("no %s to interrupt", op)
+				}
+				t.Logf("%s: interrupted at each of %d calls", op, k)
+				break // past the last call of that kind
+			}
+		}
 	}
 }
