@@ -279,13 +279,23 @@ func TestForgetUsage(t *testing.T) {
 // changes; afterwards the tenant is refused by restore (the tombstone, exit
 // 2) and unreadable even to the identity holder, every other tenant
 // restores exactly, verify --read-data passes, and a second forget says
-// it is already erased.
+// it is already erased; on file:// and on MinIO under Object Lock.
 func TestForgetEncrypted(t *testing.T) {
+	for _, kind := range []string{"file", "s3-locked"} {
+		t.Run(kind, func(t *testing.T) { testForgetEncrypted(t, kind) })
+	}
+}
+
+func testForgetEncrypted(t *testing.T, kind string) {
 	ctx := testenv.Context(t, 3*time.Minute)
 	src := testenv.NewDatabase(t)
 	fixture.Create(t, src)
 	identity, signing, recipient := keygen(t, t.TempDir())
 	repoURL := "file://" + filepath.Join(t.TempDir(), "repo")
+	if kind == "s3-locked" {
+		// The keys are never locked: Object Lock does not stand in the way.
+		repoURL = testenv.LockedRepoURL(t, "governance", time.Hour)
+	}
 	expect(t, 0, "", "snapshot", "--source", src, "--repo", repoURL, "--init", "--recipient", recipient, "--signing-key", signing)
 	objects := storedObjects(t, ctx, repoURL)
 	expect(t, 2, "forget reads every set to find the tenant's keys, which needs the identity file", "forget", "--repo", repoURL, "--tenant", "acme", "--yes")
