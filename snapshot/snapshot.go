@@ -717,7 +717,11 @@ func (r *run) finish(ctx context.Context) error {
 		return err
 	}
 	// The set exists; the catalog only speeds up list, so a failure to
-	// update it is not the snapshot's.
+	// update it is not the snapshot's. A pre-restore set leaves it to the
+	// next snapshot: a restore must not wait for it.
+	if m.Kind == manifest.KindPreRestore {
+		return nil
+	}
 	if err := r.o.Vault.UpdateCatalog(ctx, r.o.TempDir); err != nil {
 		r.o.Logger.Warn("could not update the repository's catalog (list stays correct, only slower)", "err", err)
 	}
