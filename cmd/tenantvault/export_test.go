@@ -324,7 +324,9 @@ func TestExportBadInput(t *testing.T) {
 	expect(t, 2, `1 unknown tenant(s) in any snapshot set of `+repoURL+`: "nobody"`, append(base, "--tenant", "nobody", "--output", out)...)
 	expect(t, 2, `unknown tenant(s) in any snapshot set of `+repoURL+`: "acme\n"`, append(base, "--tenant", "acme\n", "--output", out)...)
 	expect(t, 2, "--at 2000-01-01T00:00:00Z is before the oldest snapshot set", append(base, "--tenant", "acme", "--output", out, "--at", "2000-01-01T00:00:00Z")...)
-	expect(t, 2, "no change log continues snapshot set ", append(base, "--tenant", "acme", "--output", out, "--at", time.Now().UTC().Format(time.RFC3339))...)
+	// A whole second after the set (RFC 3339 to the second could fall
+	// before it, in the same second).
+	expect(t, 2, "no change log continues snapshot set ", append(base, "--tenant", "acme", "--output", out, "--at", time.Now().UTC().Add(time.Second).Truncate(time.Second).Add(time.Second).Format(time.RFC3339))...)
 	expect(t, 2, "no such file or directory", append(base, "--tenant", "acme", "--output", filepath.Join(dir, "missing", "x.tar"))...)
 	expect(t, 2, "--repo is required", "export", "--tenant", "acme", "--output", out)
 	plan := expect(t, 0, "", append(base, "--tenant", "acme", "--output", out, "--dry-run")...)
