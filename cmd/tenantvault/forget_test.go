@@ -344,29 +344,7 @@ func testForgetEncrypted(t *testing.T, kind string) {
 	if err := rv.TenantReadable(ctx, set.Tenant("acme")); !errors.Is(err, vault.ErrTenantKeyDestroyed) {
 		t.Fatalf("acme's chunks after forget: %v", err)
 	}
-	args := []string{"restore", "--repo", repoURL, "--target", dst, "--create-schema", "--yes", "--identity", identity}
-	var others []string
-	for _, tn := range fixture.Tenants {
-		if tn != "acme" {
-			others = append(others, tn)
-			args = append(args, "--tenant", tn)
-		}
-	}
-	expect(t, 0, "", args...)
-	sc, dc := testenv.Connect(t, src), testenv.Connect(t, dst)
-	for _, tn := range others {
-		want, err := fixture.Read(ctx, sc, tn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := fixture.Read(ctx, dc, tn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d := fixture.Diff(want, got); d != "" {
-			t.Fatalf("tenant %q after forget of another: %s", tn, d)
-		}
-	}
+	restoreOthersExactly(t, ctx, repoURL, identity, src, dst, "acme")
 	expect(t, 0, "", "verify", "--repo", repoURL, "--read-data", "--identity", identity)
 }
 
