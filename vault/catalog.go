@@ -67,6 +67,7 @@ type tenRuns [6]int64
 // catalog is a catalog a reader uses.
 type catalog struct {
 	key  string // header key
+	dk   []byte // data key of a sealed catalog
 	hdr  catalogHeader
 	pos  map[string]int
 	ids  []string // covered set IDs, sorted
@@ -93,8 +94,8 @@ func summary(m *manifest.Manifest) manifest.Manifest {
 // read or is of a newer version is left out with a warning: the sets it
 // covers are read directly.
 func (v *Vault) readCatalogs(ctx context.Context) ([]*catalog, error) {
-	if v.cfg.Encrypted() {
-		return nil, nil
+	if v.cfg.Encrypted() && len(v.keys.Identities) == 0 && len(v.keys.Signing) == 0 {
+		return nil, nil // nothing here opens a sealed catalog
 	}
 	var keys []string
 	err := v.b.List(ctx, CatalogPrefix, func(o repo.ObjectInfo) error {
@@ -111,6 +112,11 @@ func (v *Vault) readCatalogs(ctx context.Context) ([]*catalog, error) {
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
+			}
+			if errors.Is(err, errCatalogKey) {
+				// Made under a signing key this writer no longer holds.
+				v.log.Debug("skipping a sealed catalog no key here opens", "catalog", key)
+				return nil, nil
 			}
 			v.log.Warn("skipping a catalog that cannot be read; its sets are read one by one", "catalog", key, "err", err)
 			return nil, nil
@@ -131,11 +137,17 @@ func (v *Vault) readCatalog(ctx context.Context, key string) (*catalog, error) {
 	if len(data) > maxCatalogHdr {
 		return nil, fmt.Errorf("header of %d bytes", len(data))
 	}
+	c := &catalog{key: key, pos: map[string]int{}}
+	var sealed *sealedCatalog
+	if v.cfg.Encrypted() {
+		if sealed, c.dk, data, err = v.openCatalog(data); err != nil {
+			return nil, err
+		}
+	}
 	content, err := loadPage(data)
 	if err != nil {
 		return nil, err
 	}
-	c := &catalog{key: key, pos: map[string]int{}}
 	if err := json.Unmarshal(content, &c.hdr); err != nil {
 		return nil, err
 	}
@@ -166,7 +178,108 @@ func (v *Vault) readCatalog(ctx context.Context, key string) (*catalog, error) {
 	if catalogName(h.Level, c.ids) != base {
 		return nil, errors.New("its name does not match the sets it lists")
 	}
+	if sealed != nil && (sealed.Level != h.Level || !slices.Equal(sealed.Sets, c.ids)) {
+		return nil, errors.New("its signed part and its sealed header disagree")
+	}
 	return c, nil
+}
+
+// Sealed catalogs (encrypted repositories; docs/FORMAT.md "Catalog"). A
+// catalog names tenants, so its header and index pages are sealed with a
+// data key of its own. The key is kept twice in the signed part: wrapped
+// with age to the recipients, for readers (who hold the identity), and
+// sealed with a key derived from the signing key, for writers (who fold
+// catalogs into the next level and hold no identity; they can derive
+// tenant keys already, so this tells them nothing more).
+const (
+	sealedCatalogMagic = "tenantvault sealed catalog 1\n"
+	catalogSigContext  = "tenantvault catalog signature v1\x00"
+	catalogKeyInfo     = "tenantvault catalog key v1"
+)
+
+// errCatalogKey: no identity and no signing key of this side opens a
+// sealed catalog.
+var errCatalogKey = errors.New("no identity and no signing key here opens this sealed catalog")
+
+// sealedCatalog is the signed, readable part of a sealed catalog.
+type sealedCatalog struct {
+	Version int      `json:"version"`
+	Level   int      `json:"level"`
+	Sets    []string `json:"sets"` // sorted
+	Age     []byte   `json:"age"`
+	Writer  []byte   `json:"writer"`
+}
+
+// sealCatalog wraps a catalog header page (as stored in plaintext) in the
+// signed and sealed form.
+func (v *Vault) sealCatalog(level int, ids []string, dk, wrapped, page []byte) ([]byte, error) {
+	if len(v.keys.Signing) == 0 {
+		return nil, errors.New("no signing key")
+	}
+	signer := v.keys.Signing[0]
+	writer, err := sealBytes(signer.derive(catalogKeyInfo), dk)
+	if err != nil {
+		return nil, err
+	}
+	sorted := slices.Clone(ids)
+	sort.Strings(sorted)
+	hdr, err := compressJSON(&sealedCatalog{Version: catalogVersion, Level: level, Sets: sorted, Age: wrapped, Writer: writer})
+	if err != nil {
+		return nil, err
+	}
+	body, err := sealBytes(dk, page)
+	if err != nil {
+		return nil, err
+	}
+	return signFrames(sealedCatalogMagic, catalogSigContext, signer, hdr, body), nil
+}
+
+// openCatalog checks a sealed catalog's signature (by a signer this side
+// trusts), finds its data key and returns the header page inside.
+func (v *Vault) openCatalog(data []byte) (*sealedCatalog, []byte, []byte, error) {
+	pub, hdr, body, err := openFrames(data, sealedCatalogMagic, catalogSigContext)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if !v.keys.trusted(pub) {
+		return nil, nil, nil, fmt.Errorf("signed by %s, which this side does not trust", SignerString(pub))
+	}
+	var p sealedCatalog
+	if err := decompressJSON(hdr, maxCatalogHdr, &p); err != nil {
+		return nil, nil, nil, fmt.Errorf("signed part: %v", err)
+	}
+	if p.Version != catalogVersion {
+		return nil, nil, nil, fmt.Errorf("catalog version %d (this build reads %d)", p.Version, catalogVersion)
+	}
+	var dk []byte
+	if len(v.keys.Identities) > 0 {
+		dk, _ = unwrapKey(p.Age, v.keys.Identities)
+	}
+	for _, sk := range v.keys.Signing {
+		if dk == nil && sk.pub().Equal(pub) {
+			dk, _ = openBytes(sk.derive(catalogKeyInfo), p.Writer, 64)
+		}
+	}
+	if len(dk) != len(newDataKey()) {
+		return nil, nil, nil, errCatalogKey
+	}
+	page, err := openBytes(dk, body, maxCatalogHdr)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("header: %v", err)
+	}
+	return &p, dk, page, nil
+}
+
+// open inflates a stored page of the catalog's index.
+func (c *catalog) open(stored []byte) ([]byte, error) {
+	if c.dk != nil {
+		plain, err := openBytes(c.dk, stored, maxPage)
+		if err != nil {
+			return nil, err
+		}
+		stored = plain
+	}
+	return loadPage(stored)
 }
 
 // coverCatalogs picks catalogs that do not overlap, the higher levels
@@ -227,7 +340,7 @@ func (c *catalog) directory(ctx context.Context, v *Vault) ([]pageRef, error) {
 	if sum := sha256.Sum256(stored); hex.EncodeToString(sum[:]) != ix.Directory.SHA256 {
 		return nil, errors.New("directory checksum mismatch")
 	}
-	content, err := loadPage(stored)
+	content, err := c.open(stored)
 	if err != nil {
 		return nil, fmt.Errorf("directory: %w", err)
 	}
@@ -248,7 +361,7 @@ func (c *catalog) page(ctx context.Context, v *Vault, dir []pageRef, i int, want
 	if sha256.Sum256(stored) != dir[i].sha {
 		return fmt.Errorf("page %d checksum mismatch", i)
 	}
-	content, err := loadPage(stored)
+	content, err := c.open(stored)
 	if err != nil {
 		return fmt.Errorf("page %d: %w", i, err)
 	}
@@ -304,8 +417,8 @@ type TenantInSet struct {
 	Set                *manifest.Manifest
 	Rows, Size, Stored int64
 	Tables             int
-	// Key is the entry's own data key object (encrypted repositories,
-	// which have no catalog; empty otherwise).
+	// Key is the entry's own data key object (encrypted repositories;
+	// empty otherwise, and when read from a catalog).
 	Key string
 }
 
@@ -314,9 +427,24 @@ type TenantInSet struct {
 // directory and one page; the others their header, directory and one
 // page, several sets at a time.
 func (v *Vault) TenantHistory(ctx context.Context, ids []string, tenant string) ([]TenantInSet, error) {
-	cats, err := v.readCatalogs(ctx)
-	if err != nil {
-		return nil, err
+	return v.tenantHistory(ctx, ids, tenant, true)
+}
+
+// TenantHistoryFromSets is TenantHistory read from the sets alone, never
+// a catalog: for an erased tenant, whose catalog entries forget removed.
+func (v *Vault) TenantHistoryFromSets(ctx context.Context, ids []string, tenant string) ([]TenantInSet, error) {
+	return v.tenantHistory(ctx, ids, tenant, false)
+}
+
+// tenantHistory is TenantHistory, through the catalogs or (for what must
+// not trust them: forget finding a tenant's keys) from the sets alone.
+func (v *Vault) tenantHistory(ctx context.Context, ids []string, tenant string, catalogs bool) ([]TenantInSet, error) {
+	var cats []*catalog
+	if catalogs {
+		var err error
+		if cats, err = v.readCatalogs(ctx); err != nil {
+			return nil, err
+		}
 	}
 	chosen, _, by := coverCatalogs(cats)
 	live := make(map[string]bool, len(ids))
@@ -329,7 +457,7 @@ func (v *Vault) TenantHistory(ctx context.Context, ids []string, tenant string) 
 	}
 	found := map[string]TenantInSet{}
 	var mu sync.Mutex
-	_, err = parallelReadN(ctx, chosen, 16, func(ctx context.Context, c *catalog) (struct{}, error) {
+	_, err := parallelReadN(ctx, chosen, 16, func(ctx context.Context, c *catalog) (struct{}, error) {
 		e, err := c.lookup(ctx, v, tenant)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -418,11 +546,9 @@ func (v *Vault) SetHeaders(ctx context.Context, ids []string) ([]*manifest.Manif
 // catalogFanout sets each, and catalogFanout catalogs of a level into one
 // of the next, then deletes what the new catalogs supersede. Any writer may
 // run it at any time; two at once at worst write the same catalog twice.
-// An encrypted repository has no catalog (this build).
+// In an encrypted repository a set's level-0 catalog covers that set alone
+// and is written with it (CommitSet): only the levels above are folded here.
 func (v *Vault) UpdateCatalog(ctx context.Context, tempDir string) error {
-	if v.cfg.Encrypted() {
-		return nil
-	}
 	ids, err := v.ListSets(ctx)
 	if err != nil {
 		return err
@@ -442,7 +568,7 @@ func (v *Vault) UpdateCatalog(ctx context.Context, tempDir string) error {
 			uncovered = append(uncovered, id)
 		}
 	}
-	for len(uncovered) >= catalogFanout {
+	for len(uncovered) >= catalogFanout && !v.cfg.Encrypted() {
 		c, err := v.buildLevel0(ctx, uncovered[:catalogFanout], tempDir)
 		if err != nil {
 			return err
@@ -663,6 +789,67 @@ func (v *Vault) mergeCatalogs(ctx context.Context, level int, cats []*catalog, t
 	return v.writeCatalog(ctx, level, sums, srcs, tempDir)
 }
 
+// catalogWriter writes one catalog: its index, then its header.
+type catalogWriter struct {
+	*IndexWriter
+	level       int
+	dk, wrapped []byte // sealed catalogs
+}
+
+// newCatalogWriter starts the catalog of level over the sets ids.
+func (v *Vault) newCatalogWriter(level int, ids []string, tempDir string) (*catalogWriter, error) {
+	w, err := v.newPagedWriter(catalogName(level, ids)+indexExt, tempDir)
+	if err != nil {
+		return nil, err
+	}
+	w.unlocked = true
+	cw := &catalogWriter{IndexWriter: w, level: level}
+	if v.cfg.Encrypted() {
+		if cw.dk, cw.wrapped, err = v.newWrappedKey("catalogs need", "them"); err != nil {
+			w.Close()
+			return nil, err
+		}
+		w.dk = cw.dk
+	}
+	return cw, nil
+}
+
+// commit writes the index, then the header over sums (in the order the
+// entries' positions refer to): after it the catalog exists.
+func (cw *catalogWriter) commit(ctx context.Context, sums []manifest.Manifest) (*catalog, error) {
+	v := cw.v
+	ids := make([]string, len(sums))
+	for i := range sums {
+		ids[i] = sums[i].ID
+	}
+	ix, _, err := cw.finish(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	hdr := catalogHeader{Version: catalogVersion, Level: cw.level, Sets: sums, Index: *ix}
+	content, err := json.Marshal(&hdr)
+	if err != nil {
+		return nil, err
+	}
+	data := storePage(content)
+	if cw.dk != nil {
+		if data, err = v.sealCatalog(cw.level, ids, cw.dk, cw.wrapped, data); err != nil {
+			return nil, err
+		}
+	}
+	key := strings.TrimSuffix(ix.Key, indexExt) + catalogExt
+	if err := v.b.Put(repo.WithoutRetention(ctx), key, bytes.NewReader(data), int64(len(data))); err != nil {
+		return nil, fmt.Errorf("write catalog %s: %w", key, err)
+	}
+	c := &catalog{key: key, dk: cw.dk, hdr: hdr, pos: map[string]int{}}
+	for i, id := range ids {
+		c.pos[id] = i
+	}
+	c.ids = slices.Clone(ids)
+	sort.Strings(c.ids)
+	return c, nil
+}
+
 // writeCatalog merges the sources (each in tenant order, positions
 // disjoint) into a catalog over sums: its index, then its header.
 func (v *Vault) writeCatalog(ctx context.Context, level int, sums []manifest.Manifest, srcs []entrySource, tempDir string) (*catalog, error) {
@@ -670,13 +857,11 @@ func (v *Vault) writeCatalog(ctx context.Context, level int, sums []manifest.Man
 	for i := range sums {
 		ids[i] = sums[i].ID
 	}
-	base := catalogName(level, ids)
-	w, err := v.newPagedWriter(base+indexExt, tempDir)
+	w, err := v.newCatalogWriter(level, ids, tempDir)
 	if err != nil {
 		return nil, err
 	}
 	defer w.Close()
-	w.unlocked = true
 	heads := make([]*catalogEntry, len(srcs))
 	for i, s := range srcs {
 		if heads[i], err = s.next(ctx); err != nil {
@@ -710,27 +895,15 @@ func (v *Vault) writeCatalog(ctx context.Context, level int, sums []manifest.Man
 			return nil, err
 		}
 	}
-	ix, _, err := w.finish(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	hdr := catalogHeader{Version: catalogVersion, Level: level, Sets: sums, Index: *ix}
-	content, err := json.Marshal(&hdr)
-	if err != nil {
-		return nil, err
-	}
-	data := storePage(content)
-	key := base + catalogExt
-	if err := v.b.Put(repo.WithoutRetention(ctx), key, bytes.NewReader(data), int64(len(data))); err != nil {
-		return nil, fmt.Errorf("write catalog %s: %w", key, err)
-	}
-	c := &catalog{key: key, hdr: hdr, pos: map[string]int{}}
-	for i, id := range ids {
-		c.pos[id] = i
-	}
-	c.ids = slices.Clone(ids)
-	sort.Strings(c.ids)
-	return c, nil
+	return w.commit(ctx, sums)
+}
+
+// writeSetCatalog writes the level-0 catalog of set hdr, just committed, in
+// an encrypted repository: its entries were collected as its tenant index
+// was written (IndexWriter.Add), since this side cannot read the set back.
+func (v *Vault) writeSetCatalog(ctx context.Context, hdr *manifest.Manifest, cw *catalogWriter) error {
+	_, err := cw.commit(ctx, []manifest.Manifest{summary(hdr)})
+	return err
 }
 
 // joinRuns merges adjacent runs with the same numbers.
@@ -747,6 +920,95 @@ func joinRuns(runs []tenRuns) []tenRuns {
 		out = append(out, r)
 	}
 	return out
+}
+
+// EraseFromCatalogs removes tenant from every catalog that lists it, so
+// that no catalog keeps its ID or sizes after forget: each such catalog is
+// deleted, then written again without the tenant where this side can seal
+// and sign one (else its sets are read one by one until pruned). A catalog
+// this side cannot read is deleted: it may list the tenant.
+func (v *Vault) EraseFromCatalogs(ctx context.Context, tenant, tempDir string) error {
+	cats, err := v.readCatalogs(ctx)
+	if err != nil {
+		return err
+	}
+	readable := map[string]bool{}
+	for _, c := range cats {
+		readable[c.key], readable[c.hdr.Index.Key] = true, true
+		e, err := c.lookup(ctx, v, tenant)
+		if err == nil && e == nil {
+			continue
+		}
+		// The copy is written to a new temporary catalog writer before the
+		// old one goes, read from the old one's pages.
+		var copied *catalogWriter
+		if err == nil {
+			copied, err = v.copyCatalogWithout(ctx, c, tenant, tempDir)
+			if err != nil {
+				v.log.Warn("could not rewrite a catalog without the erased tenant; deleting it (its sets are read one by one)", "catalog", c.key, "err", err)
+			}
+		}
+		if err := v.deleteCatalog(ctx, c); err != nil {
+			if copied != nil {
+				copied.Close()
+			}
+			return err
+		}
+		if copied != nil {
+			_, err := copied.commit(ctx, c.hdr.Sets)
+			copied.Close()
+			if err != nil {
+				return err // gone meanwhile: its sets are read one by one
+			}
+		}
+	}
+	var rest []string
+	if err := v.b.List(ctx, CatalogPrefix, func(o repo.ObjectInfo) error {
+		if !readable[o.Key] {
+			rest = append(rest, o.Key)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("list catalogs in %s: %w", v.b.Location(), err)
+	}
+	for _, k := range rest {
+		if err := v.b.Delete(ctx, k); err != nil && !errors.Is(err, repo.ErrNotFound) {
+			return fmt.Errorf("delete catalog %s: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// copyCatalogWithout spools c's entries but tenant's into a new writer
+// of the same catalog (same level and sets, so the same name), not yet
+// committed.
+func (v *Vault) copyCatalogWithout(ctx context.Context, c *catalog, tenant, tempDir string) (*catalogWriter, error) {
+	dir, err := c.directory(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	w, err := v.newCatalogWriter(c.hdr.Level, c.ids, tempDir)
+	if err != nil {
+		return nil, err
+	}
+	src := &catalogSource{v: v, c: c, dir: dir}
+	for {
+		e, err := src.next(ctx)
+		if err != nil {
+			w.Close()
+			return nil, err
+		}
+		if e == nil {
+			return w, nil
+		}
+		if e.ID == tenant {
+			continue
+		}
+		if err := w.add(e.ID, e); err != nil {
+			w.Close()
+			return nil, err
+		}
+	}
 }
 
 // DropCatalogs deletes every catalog that covers one of sets, and every

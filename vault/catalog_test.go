@@ -225,3 +225,148 @@ func TestDropCatalogs(t *testing.T) {
 		t.Fatalf("after dropping for a covered set: %d catalog objects, want 0", n)
 	}
 }
+
+// catalogLevels lists the catalog objects as "<level><ext>".
+func catalogLevels(t *testing.T, b repo.Backend) []string {
+	t.Helper()
+	var objs []string
+	if err := b.List(context.Background(), vault.CatalogPrefix, func(o repo.ObjectInfo) error {
+		objs = append(objs, strings.SplitN(strings.TrimPrefix(o.Key, vault.CatalogPrefix), "-", 2)[0]+filepath.Ext(o.Key))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(objs)
+	return objs
+}
+
+// TestCatalogEncrypted: in an encrypted repository each set writes its own
+// sealed level-0 catalog, and the snapshotting side, which holds no
+// identity, folds them level by level; no stored byte shows a tenant ID;
+// the identity holder's history through the catalogs equals the sets' with
+// a few reads; a damaged catalog is not believed; erasing a tenant from
+// the catalogs rewrites them without it where this side can sign, and
+// deletes them where it cannot.
+func TestCatalogEncrypted(t *testing.T) {
+	defer vault.SetCatalogFanout(2)()
+	ctx := context.Background()
+	dir, b := newRepoDir(t)
+	ks := newKeySet(t)
+	w := openWith(t, b, ks.writer, true)
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var sets []*manifest.Manifest
+	tenant := func(i int) string { return fmt.Sprintf("t%d-%s", i, marker) }
+	for k := range 5 {
+		content := map[string]string{}
+		for i := range 6 {
+			if (i+k)%4 != 0 {
+				content[tenant(i)] = strings.Repeat(fmt.Sprintf("%d\trow %d\n", k/2, i), 1+i)
+			}
+		}
+		sets = append(sets, writeTenantSet(t, w, tenantSet{at: start.Add(time.Duration(k) * time.Hour), tenants: content}))
+		if err := w.UpdateCatalog(ctx, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Five one-set catalogs with a fanout of 2: one of level 2 (four
+	// sets), the fifth set's own.
+	if got, want := catalogLevels(t, b), []string{"0.tidx", "0.zst", "2.tidx", "2.zst"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("catalog objects %v, want %v", got, want)
+	}
+	grepRepo(t, dir, marker) // no stored byte shows a tenant ID
+	// want is the history the sets hold, but for the sets skip names.
+	want := func(tenant string, skip func(set int) bool) []histRow {
+		var out []histRow
+		for k, m := range sets {
+			if e := m.Tenant(tenant); e != nil && (skip == nil || !skip(k)) {
+				out = append(out, histRow{m.ID, e.Rows, e.Size, e.Stored, len(e.Chunks)})
+			}
+		}
+		return out
+	}
+	check := func(what string, keys *vault.Keys, i int, skip func(int) bool) {
+		t.Helper()
+		if got, w := history(t, openWith(t, b, keys, false), tenant(i)), want(tenant(i), skip); !reflect.DeepEqual(got, w) {
+			t.Fatalf("%s, history of %q:\n got %v\nwant %v", what, tenant(i), got, w)
+		}
+	}
+	cb := &countingBackend{Backend: b, bytes: map[string]int64{}}
+	rv := openWith(t, cb, ks.reader, false)
+	for i := range 7 {
+		cb.gets = 0
+		if got, w := history(t, rv, tenant(i)), want(tenant(i), nil); !reflect.DeepEqual(got, w) {
+			t.Fatalf("history of %q:\n got %v\nwant %v", tenant(i), got, w)
+		}
+		// Two catalogs: header, directory and page each; set by set takes
+		// 15 and a decryption of each set's header.
+		if cb.gets > 6 {
+			t.Errorf("history of %q took %d reads", tenant(i), cb.gets)
+		}
+	}
+
+	// Erase t1 with the identity file, which holds the signing key: the
+	// catalogs stay, and no longer name it.
+	if err := openWith(t, b, ks.reader, false).EraseFromCatalogs(ctx, tenant(1), ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := catalogLevels(t, b), []string{"0.tidx", "0.zst", "2.tidx", "2.zst"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("after erasing, catalog objects %v, want %v", got, want)
+	}
+	all := func(int) bool { return true }
+	for i := range 7 {
+		skip := func(int) bool { return false }
+		if i == 1 {
+			skip = all
+		}
+		check("after erasing t1", ks.reader, i, skip)
+	}
+	// The snapshotting side still folds the rewritten catalogs.
+	sets = append(sets, writeTenantSet(t, w, tenantSet{at: start.Add(9 * time.Hour), tenants: map[string]string{tenant(2): "9\tlate\n"}}))
+	if err := w.UpdateCatalog(ctx, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := catalogLevels(t, b), []string{"1.tidx", "1.zst", "2.tidx", "2.zst"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("after a sixth set, catalog objects %v, want %v", got, want)
+	}
+	check("after a sixth set", ks.reader, 2, nil)
+
+	// A side that trusts the signer but cannot sign deletes the catalogs
+	// that name the tenant: t0 is only in sets 1 to 3 (the level-2
+	// catalog); t1's sets 0 to 2 are then read one by one, and hold it
+	// (only its catalog entries were erased here, not its data).
+	var idOnly strings.Builder
+	for _, l := range strings.Split(ks.identityText, "\n") {
+		if !strings.HasPrefix(l, "TENANTVAULT-SIGNING-KEY-") {
+			idOnly.WriteString(l + "\n")
+		}
+	}
+	idOnly.WriteString(ks.signer + "\n")
+	noSign, err := vault.ParseKeyFile(strings.NewReader(idOnly.String()))
+	if err != nil || len(noSign.Signing) != 0 {
+		t.Fatalf("identity without a signing key: %v", err)
+	}
+	if err := openWith(t, b, noSign, false).EraseFromCatalogs(ctx, tenant(0), ""); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := catalogLevels(t, b), []string{"1.tidx", "1.zst"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("after erasing without a signing key, catalog objects %v, want %v", got, want)
+	}
+	check("after erasing t0", noSign, 0, nil)
+	check("after erasing t0", noSign, 1, func(k int) bool { return k > 3 })
+
+	// Damage the catalog's header: the history is the sets' own.
+	matches, _ := filepath.Glob(filepath.Join(dir, "catalog", "*.zst"))
+	for _, p := range matches {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[len(data)/2] ^= 0x01
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, i := range []int{1, 2, 3} {
+		check("damaged catalog", ks.reader, i, nil)
+	}
+}

@@ -153,7 +153,7 @@ func (v *Vault) CryptoShredPlan(ctx context.Context, tenant string) (*ShredPlan,
 	if err != nil {
 		return nil, err
 	}
-	hist, err := v.TenantHistory(ctx, ids, tenant)
+	hist, err := v.tenantHistory(ctx, ids, tenant, false) // the keys: from the sets themselves
 	if err != nil {
 		return nil, err
 	}
@@ -176,6 +176,10 @@ func (v *Vault) CryptoShredPlan(ctx context.Context, tenant string) (*ShredPlan,
 // the tombstone and the audit record. Nothing large is rewritten. It is
 // safe to run again.
 func (v *Vault) CryptoShredTenant(ctx context.Context, tenant, reason, by string) ([]string, *Tombstone, error) {
+	// The catalogs name the tenant (in the clear to the identity holder).
+	if err := v.EraseFromCatalogs(ctx, tenant, ""); err != nil {
+		return nil, nil, err
+	}
 	destroyed, err := v.DestroyTenantKeys(ctx, tenant)
 	if err != nil {
 		return nil, nil, err

@@ -444,7 +444,7 @@ func (v *Vault) TenantKeys(ctx context.Context, tenant string) ([]string, error)
 		if err != nil {
 			return nil, err
 		}
-		entries, err := v.TenantHistory(ctx, ids, tenant)
+		entries, err := v.tenantHistory(ctx, ids, tenant, false)
 		if err != nil {
 			return nil, fmt.Errorf("find the keys the sets name for tenant %q: %w", tenant, err)
 		}

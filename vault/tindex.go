@@ -159,6 +159,9 @@ type IndexWriter struct {
 	loc   *os.File
 	lw    *bufio.Writer
 	locN  int
+	// cat collects the set's own catalog (encrypted repositories, whose
+	// writers cannot read a set back to fold it later).
+	cat *catalogWriter
 }
 
 // locLine is what the writer keeps of a tenant chunk until the locator is
@@ -196,6 +199,10 @@ func (v *Vault) NewIndexWriter(setID, tempDir string) (*IndexWriter, error) {
 		}
 		os.Remove(loc.Name())
 		w.loc, w.lw = loc, bufio.NewWriterSize(loc, 256<<10)
+		if w.cat, err = v.newCatalogWriter(0, []string{setID}, tempDir); err != nil {
+			w.Close()
+			return nil, err
+		}
 	}
 	return w, nil
 }
@@ -243,6 +250,12 @@ func (w *IndexWriter) Add(t *manifest.Tenant) error {
 			if err := w.lw.WriteByte('\n'); err != nil {
 				return fmt.Errorf("tenant index: %w", err)
 			}
+		}
+	}
+	if w.cat != nil {
+		e := catalogEntry{ID: t.ID, Runs: []tenRuns{{0, 1, t.Rows, t.Size, t.Stored, int64(len(t.Chunks))}}}
+		if err := w.cat.add(t.ID, &e); err != nil {
+			return err
 		}
 	}
 	return w.add(t.ID, t)
@@ -381,7 +394,7 @@ func (w *IndexWriter) finish(ctx context.Context, hdr *manifest.Manifest) (*mani
 		Directory: manifest.Range{Offset: w.off, Length: int64(len(stored)), SHA256: hex.EncodeToString(sum[:])},
 	}
 	var sx *SealedIndex
-	if w.dk != nil {
+	if w.loc != nil {
 		loc, err := w.writeLocator(hdr)
 		if err != nil {
 			return nil, nil, fmt.Errorf("tenant index: %w", err)
@@ -513,6 +526,9 @@ func (w *IndexWriter) Close() error {
 	}
 	if w.loc != nil {
 		w.loc.Close()
+	}
+	if w.cat != nil {
+		w.cat.Close()
 	}
 	return err
 }

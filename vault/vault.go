@@ -663,6 +663,13 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 		// cannot read back the sealed pages it wrote.
 		v.forgetSetKey(hdr.ID)
 		x.authBy = signerPinned
+		// The set exists; its catalog only speeds up list. A pre-restore
+		// set has none: a restore must not wait for it.
+		if w.cat != nil && hdr.Kind != manifest.KindPreRestore {
+			if err := v.writeSetCatalog(ctx, hdr, w.cat); err != nil {
+				v.log.Warn("could not write the set's catalog (list stays correct, only slower)", "set", hdr.ID, "err", err)
+			}
+		}
 	}
 	v.sets.Store(hdr.ID, &Set{v: v, m: hdr, lastPage: -1})
 	v.icache.Store(hdr.ID, x)

@@ -333,7 +333,11 @@ func testForgetEncrypted(t *testing.T, kind string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hist, err := rv.TenantHistory(ctx, ids, "acme")
+	// Gone from the catalogs; the set still holds its entry.
+	if hist, err := rv.TenantHistory(ctx, ids, "acme"); err != nil || len(hist) != 0 {
+		t.Fatalf("history through the catalogs: %+v, %v", hist, err)
+	}
+	hist, err := rv.TenantHistoryFromSets(ctx, ids, "acme")
 	if err != nil || len(hist) != 1 {
 		t.Fatalf("history: %+v, %v", hist, err)
 	}

@@ -74,12 +74,22 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 	// for --tenant.
 	var sets []*manifest.Manifest
 	var entries []vault.TenantInSet
+	var tomb *vault.Tombstone
 	if o.tenant == "" {
 		if sets, err = v.SetHeaders(ctx, ids); err != nil {
 			return err
 		}
 	} else {
-		if entries, err = v.TenantHistory(ctx, ids, o.tenant); err != nil {
+		if tomb, err = v.Erased(ctx, o.tenant); err != nil {
+			return err
+		}
+		// An erased tenant is gone from the catalogs; the sets say which
+		// of them still hold its (unreadable) entries.
+		history := v.TenantHistory
+		if tomb != nil {
+			history = v.TenantHistoryFromSets
+		}
+		if entries, err = history(ctx, ids, o.tenant); err != nil {
 			return err
 		}
 		for _, e := range entries {
@@ -120,10 +130,6 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 				humanBytes(s.Size), humanBytes(s.Stored), humanBytes(s.Written), status(m.ID))
 		}
 		return tw.Flush()
-	}
-	tomb, err := v.Erased(ctx, o.tenant)
-	if err != nil {
-		return err
 	}
 	var hist []tenantHistoryJSON
 	for _, t := range entries {
