@@ -42,8 +42,11 @@ index and manifest for every set that holds it or shares a pack with it
 (set IDs stay), new change-log segments without its records; then it deletes
 the old objects. It is journaled: interrupted, it leaves a consistent
 repository, and running the same command again completes it. Records the
-change log could not attribute to a tenant when it captured them are kept
-(see docs/SECURITY.md, Known limits); the plan counts them.
+change log could not attribute to a tenant when it captured them (shared
+records) are attributed now, from the keys the tenant held in the sets and
+the log: those that are its are dropped; those forget cannot decide (a key
+another tenant also held, say) are kept, and the plan, the output and the
+tombstone count them as not erased (docs/SECURITY.md).
 
 forget prints its plan first (--dry-run stops there) and asks for
 confirmation on a terminal; without a terminal it runs only with --yes.
@@ -222,8 +225,11 @@ func (a *app) runForget(ctx context.Context, o *forgetOptions) error {
 		results[i] = res
 		if !a.jsonOut {
 			d := res.Done
-			fmt.Fprintf(a.stdout, "erased tenant %q: %d set(s) rewritten (%d held it), %d change-log segment(s), %d pack(s); %s copied, %s of old objects deleted\n",
-				it.tenant, d.Sets, d.SetsHeld, d.Segments, d.Packs, humanBytes(d.BytesCopied), humanBytes(d.BytesDeleted))
+			fmt.Fprintf(a.stdout, "erased tenant %q: %d set(s) rewritten (%d held it), %d change-log segment(s) (%d shared record(s) of it dropped), %d pack(s); %s copied, %s of old objects deleted\n",
+				it.tenant, d.Sets, d.SetsHeld, d.Segments, d.SharedDropped, d.Packs, humanBytes(d.BytesCopied), humanBytes(d.BytesDeleted))
+			if d.SharedRecords > 0 {
+				fmt.Fprintf(a.stdout, "  not erased: %d shared change-log record(s) forget could not attribute were kept and may hold rows of %q (recorded in the tombstone; docs/SECURITY.md, Known limits)\n", d.SharedRecords, it.tenant)
+			}
 		}
 	}
 	if a.jsonOut {
@@ -265,9 +271,33 @@ func (a *app) printForgetPlan(w io.Writer, v *vault.Vault, it forgetItem) {
 	fmt.Fprintf(w, "  packs:                 %d rewritten (%d deleted with nothing left to keep)\n", s.Packs, s.PacksDropped)
 	fmt.Fprintf(w, "  bytes:                 %s to copy, %s of old objects to delete (%s of them the tenant's)\n", humanBytes(s.BytesCopied), humanBytes(s.BytesDeleted), humanBytes(s.TenantBytes))
 	if s.SharedRecords > 0 {
-		fmt.Fprintf(w, "  kept:                  %d shared change-log record(s) (tenant unknown when captured, and TRUNCATEs); they may hold rows of this tenant, and forget cannot tell without the database (docs/SECURITY.md, Known limits)\n", s.SharedRecords)
+		fmt.Fprintf(w, "  shared change records: %d in the log (tenant unknown when captured): %d attributed to it and dropped\n", s.SharedRecords, s.SharedDropped)
+	}
+	if s.Truncates > 0 {
+		fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
+	}
+	if s.SharedUndecided > 0 {
+		fmt.Fprintf(w, "  NOT ERASED:            %d shared change-log record(s) that may hold rows of this tenant are kept: %s (docs/SECURITY.md, Known limits)\n", s.SharedUndecided, undecidedWhy(s.UndecidedWhy))
 	}
 	fmt.Fprintf(w, "  afterwards:            tombstone %s; restore and drill refuse the tenant, list marks it; this cannot be undone\n", vault.TombstoneKey(v.TenantHash(it.tenant)))
+}
+
+// undecidedWhy says why forget could not attribute shared records.
+func undecidedWhy(w *vault.UndecidedWhy) string {
+	if w == nil {
+		return "forget could not tell whose they are"
+	}
+	var parts []string
+	if w.KeyHeldByOthers > 0 {
+		parts = append(parts, fmt.Sprintf("%d reference a key another tenant also held at some point", w.KeyHeldByOthers))
+	}
+	if w.BeforeAnySet > 0 {
+		parts = append(parts, fmt.Sprintf("%d lie where the log continues no snapshot set", w.BeforeAnySet))
+	}
+	if w.NoScope > 0 {
+		parts = append(parts, fmt.Sprintf("%d are of tables no set scopes through a foreign key", w.NoScope))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func listIDs(ids []string) string {
