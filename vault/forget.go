@@ -201,12 +201,7 @@ func (v *Vault) CryptoShredPlan(ctx context.Context, tenant string) (*ShredPlan,
 // the tombstone and the audit record. Nothing large is rewritten. It is
 // safe to run again.
 func (v *Vault) CryptoShredTenant(ctx context.Context, tenant, reason, by string) ([]string, *Tombstone, error) {
-	destroyed, err := v.DestroyTenantKeys(ctx, tenant)
-	if err != nil {
-		return nil, nil, err
-	}
-	tomb, err := v.RecordErased(ctx, tenant, reason, by, "crypto-shred", nil)
-	return destroyed, tomb, err
+	return v.CryptoShredTenantWith(ctx, tenant, reason, by, nil)
 }
 
 // CheckForgettable refuses repositories forget cannot rewrite: those under

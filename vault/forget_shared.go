@@ -462,6 +462,9 @@ func (v *Vault) chunkKeys(ctx context.Context, m *manifest.Manifest, chunks []ma
 		}
 		rel := &Relation{Schema: t.Schema, Name: t.Name, Columns: names}
 		rc, err := v.OpenChunk(ctx, m, c)
+		if errors.Is(err, ErrTenantKeyDestroyed) {
+			continue // an erased tenant's: beyond anyone's use
+		}
 		if err != nil {
 			return fmt.Errorf("forget reads the rows of %s to attribute shared change records (nothing was changed): %w", chunkName(m, c), err)
 		}
