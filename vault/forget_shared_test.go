@@ -2,6 +2,7 @@ package vault_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -51,6 +52,11 @@ func writeScopedSet(t *testing.T, v *vault.Vault, at time.Time, lsn uint64, tena
 		StartedAt: at, ConsistentAt: at, FinishedAt: at, LSN: vault.LSNString(lsn), LSNExact: true,
 		Tables: sharedTables,
 	}
+	iw, err := v.NewIndexWriter(id, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer iw.Close()
 	packs := map[string]int{}
 	names := map[string]string{}
 	for n := range tenants {
@@ -62,12 +68,16 @@ func writeScopedSet(t *testing.T, v *vault.Vault, at time.Time, lsn uint64, tena
 			if content == "" {
 				continue
 			}
-			cw := p.StartChunk()
+			cw, err := p.StartTenantChunk(ctx, n)
+			if err != nil {
+				t.Fatal(err)
+			}
 			cw.Write([]byte(content))
 			ref, err := cw.Finish(nil)
 			if err != nil {
 				t.Fatal(err)
 			}
+			tn.Key = ref.Key
 			i, ok := packs[ref.Pack]
 			if !ok {
 				i = len(m.Packs)
@@ -77,7 +87,9 @@ func writeScopedSet(t *testing.T, v *vault.Vault, at time.Time, lsn uint64, tena
 			tn.Chunks = append(tn.Chunks, manifest.Chunk{Table: ti, Rows: int64(strings.Count(content, "\n")), Size: ref.Size, Digest: ref.Digest,
 				Pack: i, Offset: ref.Offset, Length: ref.Length, SHA256: ref.SHA256})
 		}
-		m.Tenants = append(m.Tenants, tn)
+		if err := iw.Add(&tn); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
@@ -85,7 +97,7 @@ func writeScopedSet(t *testing.T, v *vault.Vault, at time.Time, lsn uint64, tena
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := v.WriteManifest(ctx, m); err != nil {
+	if err := v.CommitSet(ctx, m, iw); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -252,6 +264,10 @@ func sharedContents(t *testing.T, v *vault.Vault) map[string]string {
 		for _, tn := range m.Tenants {
 			for _, c := range tn.Chunks {
 				data, err := readChunk(t, v, m, c)
+				if errors.Is(err, vault.ErrTenantKeyDestroyed) {
+					out[id+"/"+tn.ID] += "(key destroyed)"
+					continue
+				}
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -348,6 +364,105 @@ func TestForgetSharedInterrupted(t *testing.T) {
 			if p, _ := done.PendingForgets(ctx); len(p) != 0 {
 				t.Fatalf("%s %d: still pending", fault.Op, k)
 			}
+		}
+	}
+}
+
+// TestForgetSharedEncrypted: in an encrypted repository forget rewrites
+// the segments whose shared records it attributes to the tenant (they are
+// sealed with the segment's key, which destroying the tenant's own does not
+// reach): afterwards, with the identity, no segment decrypts to a record
+// holding the tenant's marker but the undecided one, every other tenant's
+// records read as before, verify passes; interrupted at every write and
+// delete it stays consistent, and a rerun completes it.
+func TestForgetSharedEncrypted(t *testing.T) {
+	ctx := context.Background()
+	ks := newKeySet(t)
+	_, tmpl := newRepoDir(t)
+	sharedRepo(t, tmpl, ks.writer)
+	before := sharedContents(t, openWith(t, tmpl, ks.reader, false))
+	if !strings.Contains(before["shared"], forgetMarker) {
+		t.Fatal("no marker in the shared records to begin with")
+	}
+	others := func(m map[string]string) string {
+		var b strings.Builder
+		for _, k := range sortedKeys(m) {
+			if !strings.Contains(k, "victim") && k != "shared" {
+				fmt.Fprintf(&b, "%s=%s\n", k, m[k])
+			}
+		}
+		return b.String()
+	}
+	shred := func(v *vault.Vault) (*vault.Tombstone, error) {
+		pending, err := v.PendingForget(ctx, "victim")
+		if err != nil {
+			return nil, err
+		}
+		var plan *vault.ForgetPlan
+		if !pending {
+			if plan, err = v.PlanShredSegments(ctx, "victim"); err != nil {
+				return nil, err
+			}
+			if s := plan.Summary; !pending && (s.SharedDropped != 5 || s.SharedUndecided != 2 || s.Segments != 1) {
+				return nil, fmt.Errorf("plan: %+v", s)
+			}
+		}
+		_, tomb, err := v.CryptoShredTenantWith(ctx, "victim", "test", "tester", plan)
+		return tomb, err
+	}
+	check := func(what string, b repo.Backend) {
+		t.Helper()
+		v := openWith(t, b, ks.reader, false)
+		mustVerify(t, v)
+		got := sharedContents(t, v)
+		if others(got) != others(before) {
+			t.Fatalf("%s: other tenants changed:\n%s\nwant\n%s", what, others(got), others(before))
+		}
+		for _, line := range strings.Split(got["shared"], "\n") {
+			if strings.Contains(line, forgetMarker) && !strings.Contains(line, "ambiguous") {
+				t.Fatalf("%s: a segment still decrypts to the tenant's record %s", what, line)
+			}
+		}
+		if keys, err := v.TenantKeys(ctx, "victim"); err != nil || len(keys) != 0 {
+			t.Fatalf("%s: keys left: %v %v", what, keys, err)
+		}
+		if p, _ := v.PendingForgets(ctx); len(p) != 0 {
+			t.Fatalf("%s: still pending", what)
+		}
+	}
+	_, whole := newRepoDir(t)
+	copyRepo(t, tmpl, whole)
+	tomb, err := shred(openWith(t, whole, ks.reader, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := tomb.Done; d == nil || d.SharedDropped != 5 || d.SharedRecords != 2 || d.Segments != 1 || tomb.Method != "crypto-shred" {
+		t.Fatalf("tombstone: %+v %+v", tomb, tomb.Done)
+	}
+	check("forget", whole)
+	for _, op := range []repo.Op{repo.OpPut, repo.OpDelete} {
+		for k := 0; ; k++ {
+			_, fb := newRepoDir(t)
+			copyRepo(t, tmpl, fb)
+			f := repo.NewFaulty(fb)
+			f.Inject(repo.Fault{Op: op, After: k, Times: 1, Err: repo.Permanent(fmt.Errorf("%w: crash", repo.ErrInjected))})
+			_, err := shred(openWith(t, f, ks.reader, false))
+			if err == nil {
+				t.Logf("%s: interrupted at each of %d calls", op, k)
+				break
+			}
+			if !errors.Is(err, repo.ErrInjected) {
+				t.Fatalf("%s %d: %v", op, k, err)
+			}
+			fresh := openWith(t, fb, ks.reader, false)
+			mustVerify(t, fresh)
+			if got := sharedContents(t, fresh); others(got) != others(before) {
+				t.Fatalf("%s %d: other tenants changed", op, k)
+			}
+			if _, err := shred(fresh); err != nil {
+				t.Fatalf("%s %d: rerun: %v", op, k, err)
+			}
+			check(fmt.Sprintf("%s %d and a rerun", op, k), fb)
 		}
 	}
 }

@@ -347,8 +347,13 @@ type shredJSON struct {
 	Sets      []string `json:"sets"`
 	Keys      []string `json:"keys"`
 	Destroyed []string `json:"keys_destroyed,omitempty"`
-	Erased    string   `json:"erased_at,omitempty"`
-	Tombstone string   `json:"tombstone"`
+	// Segments are the change-log segments rewritten; Shared what forget
+	// decided about the shared records (as in the plaintext plan).
+	Segments  int                `json:"segments_rewritten"`
+	Shared    *vault.PlanSummary `json:"change_log,omitempty"`
+	Done      *vault.ForgetDone  `json:"done,omitempty"`
+	Erased    string             `json:"erased_at,omitempty"`
+	Tombstone string             `json:"tombstone"`
 }
 
 // forgetEncrypted erases tenants from an encrypted repository by
@@ -357,6 +362,8 @@ type shredJSON struct {
 // reach, is refused with the sets named.
 func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string, o *forgetOptions) error {
 	plans := make([]*vault.ShredPlan, len(ids))
+	segPlans := make([]*vault.ForgetPlan, len(ids))
+	resumed := make([]bool, len(ids))
 	var unknown, erased, setKeyed []string
 	for i, id := range ids {
 		p, err := v.CryptoShredPlan(ctx, id)
@@ -367,15 +374,27 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 		if err != nil {
 			return err
 		}
+		if resumed[i], err = v.PendingForget(ctx, id); err != nil {
+			return err
+		}
+		plans[i] = p
+		if resumed[i] {
+			continue // the journal says what is left
+		}
+		if segPlans[i], err = v.PlanShredSegments(ctx, id); err != nil {
+			return err
+		}
+		if err := v.CheckSegmentRewrites(segPlans[i]); err != nil {
+			return err
+		}
 		switch {
 		case len(p.SetKeyed) > 0:
 			setKeyed = append(setKeyed, fmt.Sprintf("%q in %d set(s)%s", id, len(p.SetKeyed), listIDs(p.SetKeyed)))
-		case len(p.Keys) == 0 && tomb != nil:
+		case len(p.Keys) == 0 && len(segPlans[i].Segments) == 0 && tomb != nil:
 			erased = append(erased, fmt.Sprintf("%q (erased on %s)", id, tomb.When()))
-		case len(p.Keys) == 0 && len(p.Sets) == 0:
+		case len(p.Keys) == 0 && len(p.Sets) == 0 && len(segPlans[i].Segments) == 0:
 			unknown = append(unknown, fmt.Sprintf("%q", id))
 		}
-		plans[i] = p
 	}
 	switch {
 	case len(setKeyed) > 0:
@@ -403,7 +422,19 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 		fmt.Fprintf(w, "plan: erase tenant %q from %s by destroying its own data keys (nothing is rewritten)\n", id, v.Location())
 		fmt.Fprintf(w, "  sets holding it:       %d%s\n", len(p.Sets), listIDs(p.Sets))
 		fmt.Fprintf(w, "  key objects to delete: %d (every version)%s\n", len(p.Keys), listIDs(p.Keys))
-		fmt.Fprintf(w, "  kept:                  shared change-log records (tenant unknown when captured) and change-log segments written before per-tenant keys stay under their segment keys; they may hold rows of this tenant (docs/SECURITY.md, Known limits)\n")
+		if resumed[i] {
+			fmt.Fprintf(w, "  change-log segments:   complete the interrupted rewrite (its journal says what is left)\n")
+		} else if sp := segPlans[i]; sp != nil {
+			s := sp.Summary
+			out[i].Segments, out[i].Shared = s.Segments, &sp.Summary
+			fmt.Fprintf(w, "  change-log segments:   %d rewritten under new segment keys (records sealed with a segment's key: %d shared record(s) attributed to it, and its streams in segments written before per-tenant keys)\n", s.Segments, s.SharedDropped)
+			if s.Truncates > 0 {
+				fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
+			}
+			if s.SharedUndecided > 0 {
+				fmt.Fprintf(w, "  NOT ERASED:            %d shared change-log record(s) that may hold rows of this tenant are kept, readable with the identity: %s (docs/SECURITY.md, Known limits)\n", s.SharedUndecided, undecidedWhy(s.UndecidedWhy))
+			}
+		}
 		fmt.Fprintf(w, "  afterwards:            no one can decrypt its chunks in any of those sets, the identity holder included; tombstone %s; this cannot be undone\n", vault.TombstoneKey(h))
 	}
 	if o.dryRun {
@@ -418,13 +449,29 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 	}
 	by := whoAmI()
 	for i, id := range ids {
-		destroyed, tomb, err := v.CryptoShredTenant(ctx, id, o.reason, by)
+		sp := segPlans[i]
+		if sp != nil && i > 0 && len(sp.Segments) > 0 {
+			// The erasures before this one rewrote segments this plan
+			// named: plan it again as the log is now.
+			var err error
+			if sp, err = v.PlanShredSegments(ctx, id); err != nil {
+				return err
+			}
+		}
+		destroyed, tomb, err := v.CryptoShredTenantWith(ctx, id, o.reason, by, sp)
 		if err != nil {
 			return fmt.Errorf("forget %q (stopped part way; running the same command again completes the erasure): %w", id, err)
 		}
-		out[i].Destroyed, out[i].Erased = destroyed, tomb.Completed.Format(time.RFC3339)
+		out[i].Destroyed, out[i].Erased, out[i].Done = destroyed, tomb.Completed.Format(time.RFC3339), tomb.Done
 		if !a.jsonOut {
-			fmt.Fprintf(a.stdout, "erased tenant %q: %d key object(s) destroyed; its chunks in %d set(s) can no longer be decrypted\n", id, len(destroyed), len(out[i].Sets))
+			segs := ""
+			if d := tomb.Done; d != nil {
+				segs = fmt.Sprintf("; %d change-log segment(s) rewritten (%d shared record(s) of it dropped)", d.Segments, d.SharedDropped)
+				if d.SharedRecords > 0 {
+					segs += fmt.Sprintf("; not erased: %d shared record(s) forget could not attribute were kept (recorded in the tombstone)", d.SharedRecords)
+				}
+			}
+			fmt.Fprintf(a.stdout, "erased tenant %q: %d key object(s) destroyed; its chunks in %d set(s) can no longer be decrypted%s\n", id, len(destroyed), len(out[i].Sets), segs)
 		}
 	}
 	if a.jsonOut {
