@@ -54,10 +54,13 @@ An audit record of each erasure is kept under audit/. Repositories under
 S3 Object Lock retention are refused: their objects cannot be deleted
 before the retention ends. In an encrypted repository (with --identity)
 forget destroys the tenant's own data keys instead (crypto-shredding):
-nothing is rewritten, Object Lock does not stand in the way (the keys are
-never locked), and the tenant's chunks in every set can no longer be
-decrypted by anyone; a tenant still held under a set's own key (older sets)
-is refused. --reason is stored in the tombstone and audit record as given: do
+the tenant's chunks in every set can no longer be decrypted by anyone, and
+Object Lock does not stand in the way (the keys are never locked); only the
+change-log segments whose records of the tenant are sealed with a segment's
+key (shared records attributed to it, segments written before per-tenant
+keys) are rewritten, under new segment keys signed with the identity file's
+signing key, which Object Lock refuses. A tenant still held under a set's
+own key (older sets) is refused. --reason is stored in the tombstone and audit record as given: do
 not put personal data in it. --status lists erasures in progress.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runForget(cmd.Context(), &o) },
