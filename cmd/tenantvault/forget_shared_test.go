@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenantvault/tenantvault/internal/testenv"
+	"github.com/tenantvault/tenantvault/repo"
 	"github.com/tenantvault/tenantvault/tenancy"
 	"github.com/tenantvault/tenantvault/vault"
 )
@@ -158,4 +159,127 @@ func TestForgetSharedChanges(t *testing.T) {
 			expect(t, 2, `tenant "t2" (erased on `, "restore", "--repo", repoURL, "--target", testenv.NewDatabase(t), "--tenant", "t2", "--at", at.Format(time.RFC3339), "--create-schema", "--yes")
 		})
 	}
+}
+
+// TestForgetSharedChangesEncrypted: the same history in an encrypted
+// repository. forget --identity rewrites the segments whose shared records
+// it attributes to the tenant: afterwards no segment decrypts, with the
+// identity, to a record holding the marker, every other tenant's restore
+// --at equals the one before, verify --read-data passes; on file:// and
+// MinIO. Under S3 Object Lock the rewrite is refused and nothing changes.
+func TestForgetSharedChangesEncrypted(t *testing.T) {
+	for _, kind := range []string{"file", "s3", "s3-locked"} {
+		t.Run(kind, func(t *testing.T) {
+			ctx := testenv.Context(t, 4*time.Minute)
+			db := testenv.NewDatabase(t)
+			dir := t.TempDir()
+			identity, signing, recipient := keygen(t, dir)
+			writer := &vault.Keys{}
+			if _, err := writer.LoadSigningKeyFile(signing); err != nil {
+				t.Fatal(err)
+			}
+			if err := writer.AddRecipient(recipient); err != nil {
+				t.Fatal(err)
+			}
+			repoURL := "file://" + filepath.Join(dir, "repo")
+			switch kind {
+			case "s3":
+				repoURL = testenv.NewS3Repo(t)
+			case "s3-locked":
+				repoURL = testenv.LockedRepoURL(t, "governance", time.Hour)
+			}
+			at, want := sharedHistory(t, ctx, db, repoURL, writer, "--recipient", recipient, "--signing-key", signing)
+			id := []string{"--identity", identity}
+			if kind == "s3-locked" {
+				objects := storedObjects(t, ctx, repoURL)
+				expect(t, 2, "keeps every object under S3 Object Lock retention", "forget", "--repo", repoURL, "--tenant", "t2", "--yes", "--identity", identity)
+				if objectList(storedObjects(t, ctx, repoURL)) != objectList(objects) {
+					t.Fatal("a refused forget changed the repository")
+				}
+				return
+			}
+			before := map[string]string{}
+			for _, tn := range []string{"t1", "t3"} {
+				before[tn] = restoreAt(t, ctx, repoURL, tn, at, id...)
+				if before[tn] != want[tn] {
+					t.Fatalf("%s restored --at before forget:\n%s\nSQL read:\n%s", tn, before[tn], want[tn])
+				}
+			}
+			if n := decryptedMarkers(t, ctx, repoURL, identity); n == 0 {
+				t.Fatal("no segment decrypts to the marker to begin with")
+			}
+			out := expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "t2", "--dry-run", "--identity", identity)
+			if !strings.Contains(out, "rewritten under new segment keys") || strings.Contains(out, "NOT ERASED") || strings.Contains(out, "segments:   0 rewritten") {
+				t.Fatalf("plan:\n%s", out)
+			}
+			out = expect(t, 0, "", "forget", "--repo", repoURL, "--tenant", "t2", "--yes", "--identity", identity)
+			if !strings.Contains(out, `erased tenant "t2"`) || strings.Contains(out, "not erased") || strings.Contains(out, "(0 shared record(s) of it dropped)") {
+				t.Fatalf("forget:\n%s", out)
+			}
+			if n := decryptedMarkers(t, ctx, repoURL, identity); n != 0 {
+				t.Fatalf("%d record(s) still decrypt to the erased tenant's marker", n)
+			}
+			if out := expect(t, 0, "", "verify", "--repo", repoURL, "--read-data", "--identity", identity); !strings.Contains(out, "0 problem(s)") {
+				t.Fatalf("verify --read-data after forget: %s", out)
+			}
+			for _, tn := range []string{"t1", "t3"} {
+				if got := restoreAt(t, ctx, repoURL, tn, at, id...); got != before[tn] {
+					t.Fatalf("%s restores --at differently after forget:\n%s\nbefore:\n%s", tn, got, before[tn])
+				}
+			}
+		})
+	}
+}
+
+// decryptedMarkers counts the change records that, decrypted with the
+// identity, hold eraseMarker (a destroyed tenant key reads as nothing).
+func decryptedMarkers(t *testing.T, ctx context.Context, repoURL, identity string) int {
+	t.Helper()
+	b, err := repo.Open(ctx, repoURL, repo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	keys := &vault.Keys{}
+	if _, err := keys.LoadKeyFile(identity); err != nil {
+		t.Fatal(err)
+	}
+	v, err := vault.Open(ctx, b, vault.Options{Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams, err := v.ListStreams(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, s := range streams {
+		refs, err := v.ListSegments(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ref := range refs {
+			idx, err := v.ReadSegmentIndex(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = v.ScanSegment(ctx, idx, nil, func(_ vault.SegmentStream, cr *vault.ChangeReader) error {
+				for {
+					c, err := cr.Next()
+					if err != nil {
+						return nil
+					}
+					for _, val := range append(append([]vault.Value(nil), c.New...), c.Old...) {
+						if strings.Contains(string(val.Data), eraseMarker) {
+							n++
+						}
+					}
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return n
 }
