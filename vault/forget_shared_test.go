@@ -114,10 +114,13 @@ var absent = vault.Value{Kind: vault.ValueAbsent}
 // body holds the marker), a delete of an acme task archived shared, a
 // TRUNCATE, a record referencing a task both victim and zeta held (task 40:
 // undecided) and one of a project no set or record shows before the set.
-func sharedRepo(t *testing.T, b repo.Backend, keys *vault.Keys) {
+func sharedRepo(t *testing.T, b repo.Backend, keys *vault.Keys, segmentsV1 ...bool) {
 	t.Helper()
 	ctx := context.Background()
 	v := openWith(t, b, keys, true)
+	if len(segmentsV1) > 0 && segmentsV1[0] {
+		vault.WriteSegmentsV1(v)
+	}
 	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
 	lsn := uint64(0x3000000)
 	writeScopedSet(t, v, t0, lsn+0x10, map[string][3]string{
@@ -171,6 +174,7 @@ func sharedRepo(t *testing.T, b repo.Backend, keys *vault.Keys) {
 		sb.Add("", true, &vault.Change{LSN: l, Seq: 1, Time: at2, Rel: 3, Op: vault.OpInsert, New: []vault.Value{text("401"), text("40"), text("ambiguous " + forgetMarker)}})
 		sb.Add("", true, &vault.Change{LSN: l + 1, Seq: 1, Time: at2, Rel: 2, Op: vault.OpTruncate, Rels: []uint32{2, 3}})
 		sb.Add("zeta", false, &vault.Change{LSN: l + 2, Seq: 1, Time: at2, Rel: 1, Op: vault.OpInsert, New: []vault.Value{text("6"), text("zeta"), text("new")}})
+		sb.Add("victim", false, &vault.Change{LSN: l + 3, Seq: 1, Time: at2, Rel: 1, Op: vault.OpInsert, New: []vault.Value{text("8"), text("victim"), text(forgetMarker + " own stream")}})
 	})
 }
 
@@ -196,7 +200,7 @@ func TestForgetSharedRecords(t *testing.T) {
 			if s.UndecidedWhy != nil {
 				why = *s.UndecidedWhy
 			}
-			if s.SharedRecords != 9 || s.SharedDropped != 5 || s.SharedUndecided != 2 || s.Truncates != 1 || why.KeyHeldByOthers != 1 || why.BeforeAnySet != 1 || s.Segments != 1 {
+			if s.SharedRecords != 9 || s.SharedDropped != 5 || s.SharedUndecided != 2 || s.Truncates != 1 || why.KeyHeldByOthers != 1 || why.BeforeAnySet != 1 || s.Segments != 2 {
 				t.Fatalf("plan: %+v %+v", s, why)
 			}
 			res, err := v.Forget(ctx, "victim", plan, vault.ForgetOptions{By: "tester"})
@@ -235,7 +239,7 @@ func TestForgetSharedRecords(t *testing.T) {
 			}
 			hits := findMarker(t, b)
 			for _, h := range hits {
-				if !strings.HasPrefix(h, "changes/42_db/0000000003000100-0000000003000200.seg ") {
+				if !strings.HasPrefix(h, "changes/42_db/0000000003000100-0000000003000200.") {
 					t.Fatalf("marker hits after forget (want the undecided record's segment only): %v", hits)
 				}
 			}
@@ -376,10 +380,22 @@ func TestForgetSharedInterrupted(t *testing.T) {
 // records read as before, verify passes; interrupted at every write and
 // delete it stays consistent, and a rerun completes it.
 func TestForgetSharedEncrypted(t *testing.T) {
+	for _, v1 := range []bool{false, true} {
+		// v1: segments written before per-tenant keys, the tenant's own
+		// stream sealed with the segment's key too.
+		t.Run(fmt.Sprintf("segments-v1=%v", v1), func(t *testing.T) { testForgetSharedEncrypted(t, v1) })
+	}
+}
+
+func testForgetSharedEncrypted(t *testing.T, v1 bool) {
 	ctx := context.Background()
 	ks := newKeySet(t)
 	_, tmpl := newRepoDir(t)
-	sharedRepo(t, tmpl, ks.writer)
+	sharedRepo(t, tmpl, ks.writer, v1)
+	wantSegs := 1 // v2: the victim's own stream goes with its key
+	if v1 {
+		wantSegs = 2
+	}
 	before := sharedContents(t, openWith(t, tmpl, ks.reader, false))
 	if !strings.Contains(before["shared"], forgetMarker) {
 		t.Fatal("no marker in the shared records to begin with")
@@ -403,7 +419,7 @@ func TestForgetSharedEncrypted(t *testing.T) {
 			if plan, err = v.PlanShredSegments(ctx, "victim"); err != nil {
 				return nil, err
 			}
-			if s := plan.Summary; !pending && (s.SharedDropped != 5 || s.SharedUndecided != 2 || s.Segments != 1) {
+			if s := plan.Summary; !pending && (s.SharedDropped != 5 || s.SharedUndecided != 2 || s.Segments != wantSegs) {
 				return nil, fmt.Errorf("plan: %+v", s)
 			}
 		}
@@ -418,9 +434,14 @@ func TestForgetSharedEncrypted(t *testing.T) {
 		if others(got) != others(before) {
 			t.Fatalf("%s: other tenants changed:\n%s\nwant\n%s", what, others(got), others(before))
 		}
-		for _, line := range strings.Split(got["shared"], "\n") {
-			if strings.Contains(line, forgetMarker) && !strings.Contains(line, "ambiguous") {
-				t.Fatalf("%s: a segment still decrypts to the tenant's record %s", what, line)
+		for k, recs := range got {
+			if !strings.HasPrefix(k, "log/") && k != "shared" {
+				continue
+			}
+			for _, line := range strings.Split(recs, "\n") {
+				if strings.Contains(line, forgetMarker) && !strings.Contains(line, "ambiguous") {
+					t.Fatalf("%s: a segment still decrypts to the tenant's record %s", what, line)
+				}
 			}
 		}
 		if keys, err := v.TenantKeys(ctx, "victim"); err != nil || len(keys) != 0 {
@@ -436,7 +457,7 @@ func TestForgetSharedEncrypted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := tomb.Done; d == nil || d.SharedDropped != 5 || d.SharedRecords != 2 || d.Segments != 1 || tomb.Method != "crypto-shred" {
+	if d := tomb.Done; d == nil || d.SharedDropped != 5 || d.SharedRecords != 2 || d.Segments != wantSegs || tomb.Method != "crypto-shred" {
 		t.Fatalf("tombstone: %+v %+v", tomb, tomb.Done)
 	}
 	check("forget", whole)
