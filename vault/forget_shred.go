@@ -120,6 +120,9 @@ func (v *Vault) CryptoShredTenantWith(ctx context.Context, tenant, reason, by st
 		return nil, nil, err
 	}
 	if j == nil && plan != nil && len(plan.Segments) > 0 {
+		if err := v.CheckSegmentRewrites(plan); err != nil {
+			return nil, nil, err
+		}
 		if len(v.keys.Signing) == 0 {
 			return nil, nil, &tenantvault.InputError{
 				Msg:  "forget must rewrite change-log segments of this encrypted repository and sign their indexes, and the identity file holds no signing key; nothing was changed",
