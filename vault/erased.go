@@ -57,15 +57,21 @@ type Tombstone struct {
 
 // ForgetDone summarises what an erasure changed.
 type ForgetDone struct {
-	Sets          int   `json:"sets_rewritten"`
-	SetsHeld      int   `json:"sets_that_held_the_tenant"`
-	Segments      int   `json:"segments_rewritten"`
-	Packs         int   `json:"packs_rewritten"`
-	PacksDropped  int   `json:"packs_deleted_without_replacement"`
-	BytesCopied   int64 `json:"bytes_copied"`
-	BytesDeleted  int64 `json:"bytes_deleted"`
-	TenantBytes   int64 `json:"tenant_bytes_removed"`
-	SharedRecords int   `json:"shared_change_records_kept"`
+	Sets         int   `json:"sets_rewritten"`
+	SetsHeld     int   `json:"sets_that_held_the_tenant"`
+	Segments     int   `json:"segments_rewritten"`
+	Packs        int   `json:"packs_rewritten"`
+	PacksDropped int   `json:"packs_deleted_without_replacement"`
+	BytesCopied  int64 `json:"bytes_copied"`
+	BytesDeleted int64 `json:"bytes_deleted"`
+	TenantBytes  int64 `json:"tenant_bytes_removed"`
+	// SharedRecords are shared change-log records forget could not
+	// attribute and kept: they may hold rows of the tenant (not erased).
+	SharedRecords int `json:"shared_change_records_kept"`
+	// SharedDropped are shared records attributed to the tenant and
+	// removed; Truncates are TRUNCATE records kept (they hold no rows).
+	SharedDropped int `json:"shared_change_records_dropped"`
+	Truncates     int `json:"truncate_records_kept"`
 }
 
 // tombstoneVersion is the tombstone format this build writes.

@@ -7,3 +7,8 @@ func SetCatalogFanout(n int) (restore func()) {
 	catalogFanout = n
 	return func() { catalogFanout = old }
 }
+
+// WriteSegmentsV1 makes v write change segments as builds before
+// per-tenant keys did: version 1, every stream sealed with the segment's
+// own data key.
+func WriteSegmentsV1(v *Vault) { v.segmentsV1 = true }

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/repo"
@@ -60,10 +62,31 @@ type PlanSummary struct {
 	BytesCopied  int64 `json:"bytes_copied"`
 	BytesDeleted int64 `json:"bytes_deleted"`
 	TenantBytes  int64 `json:"tenant_bytes"`
-	// SharedRecords are change-log records whose tenant was unknown at
-	// capture (and every TRUNCATE): forget keeps them, and they may hold
-	// rows of the tenant (docs/SECURITY.md, Known limits).
-	SharedRecords int `json:"shared_change_records"`
+	// SharedRecords are the change log's records whose tenant was unknown
+	// at capture (and every TRUNCATE). Forget attributes them
+	// (forget_shared.go): SharedDropped are the tenant's and removed;
+	// SharedUndecided may be the tenant's and are kept (not erased:
+	// UndecidedWhy says why); Truncates hold no row data and are kept.
+	SharedRecords   int           `json:"shared_change_records"`
+	SharedDropped   int           `json:"shared_change_records_dropped"`
+	SharedUndecided int           `json:"shared_change_records_undecided"`
+	UndecidedWhy    *UndecidedWhy `json:"shared_change_records_undecided_why,omitempty"`
+	Truncates       int           `json:"truncate_records"`
+}
+
+// UndecidedWhy counts the shared records forget kept because it could not
+// tell whether they are the tenant's, by reason.
+type UndecidedWhy struct {
+	// KeyHeldByOthers: a key the record references was held by the
+	// tenant and, at some point, by another tenant (or by a row no set or
+	// record shows).
+	KeyHeldByOthers int `json:"key_also_held_by_others,omitempty"`
+	// BeforeAnySet: the record lies where the log continues no set, so
+	// the tenant's rows at its instant are not known.
+	BeforeAnySet int `json:"before_any_set_the_log_continues,omitempty"`
+	// NoScope: its table is not scoped through a foreign key in any set
+	// (or the record lacks the key's columns).
+	NoScope int `json:"table_not_scoped_through_a_foreign_key,omitempty"`
 }
 
 // Empty reports whether the plan changes nothing.
@@ -104,6 +127,8 @@ type forgetSegment struct {
 	OldData string `json:"old_data"`
 	NewData string `json:"new_data"` // "" when nothing else remains
 	Size    int64  `json:"size"`
+	// Drop are the shared records attributed to the tenant.
+	Drop []RecordID `json:"drop,omitempty"`
 }
 
 // forgetJournal is the plan of an erasure in progress, at
@@ -176,16 +201,7 @@ func (v *Vault) CryptoShredPlan(ctx context.Context, tenant string) (*ShredPlan,
 // the tombstone and the audit record. Nothing large is rewritten. It is
 // safe to run again.
 func (v *Vault) CryptoShredTenant(ctx context.Context, tenant, reason, by string) ([]string, *Tombstone, error) {
-	// The catalogs name the tenant (in the clear to the identity holder).
-	if err := v.EraseFromCatalogs(ctx, tenant, ""); err != nil {
-		return nil, nil, err
-	}
-	destroyed, err := v.DestroyTenantKeys(ctx, tenant)
-	if err != nil {
-		return nil, nil, err
-	}
-	tomb, err := v.RecordErased(ctx, tenant, reason, by, "crypto-shred", nil)
-	return destroyed, tomb, err
+	return v.CryptoShredTenantWith(ctx, tenant, reason, by, nil)
 }
 
 // CheckForgettable refuses repositories forget cannot rewrite: those under
@@ -352,46 +368,53 @@ func (v *Vault) PlanForget(ctx context.Context, tenant string, round int, tainte
 			sum.TenantBytes += d.length
 		}
 	}
-	if err := v.planSegments(ctx, tenant, plan); err != nil {
+	var headers []*manifest.Manifest
+	var holding []setScan
+	for _, sc := range scans {
+		if sc.s != nil {
+			headers = append(headers, sc.s.Header())
+			if sc.entry != nil {
+				holding = append(holding, sc)
+			}
+		}
+	}
+	if err := v.planSegments(ctx, tenant, plan, headers, holding); err != nil {
 		return nil, err
 	}
 	return plan, nil
 }
 
-// planSegments adds the change-log segments that hold a frame of tenant.
-func (v *Vault) planSegments(ctx context.Context, tenant string, plan *ForgetPlan) error {
-	streams, err := v.ListStreams(ctx)
+// planSegments adds the change-log segments that hold a frame of tenant
+// or shared records attributed to it.
+func (v *Vault) planSegments(ctx context.Context, tenant string, plan *ForgetPlan, headers []*manifest.Manifest, holding []setScan) error {
+	streams, err := v.readStreams(ctx)
 	if err != nil {
 		return err
 	}
-	for _, stream := range streams {
-		refs, err := v.ListSegments(ctx, stream)
-		if err != nil {
-			return err
-		}
-		for _, ref := range refs {
-			idx, err := v.ReadSegmentIndex(ctx, ref)
-			if err != nil {
-				return fmt.Errorf("forget needs every change-log segment index (nothing was changed): %w", err)
-			}
+	verdict, err := v.attributeShared(ctx, tenant, headers, holding, streams)
+	if err != nil {
+		return err
+	}
+	verdict.summarize(&plan.Summary)
+	for _, st := range streams {
+		for _, idx := range st.segs {
+			ref := SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}
+			drop := verdict.drop[ref]
 			var tenantBytes, rest int64
 			for _, s := range idx.Streams {
 				switch {
-				case s.Shared:
-					plan.Summary.SharedRecords += s.Records
-					rest += s.Length
-				case s.Tenant == tenant:
+				case !s.Shared && s.Tenant == tenant:
 					tenantBytes += s.Length
 				default:
 					rest += s.Length
 				}
 			}
-			if tenantBytes == 0 {
+			if tenantBytes == 0 && len(drop) == 0 {
 				continue
 			}
-			fs := forgetSegment{Stream: stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size}
+			fs := forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop}
 			if rest > 0 {
-				fs.NewData = ChangesPrefix + stream + "/" + fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)
+				fs.NewData = ChangesPrefix + st.stream + "/" + fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)
 			}
 			plan.Segments = append(plan.Segments, fs)
 			plan.Summary.Segments++
@@ -401,6 +424,42 @@ func (v *Vault) planSegments(ctx context.Context, tenant string, plan *ForgetPla
 		}
 	}
 	return nil
+}
+
+// readStreams reads every segment index of every change stream.
+func (v *Vault) readStreams(ctx context.Context) ([]segmentStreams, error) {
+	names, err := v.ListStreams(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []segmentStreams
+	for _, stream := range names {
+		refs, err := v.ListSegments(ctx, stream)
+		if err != nil {
+			return nil, err
+		}
+		st := segmentStreams{stream: stream}
+		for _, ref := range refs {
+			idx, err := v.ReadSegmentIndex(ctx, ref)
+			if err != nil {
+				return nil, fmt.Errorf("forget needs every change-log segment index (nothing was changed): %w", err)
+			}
+			st.segs = append(st.segs, idx)
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// summarize puts the verdict's counts into a plan summary.
+func (vd *sharedVerdict) summarize(s *PlanSummary) {
+	s.SharedRecords += vd.total
+	s.SharedDropped += vd.dropped
+	s.SharedUndecided += vd.undecided
+	s.Truncates += vd.truncates
+	if vd.undecided > 0 {
+		s.UndecidedWhy = &UndecidedWhy{KeyHeldByOthers: vd.other, BeforeAnySet: vd.uncovered, NoScope: vd.unscoped}
+	}
 }
 
 // dataGen is the generation in a segment's data name ("" is 0).
@@ -560,8 +619,12 @@ func (v *Vault) Forget(ctx context.Context, tenant string, first *ForgetPlan, o 
 		res.Done.PacksDropped += p.Summary.PacksDropped
 		res.Done.BytesCopied += p.Summary.BytesCopied
 		res.Done.TenantBytes += p.Summary.TenantBytes
-		res.Done.SharedRecords = p.Summary.SharedRecords
+		res.Done.SharedDropped += p.Summary.SharedDropped
 	}
+	// What stays undecided is judged by the first round, which still saw
+	// the tenant's rows (later rounds plan from what is left).
+	res.Done.SharedRecords = j.Rounds[0].Summary.SharedUndecided
+	res.Done.Truncates = j.Rounds[0].Summary.Truncates
 	res.Rounds = len(j.Rounds)
 	sets := map[string]bool{}
 	for _, p := range j.Rounds {
@@ -907,17 +970,23 @@ func (v *Vault) rewriteSet(ctx context.Context, tenant string, fs forgetSet, mov
 }
 
 // rewriteSegment replaces a segment's data object and index without the
-// tenant's frame, unless that is done.
+// tenant's frame and without the shared records attributed to it, unless
+// that is done.
 func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegment) (bool, error) {
 	idx, err := v.ReadSegmentIndex(ctx, SegmentRef{Stream: fs.Stream, Start: fs.Start, End: fs.End})
 	if err != nil {
 		return false, err
 	}
-	holds := false
+	drop := map[RecordID]bool{}
+	for _, id := range fs.Drop {
+		drop[id] = true
+	}
+	holds, shared := false, false
 	for _, s := range idx.Streams {
 		holds = holds || (!s.Shared && s.Tenant == tenant)
+		shared = shared || s.Shared
 	}
-	if !holds {
+	if !holds && (len(drop) == 0 || !shared) {
 		return false, nil
 	}
 	var data []byte
@@ -932,6 +1001,7 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 	nx := *idx
 	nx.Streams = nil
 	var out []byte
+	changed := holds
 	for _, s := range idx.Streams {
 		if !s.Shared && s.Tenant == tenant {
 			nx.Records -= s.Records
@@ -941,9 +1011,27 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 			return false, tenantvault.Integrityf("change segment %s: the records of %q lie outside the object", idx.Key(), s.Tenant)
 		}
 		frame := data[s.Offset : s.Offset+s.Length]
+		if s.Shared && len(drop) > 0 {
+			kept, n, dropped, err := filterFrame(idx, s, frame, drop)
+			if err != nil {
+				return false, err
+			}
+			if dropped > 0 {
+				changed = true
+				nx.Records -= dropped
+				if n == 0 {
+					continue
+				}
+				frame, s.Records, s.SHA256 = kept, n, sha256Hex(kept)
+				s.Length = int64(len(kept))
+			}
+		}
 		s.Offset = int64(len(out))
 		out = append(out, frame...)
 		nx.Streams = append(nx.Streams, s)
+	}
+	if !changed {
+		return false, nil
 	}
 	nx.Size = int64(len(out))
 	nx.Data = ""
@@ -966,6 +1054,32 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 		return false, fmt.Errorf("write change segment index: %w", err)
 	}
 	return true, nil
+}
+
+// filterFrame returns a plaintext frame of records without those in drop
+// (recompressed; its checksum checked first), the records kept and the
+// records dropped.
+func filterFrame(idx *SegmentIndex, s SegmentStream, frame []byte, drop map[RecordID]bool) ([]byte, int, int, error) {
+	if sha256Hex(frame) != s.SHA256 {
+		return nil, 0, 0, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the shared records)", idx.Key())
+	}
+	if len(frame) == 0 || frame[0] != CodecZstd {
+		return nil, 0, 0, tenantvault.Integrityf("change segment %s: unknown codec", idx.Key())
+	}
+	dec := decoders.Get().(*zstd.Decoder)
+	raw, err := dec.DecodeAll(frame[1:], nil)
+	decoders.Put(dec)
+	if err != nil {
+		return nil, 0, 0, tenantvault.Integrityf("change segment %s is damaged: %v", idx.Key(), err)
+	}
+	recs, kept, dropped, err := filterRecords(raw, drop)
+	if err != nil {
+		return nil, 0, 0, tenantvault.Integrityf("change segment %s: %v", idx.Key(), err)
+	}
+	if dropped == 0 {
+		return frame, kept, 0, nil
+	}
+	return pageEncoder.EncodeAll(recs, []byte{CodecZstd}), kept, dropped, nil
 }
 
 // collectForgotten deletes the journal's old objects that nothing

@@ -463,7 +463,7 @@ func (v *Vault) WriteSegment(ctx context.Context, b *SegmentBuilder, end uint64,
 	defer enc.Close()
 	var data, frame []byte
 	var tks *tenantKeys
-	if sk != nil {
+	if sk != nil && !v.segmentsV1 {
 		if tks, err = v.segmentTenantKeys(); err != nil {
 			return nil, err
 		}
@@ -474,7 +474,7 @@ func (v *Vault) WriteSegment(ctx context.Context, b *SegmentBuilder, end uint64,
 		keyName := ""
 		if sk != nil {
 			dk := sk.dk
-			if k != sharedKey {
+			if k != sharedKey && tks != nil {
 				// A tenant's records are sealed with its own key, so
 				// that erasing it reaches the change log too.
 				tk, err := tks.get(ctx, k)

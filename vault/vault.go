@@ -158,6 +158,9 @@ type Vault struct {
 	segKeysMu sync.Mutex
 	segKeys   *tenantKeys
 	segKeysAt time.Time
+	// segmentsV1 makes WriteSegment seal every stream with the segment's
+	// key, as builds before per-tenant keys did (tests only).
+	segmentsV1 bool
 	// attempted holds the sets whose manifest upload failed: see
 	// ManifestAttempted.
 	attempted sync.Map

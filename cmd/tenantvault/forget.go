@@ -42,8 +42,11 @@ index and manifest for every set that holds it or shares a pack with it
 (set IDs stay), new change-log segments without its records; then it deletes
 the old objects. It is journaled: interrupted, it leaves a consistent
 repository, and running the same command again completes it. Records the
-change log could not attribute to a tenant when it captured them are kept
-(see docs/SECURITY.md, Known limits); the plan counts them.
+change log could not attribute to a tenant when it captured them (shared
+records) are attributed now, from the keys the tenant held in the sets and
+the log: those that are its are dropped; those forget cannot decide (a key
+another tenant also held, say) are kept, and the plan, the output and the
+tombstone count them as not erased (docs/SECURITY.md).
 
 forget prints its plan first (--dry-run stops there) and asks for
 confirmation on a terminal; without a terminal it runs only with --yes.
@@ -51,10 +54,13 @@ An audit record of each erasure is kept under audit/. Repositories under
 S3 Object Lock retention are refused: their objects cannot be deleted
 before the retention ends. In an encrypted repository (with --identity)
 forget destroys the tenant's own data keys instead (crypto-shredding):
-nothing is rewritten, Object Lock does not stand in the way (the keys are
-never locked), and the tenant's chunks in every set can no longer be
-decrypted by anyone; a tenant still held under a set's own key (older sets)
-is refused. --reason is stored in the tombstone and audit record as given: do
+the tenant's chunks in every set can no longer be decrypted by anyone, and
+Object Lock does not stand in the way (the keys are never locked); only the
+change-log segments whose records of the tenant are sealed with a segment's
+key (shared records attributed to it, segments written before per-tenant
+keys) are rewritten, under new segment keys signed with the identity file's
+signing key, which Object Lock refuses. A tenant still held under a set's
+own key (older sets) is refused. --reason is stored in the tombstone and audit record as given: do
 not put personal data in it. --status lists erasures in progress.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runForget(cmd.Context(), &o) },
@@ -222,8 +228,11 @@ func (a *app) runForget(ctx context.Context, o *forgetOptions) error {
 		results[i] = res
 		if !a.jsonOut {
 			d := res.Done
-			fmt.Fprintf(a.stdout, "erased tenant %q: %d set(s) rewritten (%d held it), %d change-log segment(s), %d pack(s); %s copied, %s of old objects deleted\n",
-				it.tenant, d.Sets, d.SetsHeld, d.Segments, d.Packs, humanBytes(d.BytesCopied), humanBytes(d.BytesDeleted))
+			fmt.Fprintf(a.stdout, "erased tenant %q: %d set(s) rewritten (%d held it), %d change-log segment(s) (%d shared record(s) of it dropped), %d pack(s); %s copied, %s of old objects deleted\n",
+				it.tenant, d.Sets, d.SetsHeld, d.Segments, d.SharedDropped, d.Packs, humanBytes(d.BytesCopied), humanBytes(d.BytesDeleted))
+			if d.SharedRecords > 0 {
+				fmt.Fprintf(a.stdout, "  not erased: %d shared change-log record(s) forget could not attribute were kept and may hold rows of %q (recorded in the tombstone; docs/SECURITY.md, Known limits)\n", d.SharedRecords, it.tenant)
+			}
 		}
 	}
 	if a.jsonOut {
@@ -265,9 +274,33 @@ func (a *app) printForgetPlan(w io.Writer, v *vault.Vault, it forgetItem) {
 	fmt.Fprintf(w, "  packs:                 %d rewritten (%d deleted with nothing left to keep)\n", s.Packs, s.PacksDropped)
 	fmt.Fprintf(w, "  bytes:                 %s to copy, %s of old objects to delete (%s of them the tenant's)\n", humanBytes(s.BytesCopied), humanBytes(s.BytesDeleted), humanBytes(s.TenantBytes))
 	if s.SharedRecords > 0 {
-		fmt.Fprintf(w, "  kept:                  %d shared change-log record(s) (tenant unknown when captured, and TRUNCATEs); they may hold rows of this tenant, and forget cannot tell without the database (docs/SECURITY.md, Known limits)\n", s.SharedRecords)
+		fmt.Fprintf(w, "  shared change records: %d in the log (tenant unknown when captured): %d attributed to it and dropped\n", s.SharedRecords, s.SharedDropped)
+	}
+	if s.Truncates > 0 {
+		fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
+	}
+	if s.SharedUndecided > 0 {
+		fmt.Fprintf(w, "  NOT ERASED:            %d shared change-log record(s) that may hold rows of this tenant are kept: %s (docs/SECURITY.md, Known limits)\n", s.SharedUndecided, undecidedWhy(s.UndecidedWhy))
 	}
 	fmt.Fprintf(w, "  afterwards:            tombstone %s; restore and drill refuse the tenant, list marks it; this cannot be undone\n", vault.TombstoneKey(v.TenantHash(it.tenant)))
+}
+
+// undecidedWhy says why forget could not attribute shared records.
+func undecidedWhy(w *vault.UndecidedWhy) string {
+	if w == nil {
+		return "forget could not tell whose they are"
+	}
+	var parts []string
+	if w.KeyHeldByOthers > 0 {
+		parts = append(parts, fmt.Sprintf("%d reference a key another tenant also held at some point", w.KeyHeldByOthers))
+	}
+	if w.BeforeAnySet > 0 {
+		parts = append(parts, fmt.Sprintf("%d lie where the log continues no snapshot set", w.BeforeAnySet))
+	}
+	if w.NoScope > 0 {
+		parts = append(parts, fmt.Sprintf("%d are of tables no set scopes through a foreign key", w.NoScope))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func listIDs(ids []string) string {
@@ -317,8 +350,13 @@ type shredJSON struct {
 	Sets      []string `json:"sets"`
 	Keys      []string `json:"keys"`
 	Destroyed []string `json:"keys_destroyed,omitempty"`
-	Erased    string   `json:"erased_at,omitempty"`
-	Tombstone string   `json:"tombstone"`
+	// Segments are the change-log segments rewritten; Shared what forget
+	// decided about the shared records (as in the plaintext plan).
+	Segments  int                `json:"segments_rewritten"`
+	Shared    *vault.PlanSummary `json:"change_log,omitempty"`
+	Done      *vault.ForgetDone  `json:"done,omitempty"`
+	Erased    string             `json:"erased_at,omitempty"`
+	Tombstone string             `json:"tombstone"`
 }
 
 // forgetEncrypted erases tenants from an encrypted repository by
@@ -327,6 +365,8 @@ type shredJSON struct {
 // reach, is refused with the sets named.
 func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string, o *forgetOptions) error {
 	plans := make([]*vault.ShredPlan, len(ids))
+	segPlans := make([]*vault.ForgetPlan, len(ids))
+	resumed := make([]bool, len(ids))
 	var unknown, erased, setKeyed []string
 	for i, id := range ids {
 		p, err := v.CryptoShredPlan(ctx, id)
@@ -337,15 +377,27 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 		if err != nil {
 			return err
 		}
+		if resumed[i], err = v.PendingForget(ctx, id); err != nil {
+			return err
+		}
+		plans[i] = p
+		if resumed[i] {
+			continue // the journal says what is left
+		}
+		if segPlans[i], err = v.PlanShredSegments(ctx, id); err != nil {
+			return err
+		}
+		if err := v.CheckSegmentRewrites(segPlans[i]); err != nil {
+			return err
+		}
 		switch {
 		case len(p.SetKeyed) > 0:
 			setKeyed = append(setKeyed, fmt.Sprintf("%q in %d set(s)%s", id, len(p.SetKeyed), listIDs(p.SetKeyed)))
-		case len(p.Keys) == 0 && tomb != nil:
+		case len(p.Keys) == 0 && len(segPlans[i].Segments) == 0 && tomb != nil:
 			erased = append(erased, fmt.Sprintf("%q (erased on %s)", id, tomb.When()))
-		case len(p.Keys) == 0 && len(p.Sets) == 0:
+		case len(p.Keys) == 0 && len(p.Sets) == 0 && len(segPlans[i].Segments) == 0:
 			unknown = append(unknown, fmt.Sprintf("%q", id))
 		}
-		plans[i] = p
 	}
 	switch {
 	case len(setKeyed) > 0:
@@ -373,7 +425,19 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 		fmt.Fprintf(w, "plan: erase tenant %q from %s by destroying its own data keys (nothing is rewritten)\n", id, v.Location())
 		fmt.Fprintf(w, "  sets holding it:       %d%s\n", len(p.Sets), listIDs(p.Sets))
 		fmt.Fprintf(w, "  key objects to delete: %d (every version)%s\n", len(p.Keys), listIDs(p.Keys))
-		fmt.Fprintf(w, "  kept:                  shared change-log records (tenant unknown when captured) and change-log segments written before per-tenant keys stay under their segment keys; they may hold rows of this tenant (docs/SECURITY.md, Known limits)\n")
+		if resumed[i] {
+			fmt.Fprintf(w, "  change-log segments:   complete the interrupted rewrite (its journal says what is left)\n")
+		} else if sp := segPlans[i]; sp != nil {
+			s := sp.Summary
+			out[i].Segments, out[i].Shared = s.Segments, &sp.Summary
+			fmt.Fprintf(w, "  change-log segments:   %d rewritten under new segment keys (records sealed with a segment's key: %d shared record(s) attributed to it, and its streams in segments written before per-tenant keys)\n", s.Segments, s.SharedDropped)
+			if s.Truncates > 0 {
+				fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
+			}
+			if s.SharedUndecided > 0 {
+				fmt.Fprintf(w, "  NOT ERASED:            %d shared change-log record(s) that may hold rows of this tenant are kept, readable with the identity: %s (docs/SECURITY.md, Known limits)\n", s.SharedUndecided, undecidedWhy(s.UndecidedWhy))
+			}
+		}
 		fmt.Fprintf(w, "  afterwards:            no one can decrypt its chunks in any of those sets, the identity holder included; tombstone %s; this cannot be undone\n", vault.TombstoneKey(h))
 	}
 	if o.dryRun {
@@ -388,13 +452,29 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 	}
 	by := whoAmI()
 	for i, id := range ids {
-		destroyed, tomb, err := v.CryptoShredTenant(ctx, id, o.reason, by)
+		sp := segPlans[i]
+		if sp != nil && i > 0 && len(sp.Segments) > 0 {
+			// The erasures before this one rewrote segments this plan
+			// named: plan it again as the log is now.
+			var err error
+			if sp, err = v.PlanShredSegments(ctx, id); err != nil {
+				return err
+			}
+		}
+		destroyed, tomb, err := v.CryptoShredTenantWith(ctx, id, o.reason, by, sp)
 		if err != nil {
 			return fmt.Errorf("forget %q (stopped part way; running the same command again completes the erasure): %w", id, err)
 		}
-		out[i].Destroyed, out[i].Erased = destroyed, tomb.Completed.Format(time.RFC3339)
+		out[i].Destroyed, out[i].Erased, out[i].Done = destroyed, tomb.Completed.Format(time.RFC3339), tomb.Done
 		if !a.jsonOut {
-			fmt.Fprintf(a.stdout, "erased tenant %q: %d key object(s) destroyed; its chunks in %d set(s) can no longer be decrypted\n", id, len(destroyed), len(out[i].Sets))
+			segs := ""
+			if d := tomb.Done; d != nil {
+				segs = fmt.Sprintf("; %d change-log segment(s) rewritten (%d shared record(s) of it dropped)", d.Segments, d.SharedDropped)
+				if d.SharedRecords > 0 {
+					segs += fmt.Sprintf("; not erased: %d shared record(s) forget could not attribute were kept (recorded in the tombstone)", d.SharedRecords)
+				}
+			}
+			fmt.Fprintf(a.stdout, "erased tenant %q: %d key object(s) destroyed; its chunks in %d set(s) can no longer be decrypted%s\n", id, len(destroyed), len(out[i].Sets), segs)
 		}
 	}
 	if a.jsonOut {

@@ -70,9 +70,10 @@ func runCapture(t *testing.T, ctx context.Context, db, repoURL string, keys *vau
 		}
 	}
 	t.Cleanup(stop)
+	conn := testenv.Connect(t, db) // one connection for the whole wait
 	for {
 		var n int
-		testenv.Connect(t, db).QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database() AND confirmed_flush_lsn IS NOT NULL").Scan(&n)
+		conn.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'tenantvault_%' AND database = current_database() AND confirmed_flush_lsn IS NOT NULL").Scan(&n)
 		if n > 0 {
 			return v, stop
 		}
