@@ -12,6 +12,9 @@
 # Defaults: --tenants 1000 --size 1GB --reps 3 (about 30-40 minutes on 2
 # cores). Common flags:
 #   --smoke                  20 tenants, 20MB, 1 repetition (a minute)
+#   --shape chain            issue 15's production shape (tenants, issues,
+#                            comments through issues, reactions through
+#                            comments) instead of the twelve-table tracker
 #   --size 10GB --reps 1     the large run
 #   --skip pgbackrest,load   leave parts out (pg_dump, pgbackrest, restore,
 #                            incremental, load, limits, profile)
