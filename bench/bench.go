@@ -69,7 +69,11 @@ type Config struct {
 	// TenantVault is the tenantvault binary; PgBackRest the pgbackrest
 	// binary ("" looks it up on PATH; missing means that part is skipped).
 	TenantVault string
-	PgBackRest  string
+	// Baseline, when set, is another tenantvault binary (an earlier
+	// build) whose restore of the largest scenario is measured in the same
+	// repetitions, for before/after ratios on a shared machine.
+	Baseline   string
+	PgBackRest string
 	// PgBackRestCompress is compress-type:level for pgBackRest.
 	PgBackRestCompress string
 	Variants           []Variant
@@ -664,12 +668,16 @@ type restoreJSON struct {
 }
 
 func (b *bench) tvRestore(ctx context.Context, name, repo, target string, sc Scenario, extra ...string) (Sample, error) {
+	return b.tvRestoreWith(ctx, b.cfg.TenantVault, name, repo, target, sc, extra...)
+}
+
+func (b *bench) tvRestoreWith(ctx context.Context, bin, name, repo, target string, sc Scenario, extra ...string) (Sample, error) {
 	f, err := b.tenantsFile(sc)
 	if err != nil {
 		return Sample{}, err
 	}
 	var out strings.Builder
-	args := []string{b.cfg.TenantVault, "restore", "--repo", "file://" + repo, "--target", target,
+	args := []string{bin, "restore", "--repo", "file://" + repo, "--target", target,
 		"--tenants-file", f, "--yes", "--parallel", "2", "--json", "--temp-dir", b.tmp}
 	args = append(args, extra...)
 	s, err := b.runMeasured(ctx, command{name: name, args: args, stdout: &out})
@@ -740,6 +748,25 @@ func (b *bench) restores(ctx context.Context) error {
 		if i == len(b.res.Scenarios)-1 {
 			if err := b.floor(ctx, i, sc); err != nil {
 				return err
+			}
+			if b.cfg.Baseline != "" {
+				if err := b.deleteTenants(ctx, sc.Tenants); err != nil {
+					return err
+				}
+				if err := b.settle(ctx, b.liveURL); err != nil {
+					return err
+				}
+				s, err := b.tvRestoreWith(ctx, b.cfg.Baseline, "baseline restore "+sc.Name, b.repos[0], b.liveURL, sc)
+				if err != nil {
+					return err
+				}
+				b.add(fmt.Sprintf("restore/%d/baseline", i), "the --baseline tenantvault binary's restore --parallel 2 of "+sc.Name+" into the live database", s)
+				if err := b.checkTenants(ctx, b.liveURL, sc.Tenants); err != nil {
+					return err
+				}
+				if err := b.settle(ctx, b.liveURL); err != nil {
+					return err
+				}
 			}
 		}
 		for _, v := range b.cfg.RestoreVariants {

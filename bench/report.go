@@ -328,6 +328,11 @@ func (r *Results) massRestore(p func(string, ...any)) {
 	p("| step | wall s | client CPU s | server CPU s | peak RSS MiB | ÷ floor (of medians / per rep) | ÷ full pg_restore -j 2 (of medians / per rep) |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	p("| tenantvault restore | %.2f%s | %.1f | %.1f | %s | %s%s | %s%s |\n", tv.Wall, tvStep.spread(), tv.CPU(), tv.Server, mib(tv.MaxRSS),
 		ratio(tv.Wall, fl.Wall), paired(tvStep, floor), ratio(tv.Wall, pgr.Wall), paired(tvStep, pgrStep))
+	if bl := r.Step(fmt.Sprintf("restore/%d/baseline", last)); bl != nil {
+		m := bl.Median()
+		p("| baseline build's restore (before) | %.2f%s | %.1f | %.1f | %s | %s%s | %s%s |\n", m.Wall, bl.spread(), m.CPU(), m.Server, mib(m.MaxRSS),
+			ratio(m.Wall, fl.Wall), paired(bl, floor), ratio(m.Wall, pgr.Wall), paired(bl, pgrStep))
+	}
 	p("| bare-COPY floor | %.2f%s | %.1f | %.1f | - | 1× | %s%s |\n", fl.Wall, floor.spread(), fl.CPU(), fl.Server, ratio(fl.Wall, pgr.Wall), paired(floor, pgrStep))
 	if pgr.Wall > 0 {
 		p("| full pg_restore -j 2 | %.2f%s | %.1f | %.1f | %s | %s | 1× |\n", pgr.Wall, pgrStep.spread(), pgr.CPU(), pgr.Server, mib(pgr.MaxRSS), ratio(pgr.Wall, fl.Wall))
