@@ -50,7 +50,10 @@ type Variant struct {
 type Config struct {
 	Tenants int
 	Size    int64 // target table bytes of the generated database
-	Seed    int64
+	// Shape is the generated schema: datagen.ShapeTracker ("" too) or
+	// datagen.ShapeChain.
+	Shape string
+	Seed  int64
 	// Reps is how many times each measured step runs (the median is
 	// reported); LoadReps for the load-throughput pair, which is slow.
 	Reps     int
@@ -66,7 +69,11 @@ type Config struct {
 	// TenantVault is the tenantvault binary; PgBackRest the pgbackrest
 	// binary ("" looks it up on PATH; missing means that part is skipped).
 	TenantVault string
-	PgBackRest  string
+	// Baseline, when set, is another tenantvault binary (an earlier
+	// build) whose restore of the largest scenario is measured in the same
+	// repetitions, for before/after ratios on a shared machine.
+	Baseline   string
+	PgBackRest string
 	// PgBackRestCompress is compress-type:level for pgBackRest.
 	PgBackRestCompress string
 	Variants           []Variant
@@ -144,6 +151,9 @@ type bench struct {
 	dump    string // directory of the pg_dump kept for pg_restore
 	repos   []string
 	schema  string // pg_dump --schema-only custom-format file
+	// floorFiles are the largest scenario's rows as COPY files, one per
+	// table, extracted once for the bare-COPY floor.
+	floorFiles []string
 }
 
 func (b *bench) postmasters() []int {
@@ -396,6 +406,10 @@ func (b *bench) run(ctx context.Context) error {
 	b.res.Config["tenants"] = strconv.Itoa(cfg.Tenants)
 	b.res.Config["size"] = humanBytes(cfg.Size)
 	b.res.Config["seed"] = strconv.FormatInt(cfg.Seed, 10)
+	if cfg.Shape == "" {
+		cfg.Shape = datagen.ShapeTracker
+	}
+	b.res.Config["shape"] = cfg.Shape
 	b.res.Config["reps"] = strconv.Itoa(cfg.Reps)
 	b.res.Config["load_reps"] = strconv.Itoa(cfg.LoadReps)
 	b.res.Config["smoke"] = strconv.FormatBool(cfg.Smoke)
@@ -434,7 +448,7 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	b.log.printf("generating %d tenants, %s", cfg.Tenants, humanBytes(cfg.Size))
 	st, err := datagen.Generate(ctx, b.liveURL, datagen.Options{
-		Tenants: cfg.Tenants, TargetBytes: cfg.Size, Seed: cfg.Seed,
+		Tenants: cfg.Tenants, TargetBytes: cfg.Size, Seed: cfg.Seed, Shape: cfg.Shape,
 		Logf: func(f string, a ...any) { b.log.printf(f, a...) },
 	})
 	if err != nil {
@@ -618,7 +632,7 @@ func (b *bench) settle(ctx context.Context, dbURL string) error {
 	}
 	t0 := time.Now()
 	var stmts []string
-	for _, t := range datagen.Tables {
+	for _, t := range datagen.TablesOf(b.cfg.Shape) {
 		stmts = append(stmts, "VACUUM (ANALYZE) public."+t)
 	}
 	stmts = append(stmts, "CHECKPOINT")
@@ -654,12 +668,16 @@ type restoreJSON struct {
 }
 
 func (b *bench) tvRestore(ctx context.Context, name, repo, target string, sc Scenario, extra ...string) (Sample, error) {
+	return b.tvRestoreWith(ctx, b.cfg.TenantVault, name, repo, target, sc, extra...)
+}
+
+func (b *bench) tvRestoreWith(ctx context.Context, bin, name, repo, target string, sc Scenario, extra ...string) (Sample, error) {
 	f, err := b.tenantsFile(sc)
 	if err != nil {
 		return Sample{}, err
 	}
 	var out strings.Builder
-	args := []string{b.cfg.TenantVault, "restore", "--repo", "file://" + repo, "--target", target,
+	args := []string{bin, "restore", "--repo", "file://" + repo, "--target", target,
 		"--tenants-file", f, "--yes", "--parallel", "2", "--json", "--temp-dir", b.tmp}
 	args = append(args, extra...)
 	s, err := b.runMeasured(ctx, command{name: name, args: args, stdout: &out})
@@ -710,6 +728,12 @@ func (b *bench) restores(ctx context.Context) error {
 		if err := b.deleteTenants(ctx, sc.Tenants); err != nil {
 			return err
 		}
+		if i == len(b.res.Scenarios)-1 {
+			// As before the floor's load, which it is compared with.
+			if err := b.settle(ctx, b.liveURL); err != nil {
+				return err
+			}
+		}
 		s, err := b.tvRestore(ctx, "tenantvault restore "+sc.Name, b.repos[0], b.liveURL, sc)
 		if err != nil {
 			return err
@@ -720,6 +744,30 @@ func (b *bench) restores(ctx context.Context) error {
 		}
 		if err := b.settle(ctx, b.liveURL); err != nil {
 			return err
+		}
+		if i == len(b.res.Scenarios)-1 {
+			if err := b.floor(ctx, i, sc); err != nil {
+				return err
+			}
+			if b.cfg.Baseline != "" {
+				if err := b.deleteTenants(ctx, sc.Tenants); err != nil {
+					return err
+				}
+				if err := b.settle(ctx, b.liveURL); err != nil {
+					return err
+				}
+				s, err := b.tvRestoreWith(ctx, b.cfg.Baseline, "baseline restore "+sc.Name, b.repos[0], b.liveURL, sc)
+				if err != nil {
+					return err
+				}
+				b.add(fmt.Sprintf("restore/%d/baseline", i), "the --baseline tenantvault binary's restore --parallel 2 of "+sc.Name+" into the live database", s)
+				if err := b.checkTenants(ctx, b.liveURL, sc.Tenants); err != nil {
+					return err
+				}
+				if err := b.settle(ctx, b.liveURL); err != nil {
+					return err
+				}
+			}
 		}
 		for _, v := range b.cfg.RestoreVariants {
 			if err := b.deleteTenants(ctx, sc.Tenants); err != nil {
@@ -739,6 +787,38 @@ func (b *bench) restores(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// floor measures the cost of only moving the scenario's rows: the same
+// tenants' rows, extracted beforehand to one COPY file per table, deleted
+// from the live database, then loaded back into the same live tables by
+// bare COPY FROM STDIN on one connection, in one transaction, with
+// triggers off and no checks. Only the load is timed. Mass restore is
+// measured against it (issue 15).
+func (b *bench) floor(ctx context.Context, i int, sc Scenario) error {
+	if b.floorFiles == nil {
+		files, size, err := extractTenants(ctx, b.cfg.Shape, b.liveURL, filepath.Join(b.tmp, "floor"), sc.Tenants)
+		if err != nil {
+			return err
+		}
+		b.floorFiles = files
+		b.value("floor_copy_bytes", float64(size))
+	}
+	if err := b.deleteTenants(ctx, sc.Tenants); err != nil {
+		return err
+	}
+	if err := b.settle(ctx, b.liveURL); err != nil {
+		return err
+	}
+	s, err := b.measureFunc(func() (int64, error) { return loadFiles(ctx, b.liveURL, b.floorFiles, 1) })
+	if err != nil {
+		return err
+	}
+	b.add(fmt.Sprintf("restore/%d/floor", i), "the floor: the same rows, extracted beforehand, loaded back into the live tables by bare COPY FROM STDIN (one connection, triggers off, no checks); load only", s)
+	if err := b.checkTenants(ctx, b.liveURL, sc.Tenants); err != nil {
+		return err
+	}
+	return b.settle(ctx, b.liveURL)
 }
 
 // withParams adds URL query parameters (k=v&k2=v2, values unescaped) to
@@ -826,7 +906,11 @@ func (b *bench) makeTemplate(ctx context.Context, tmpl string) error {
 		return err
 	}
 	defer dst.Close(ctx)
-	for _, t := range []string{"plans", "countries"} {
+	globals := []string{"plans", "countries"}
+	if b.cfg.Shape == datagen.ShapeChain {
+		globals = nil
+	}
+	for _, t := range globals {
 		if _, err := copyBetween(ctx, src, dst, "SELECT * FROM public."+t, t); err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tenantvault/tenantvault/bench"
+	"github.com/tenantvault/tenantvault/bench/datagen"
 	"github.com/tenantvault/tenantvault/internal/testenv"
 )
 
@@ -67,7 +68,7 @@ func TestSmoke(t *testing.T) {
 	}
 	t.Logf("smoke benchmark took %s", time.Since(t0).Round(time.Millisecond))
 	for _, name := range []string{"snapshot/tenantvault", "snapshot/pg_dump", "restore/0/tenantvault", "restore/2/tenantvault",
-		"restore/full/pg_restore", "incremental/tenantvault", "load/tenantvault", "load/plain COPY", "limits/copy out all tables"} {
+		"restore/2/floor", "restore/full/pg_restore", "incremental/tenantvault", "load/tenantvault", "load/plain COPY", "limits/copy out all tables"} {
 		st := res.Step(name)
 		if st == nil || len(st.Samples) == 0 || st.Samples[0].Wall <= 0 {
 			t.Errorf("step %s was not measured", name)
@@ -82,7 +83,7 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("repository size not measured")
 	}
 	md := res.Markdown()
-	for _, want := range []string{"### Full snapshot", "### Restore into the live database", "### Targets"} {
+	for _, want := range []string{"### Full snapshot", "### Restore into the live database", "### Mass restore (issue 15)", "### Targets"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
 		}
@@ -91,6 +92,42 @@ func TestSmoke(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(cfg.OutDir, f)); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// TestSmokeChain runs the snapshot and restore parts on a tiny database of
+// the chain shape (issue 15), on the test server: the floor and the report
+// of the mass restore work on it too.
+func TestSmokeChain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a smoke benchmark")
+	}
+	cfg := bench.Config{
+		Tenants: 12, Size: 3 << 20, Seed: 1, Reps: 1, Smoke: true, Shape: datagen.ShapeChain,
+		Skip: map[string]bool{bench.PartProfile: true, bench.PartPgBackRest: true, bench.PartIncremental: true,
+			bench.PartLoad: true, bench.PartLimits: true},
+		OutDir: t.TempDir(),
+		Log:    testLog{t},
+		PGURL:  testenv.PostgresURL(t),
+	}
+	cfg.TenantVault = buildTenantvault(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	res, err := bench.Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"snapshot/tenantvault", "restore/0/tenantvault", "restore/2/tenantvault", "restore/2/floor", "restore/full/pg_restore"} {
+		st := res.Step(name)
+		if st == nil || len(st.Samples) == 0 || st.Samples[0].Wall <= 0 {
+			t.Errorf("step %s was not measured", name)
+		}
+	}
+	if res.Data.Rows("reactions") == 0 || res.Data.Rows("attachments") != 0 {
+		t.Errorf("not the chain shape: %+v", res.Data.Tables)
+	}
+	if md := res.Markdown(); !strings.Contains(md, "### Mass restore (issue 15)") {
+		t.Errorf("report lacks the mass restore section:\n%s", md)
 	}
 }
 

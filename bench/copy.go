@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantvault/tenantvault/bench/datagen"
 )
 
 // tenantQuery is one table's SELECT of some tenants' rows, written by hand
@@ -25,7 +27,7 @@ type tenantQuery struct {
 // tenantQueries returns, in foreign-key order, the queries that read the
 // rows of the given tenants from every tenant table of the generated
 // schema, following the foreign keys for the tables without tenant_id.
-func tenantQueries(ids []string) []tenantQuery {
+func tenantQueries(shape string, ids []string) []tenantQuery {
 	lits := make([]string, len(ids))
 	for i, id := range ids {
 		lits[i] = "'" + strings.ReplaceAll(id, "'", "''") + "'"
@@ -33,6 +35,14 @@ func tenantQueries(ids []string) []tenantQuery {
 	arr := "ARRAY[" + strings.Join(lits, ",") + "]::text[]"
 	direct := func(t string) tenantQuery {
 		return tenantQuery{t, fmt.Sprintf("SELECT x.* FROM public.%s x WHERE x.tenant_id = ANY(%s)", t, arr)}
+	}
+	if shape == datagen.ShapeChain {
+		return []tenantQuery{
+			{"tenants", fmt.Sprintf("SELECT x.* FROM public.tenants x WHERE x.id = ANY(%s)", arr)},
+			direct("issues"),
+			{"comments", fmt.Sprintf("SELECT x.* FROM public.comments x JOIN public.issues i ON i.id = x.issue_id WHERE i.tenant_id = ANY(%s)", arr)},
+			{"reactions", fmt.Sprintf("SELECT x.* FROM public.reactions x JOIN public.comments c ON c.id = x.comment_id JOIN public.issues i ON i.id = c.issue_id WHERE i.tenant_id = ANY(%s)", arr)},
+		}
 	}
 	return []tenantQuery{
 		{"tenants", fmt.Sprintf("SELECT x.* FROM public.tenants x WHERE x.id = ANY(%s)", arr)},
@@ -81,7 +91,7 @@ func copyBetween(ctx context.Context, src, dst *pgx.Conn, query, table string) (
 // the one at dstURL, table by table in foreign-key order, in one
 // transaction, with triggers (and so foreign-key checks) off: the fastest
 // version of what an incident team does by hand with psql.
-func copyTenants(ctx context.Context, srcURL, dstURL string, ids []string) (int64, error) {
+func copyTenants(ctx context.Context, shape, srcURL, dstURL string, ids []string) (int64, error) {
 	src, err := pgx.Connect(ctx, srcURL)
 	if err != nil {
 		return 0, err
@@ -99,7 +109,7 @@ func copyTenants(ctx context.Context, srcURL, dstURL string, ids []string) (int6
 		return 0, err
 	}
 	var total int64
-	for _, q := range tenantQueries(ids) {
+	for _, q := range tenantQueries(shape, ids) {
 		n, err := copyBetween(ctx, src, dst, q.sql, q.table)
 		total += n
 		if err != nil {
@@ -113,7 +123,7 @@ func copyTenants(ctx context.Context, srcURL, dstURL string, ids []string) (int6
 // extractTenants writes the tenants' rows of every table into
 // dir/<table>.copy in COPY text format and returns the file paths in
 // foreign-key order.
-func extractTenants(ctx context.Context, srcURL, dir string, ids []string) ([]string, int64, error) {
+func extractTenants(ctx context.Context, shape, srcURL, dir string, ids []string) ([]string, int64, error) {
 	conn, err := pgx.Connect(ctx, srcURL)
 	if err != nil {
 		return nil, 0, err
@@ -124,7 +134,7 @@ func extractTenants(ctx context.Context, srcURL, dir string, ids []string) ([]st
 	}
 	var files []string
 	var total int64
-	for _, q := range tenantQueries(ids) {
+	for _, q := range tenantQueries(shape, ids) {
 		p := filepath.Join(dir, q.table+".copy")
 		f, err := os.Create(p)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,7 +44,7 @@ func (b *bench) limits(ctx context.Context) error {
 
 	// COPY TO STDOUT of every table, two sessions at a time (as -j 2).
 	for range b.cfg.Reps {
-		s, err := b.measureFunc(func() (int64, error) { return copyOutAll(ctx, b.liveURL, 2) })
+		s, err := b.measureFunc(func() (int64, error) { return copyOutAll(ctx, b.cfg.Shape, b.liveURL, 2) })
 		if err != nil {
 			return err
 		}
@@ -234,10 +235,11 @@ func copyOut(ctx context.Context, dbURL, sql, workMem string, w io.Writer) (int6
 
 // copyOutAll reads every generated table with plain COPY on `workers`
 // sessions, largest tables first.
-func copyOutAll(ctx context.Context, dbURL string, workers int) (int64, error) {
+func copyOutAll(ctx context.Context, shape, dbURL string, workers int) (int64, error) {
 	order := []string{"comments", "attachments", "issues", "events", "audit_log", "issue_watchers", "users", "milestones", "projects", "tenants", "plans", "countries"}
-	if len(order) != len(datagen.Tables) {
-		order = datagen.Tables
+	if len(order) != len(datagen.Tables) || shape == datagen.ShapeChain {
+		order = slices.Clone(datagen.TablesOf(shape))
+		slices.Reverse(order) // the large tables come last in load order
 	}
 	jobs := make(chan string, len(order))
 	for _, t := range order {
@@ -300,7 +302,7 @@ func discover(ctx context.Context, dbURL string) ([]manifest.Table, error) {
 // into another empty copy (two sessions each, triggers off).
 func (b *bench) loadThroughput(ctx context.Context) error {
 	sc := b.res.Scenarios[len(b.res.Scenarios)-1]
-	files, size, err := extractTenants(ctx, b.liveURL, filepath.Join(b.tmp, "extract"), sc.Tenants)
+	files, size, err := extractTenants(ctx, b.cfg.Shape, b.liveURL, filepath.Join(b.tmp, "extract"), sc.Tenants)
 	if err != nil {
 		return err
 	}

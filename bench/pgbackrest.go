@@ -177,7 +177,7 @@ func (b *bench) pgbrRestores(ctx context.Context) error {
 			if err := b.deleteTenants(ctx, sc.Tenants); err != nil {
 				return err
 			}
-			cs, err := b.measureFunc(func() (int64, error) { return copyTenants(ctx, srcURL, b.liveURL, sc.Tenants) })
+			cs, err := b.measureFunc(func() (int64, error) { return copyTenants(ctx, b.cfg.Shape, srcURL, b.liveURL, sc.Tenants) })
 			if err != nil {
 				return err
 			}

@@ -170,6 +170,8 @@ func (r *Results) Markdown() string {
 			withPaired(ratio(pgr.Wall, m.Wall), pairedRatio(pgrStep, st)), pbs, withPaired(ratio(pb.Median().Wall, m.Wall), pairedRatio(pb, st)))
 	}
 
+	r.massRestore(p)
+
 	var whatIf []*Step
 	for _, st := range r.Steps {
 		if strings.HasPrefix(st.What, "what-if") {
@@ -297,4 +299,47 @@ func (b *bench) writeResults() error {
 	}
 	fmt.Fprintln(b.cfg.Log, "\n"+md)
 	return nil
+}
+
+// massRestore renders issue 15's comparison: the largest scenario into the
+// live database against the bare-COPY floor and a full pg_restore, and one
+// tenant against the full pg_restore, all from the same run.
+func (r *Results) massRestore(p func(string, ...any)) {
+	last := len(r.Scenarios) - 1
+	if last < 0 {
+		return
+	}
+	floor := r.Step(fmt.Sprintf("restore/%d/floor", last))
+	tvStep := r.Step(fmt.Sprintf("restore/%d/tenantvault", last))
+	if floor == nil || tvStep == nil {
+		return
+	}
+	pgrStep := r.Step("restore/full/pg_restore")
+	tv, fl, pgr := tvStep.Median(), floor.Median(), pgrStep.Median()
+	paired := func(a, b *Step) string {
+		if s := pairedRatio(a, b); s != "" {
+			return " / " + s
+		}
+		return ""
+	}
+	sc := r.Scenarios[last]
+	p("\n### Mass restore (issue 15): %s into the live database vs the bare-COPY floor\n\n", sc.Name)
+	p("The floor: the same rows (%.0f MB of COPY text), extracted beforehand, loaded back into the same live tables by bare COPY, one connection, triggers off, no checks; load only.\n\n", r.Values["floor_copy_bytes"]/1e6)
+	p("| step | wall s | client CPU s | server CPU s | peak RSS MiB | ÷ floor (of medians / per rep) | ÷ full pg_restore -j 2 (of medians / per rep) |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	p("| tenantvault restore | %.2f%s | %.1f | %.1f | %s | %s%s | %s%s |\n", tv.Wall, tvStep.spread(), tv.CPU(), tv.Server, mib(tv.MaxRSS),
+		ratio(tv.Wall, fl.Wall), paired(tvStep, floor), ratio(tv.Wall, pgr.Wall), paired(tvStep, pgrStep))
+	if bl := r.Step(fmt.Sprintf("restore/%d/baseline", last)); bl != nil {
+		m := bl.Median()
+		p("| baseline build's restore (before) | %.2f%s | %.1f | %.1f | %s | %s%s | %s%s |\n", m.Wall, bl.spread(), m.CPU(), m.Server, mib(m.MaxRSS),
+			ratio(m.Wall, fl.Wall), paired(bl, floor), ratio(m.Wall, pgr.Wall), paired(bl, pgrStep))
+	}
+	p("| bare-COPY floor | %.2f%s | %.1f | %.1f | - | 1× | %s%s |\n", fl.Wall, floor.spread(), fl.CPU(), fl.Server, ratio(fl.Wall, pgr.Wall), paired(floor, pgrStep))
+	if pgr.Wall > 0 {
+		p("| full pg_restore -j 2 | %.2f%s | %.1f | %.1f | %s | %s | 1× |\n", pgr.Wall, pgrStep.spread(), pgr.CPU(), pgr.Server, mib(pgr.MaxRSS), ratio(pgr.Wall, fl.Wall))
+		if oneStep := r.Step("restore/0/tenantvault"); oneStep != nil {
+			one := oneStep.Median()
+			p("\nOne median tenant: %.2f s%s, full pg_restore -j 2 ÷ it = %s.\n", one.Wall, oneStep.spread(), ratio(pgr.Wall, one.Wall))
+		}
+	}
+	p("\nTarget: tenantvault ≤ 1.15× the floor: %s.\n", map[bool]string{true: "met", false: "**missed**"}[fl.Wall > 0 && tv.Wall <= 1.15*fl.Wall])
 }

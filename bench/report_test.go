@@ -4,6 +4,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/tenantvault/tenantvault/bench/datagen"
 )
 
 func TestMedianAndPairedRatio(t *testing.T) {
@@ -45,7 +47,7 @@ func TestWithParams(t *testing.T) {
 }
 
 func TestTenantQueriesQuote(t *testing.T) {
-	qs := tenantQueries([]string{"t0001", "o'brien"})
+	qs := tenantQueries(datagen.ShapeTracker, []string{"t0001", "o'brien"})
 	if len(qs) != 10 || qs[0].table != "tenants" || qs[len(qs)-1].table != "audit_log" {
 		t.Fatalf("queries: %+v", qs)
 	}

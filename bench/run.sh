@@ -12,11 +12,16 @@
 # Defaults: --tenants 1000 --size 1GB --reps 3 (about 30-40 minutes on 2
 # cores). Common flags:
 #   --smoke                  20 tenants, 20MB, 1 repetition (a minute)
+#   --shape chain            issue 15's production shape (tenants, issues,
+#                            comments through issues, reactions through
+#                            comments) instead of the twelve-table tracker
 #   --size 10GB --reps 1     the large run
 #   --skip pgbackrest,load   leave parts out (pg_dump, pgbackrest, restore,
 #                            incremental, load, limits, profile)
 #   --variant 'work-mem 512MB=--work-mem=512MB'   an extra snapshot config
 #   --out DIR                results.json, report.md, logs, profiles
+#   --baseline BIN           an earlier tenantvault build: its restore of
+#                            40% of tenants is measured in the same reps
 # The driver starts its own PostgreSQL 15 cluster (initdb/pg_ctl, as the
 # postgres user when run as root) with archiving for pgBackRest, and removes
 # it and every temporary file on exit or Ctrl-C. pgBackRest is used when

@@ -60,8 +60,17 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 	if replacing && r.snap != "" {
 		begin = "BEGIN ISOLATION LEVEL REPEATABLE READ"
 	}
-	if _, err = conn.Exec(ctx, begin); err != nil {
-		return
+	// One round trip opens and sets up the transaction.
+	setup := begin
+	if replacing && r.snap != "" {
+		setup += "; SET TRANSACTION SNAPSHOT " + tenancy.Literal(r.snap)
+	}
+	setup += "; " + replicaRole + "; " + tenantPlans
+	if _, err = conn.PgConn().Exec(ctx, setup).ReadAll(); err != nil {
+		err = replicaRoleError(err)
+		if conn.PgConn().TxStatus() == 'I' {
+			return // BEGIN itself failed
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -71,15 +80,7 @@ func (r *runner) load(ctx context.Context, conn *pgx.Conn, db *targetDB, it *Ite
 			cancel()
 		}
 	}()
-	if replacing && r.snap != "" {
-		if _, err = conn.Exec(ctx, "SET TRANSACTION SNAPSHOT "+tenancy.Literal(r.snap)); err != nil {
-			return
-		}
-	}
-	if err = suppressTriggers(ctx, conn); err != nil {
-		return
-	}
-	if _, err = conn.Exec(ctx, tenantPlans); err != nil {
+	if err != nil {
 		return
 	}
 	set := it.Set
@@ -207,7 +208,14 @@ func loadOrder(db *targetDB, set *manifest.Manifest, tenant string) ([]int, map[
 // --disable-triggers does, without the table locks ALTER TABLE would take
 // on a live database.
 func suppressTriggers(ctx context.Context, conn *pgx.Conn) error {
-	_, err := conn.Exec(ctx, "SET LOCAL session_replication_role = replica")
+	_, err := conn.Exec(ctx, replicaRole)
+	return replicaRoleError(err)
+}
+
+const replicaRole = "SET LOCAL session_replication_role = replica"
+
+// replicaRoleError explains a refusal to set session_replication_role.
+func replicaRoleError(err error) error {
 	var pg *pgconn.PgError
 	if errors.As(err, &pg) && pg.Code == "42501" {
 		return &tenantvault.InputError{Msg: "the target role may not set session_replication_role, which keeps triggers from firing on restored rows",

@@ -43,6 +43,8 @@ type Options struct {
 	Workers int
 	// Logf, if not nil, receives progress messages.
 	Logf func(format string, args ...any)
+	// Shape selects the schema: ShapeTracker ("" too) or ShapeChain.
+	Shape string
 }
 
 // DefaultZipfS is the Zipf exponent used when Options.ZipfS is zero: with
@@ -132,6 +134,13 @@ func (o *Options) normalize() error {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
+	switch o.Shape {
+	case "":
+		o.Shape = ShapeTracker
+	case ShapeTracker, ShapeChain:
+	default:
+		return fmt.Errorf("datagen: unknown Shape %q (shapes: %s)", o.Shape, strings.Join(Shapes, ", "))
+	}
 	return nil
 }
 
@@ -148,6 +157,9 @@ func Generate(ctx context.Context, dbURL string, opts Options) (Stats, error) {
 	start := time.Now()
 	if err := opts.normalize(); err != nil {
 		return Stats{}, err
+	}
+	if opts.Shape == ShapeChain {
+		return generateChain(ctx, dbURL, opts)
 	}
 	logf := opts.Logf
 	p := newPlan(opts)
@@ -347,6 +359,10 @@ feed:
 // registerTypes makes the enum issue_status known to pgx, which needs it
 // to send the column in COPY's binary format.
 func registerTypes(ctx context.Context, c *pgx.Conn) error {
+	var exists bool
+	if err := c.QueryRow(ctx, "SELECT to_regtype('issue_status') IS NOT NULL").Scan(&exists); err != nil || !exists {
+		return err // the chain shape has no enum
+	}
 	t, err := c.LoadType(ctx, "issue_status")
 	if err != nil {
 		return fmt.Errorf("datagen: load type issue_status: %w", err)
@@ -357,8 +373,12 @@ func registerTypes(ctx context.Context, c *pgx.Conn) error {
 
 // tableStats reads row counts and sizes of every generated table.
 func tableStats(ctx context.Context, conn *pgx.Conn) (Stats, error) {
+	return tablesStats(ctx, conn, Tables)
+}
+
+func tablesStats(ctx context.Context, conn *pgx.Conn, tables []string) (Stats, error) {
 	var st Stats
-	for _, t := range Tables {
+	for _, t := range tables {
 		ts := TableStats{Name: t}
 		// A partitioned table has no storage of its own: add up its
 		// partitions. The count comes from a scan, not from statistics: it
@@ -429,7 +449,13 @@ func TenantSizes(ctx context.Context, dbURL string) ([]TenantSize, error) {
 		return nil, fmt.Errorf("datagen: connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	rows, err := conn.Query(ctx, tenantSizesSQL)
+	sql := tenantSizesSQL
+	if shape, err := DetectShape(ctx, conn); err != nil {
+		return nil, err
+	} else if shape == ShapeChain {
+		sql = chainTenantSizesSQL
+	}
+	rows, err := conn.Query(ctx, sql)
 	if err != nil {
 		return nil, fmt.Errorf("datagen: tenant sizes: %w", err)
 	}
@@ -472,3 +498,16 @@ FROM public.tenants t LEFT JOIN (
 GROUP BY t.id`
 
 var errNoTenants = errors.New("datagen: the database has no tenants")
+
+// DetectShape tells which shape a generated database has: the chain shape
+// is the one with a reactions table.
+func DetectShape(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var chain bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass('public.reactions') IS NOT NULL").Scan(&chain); err != nil {
+		return "", fmt.Errorf("datagen: detect shape: %w", err)
+	}
+	if chain {
+		return ShapeChain, nil
+	}
+	return ShapeTracker, nil
+}

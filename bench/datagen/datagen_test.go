@@ -370,3 +370,69 @@ func TestGenerateRejectsBadOptions(t *testing.T) {
 		}
 	}
 }
+
+// The chain shape (issue 15): comments reach their tenant through issues,
+// reactions through comments then issues; rows of all tenants interleave in
+// ID order, which is time order; every foreign-key column is indexed; the
+// same options give the same data.
+func TestGenerateChainShape(t *testing.T) {
+	t.Parallel()
+	opts := datagen.Options{Tenants: 40, TargetBytes: 4 << 20, Seed: 7, Shape: datagen.ShapeChain}
+	urlA, st := generate(t, opts)
+	opts.Workers = 1
+	urlB, _ := generate(t, opts)
+	ctx := testenv.Context(t, time.Minute)
+	a, b := testenv.Connect(t, urlA), testenv.Connect(t, urlB)
+	for _, tbl := range datagen.ChainTables {
+		var sa, sb string
+		q := `SELECT md5(coalesce(string_agg(t::text, E'\n' ORDER BY t::text), '')) FROM public.` + tbl + ` t`
+		if err := a.QueryRow(ctx, q).Scan(&sa); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.QueryRow(ctx, q).Scan(&sb); err != nil {
+			t.Fatal(err)
+		}
+		if sa != sb {
+			t.Errorf("table %s differs between two runs with the same options", tbl)
+		}
+		if st.Rows(tbl) == 0 {
+			t.Errorf("table %s is empty", tbl)
+		}
+	}
+	var sum int64
+	for _, n := range st.TenantRows {
+		sum += n
+	}
+	if sum != st.TotalRows() {
+		t.Errorf("TenantRows adds up to %d rows, the tables hold %d", sum, st.TotalRows())
+	}
+	// Interleaved: consecutive rows of the big tables mostly belong to
+	// different tenants, and IDs follow time.
+	var switches, n int64
+	var ordered bool
+	err := a.QueryRow(ctx, `SELECT count(*) FILTER (WHERE tn IS DISTINCT FROM prev), count(*), bool_and(at >= prev_at OR prev_at IS NULL)
+		FROM (SELECT i.tenant_id AS tn, lag(i.tenant_id) OVER w AS prev, c.created_at AS at, lag(c.created_at) OVER w AS prev_at
+		      FROM public.comments c JOIN public.issues i ON i.id = c.issue_id WINDOW w AS (ORDER BY c.id)) x`).Scan(&switches, &n, &ordered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ordered || switches < n/4 {
+		t.Errorf("comments are not interleaved in time order: %d tenant switches in %d rows, time ordered %v", switches, n, ordered)
+	}
+	var fkIndexed int
+	err = a.QueryRow(ctx, `SELECT count(*) FROM pg_constraint c WHERE c.contype = 'f' AND EXISTS (
+		SELECT 1 FROM pg_index i WHERE i.indrelid = c.conrelid AND i.indkey[0] = c.conkey[1])`).Scan(&fkIndexed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fkIndexed != 3 {
+		t.Errorf("%d of 3 foreign keys have an index on their column", fkIndexed)
+	}
+	sizes, err := datagen.TenantSizes(ctx, urlA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sizes) != 40 || sizes[0].Rows != slices.Max(slices.Collect(maps.Values(st.TenantRows))) {
+		t.Errorf("TenantSizes: %d tenants, largest %d rows; want 40 and the largest of Stats", len(sizes), sizes[0].Rows)
+	}
+}

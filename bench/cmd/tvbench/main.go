@@ -2,7 +2,7 @@
 //
 // Usage:
 //
-//	tvbench --tenantvault BIN [--tenants 1000] [--size 1GB] [--reps 3] [--smoke] [--skip PART,...]
+//	tvbench --tenantvault BIN [--tenants 1000] [--size 1GB] [--shape tracker|chain] [--reps 3] [--smoke] [--skip PART,...]
 //
 // bench/run.sh builds the binaries and calls it. It exits 0 on success, 1
 // when a step fails, 2 on bad flags.
@@ -23,6 +23,7 @@ import (
 	"syscall"
 
 	"github.com/tenantvault/tenantvault/bench"
+	"github.com/tenantvault/tenantvault/bench/datagen"
 )
 
 func main() {
@@ -42,12 +43,14 @@ func run(args []string, stderr io.Writer) int {
 	)
 	fs.IntVar(&cfg.Tenants, "tenants", 1000, "number of tenants")
 	fs.Int64Var(&cfg.Seed, "seed", 1, "data generator seed")
+	fs.StringVar(&cfg.Shape, "shape", datagen.ShapeTracker, "generated schema: tracker (twelve tables) or chain (issue 15's production shape)")
 	fs.IntVar(&cfg.Reps, "reps", 3, "repetitions of every measured step (medians are reported)")
 	fs.IntVar(&cfg.LoadReps, "load-reps", 0, "repetitions of the load-throughput pair (default: --reps)")
 	fs.BoolVar(&cfg.Smoke, "smoke", false, "CI-sized run: 20 tenants, 20MB, 1 repetition, no profiles")
 	fs.StringVar(&cfg.PGURL, "pg-url", "", "use this PostgreSQL server (superuser URL) instead of starting one; pgBackRest is then skipped")
 	fs.StringVar(&cfg.PGBindir, "pg-bindir", "", "PostgreSQL 15 binaries (default: /usr/lib/postgresql/15/bin)")
 	fs.StringVar(&cfg.TenantVault, "tenantvault", "", "tenantvault binary (required)")
+	fs.StringVar(&cfg.Baseline, "baseline", "", "an earlier tenantvault binary: its restore of the largest scenario is measured beside this one's, in the same repetitions")
 	fs.StringVar(&cfg.PgBackRest, "pgbackrest", "", "pgbackrest binary (default: from PATH; skipped when missing)")
 	fs.StringVar(&cfg.PgBackRestCompress, "pgbackrest-compress", "zst:1", "pgBackRest compress-type:level")
 	fs.Var(&variants, "variant", "extra tenantvault snapshot configuration NAME=FLAGS (repeatable), e.g. 'work-mem 512MB=--work-mem=512MB'")
@@ -91,6 +94,9 @@ func run(args []string, stderr io.Writer) int {
 		return usage("--size: %v", err)
 	}
 	cfg.Size = n
+	if !slices.Contains(datagen.Shapes, cfg.Shape) {
+		return usage("--shape %q: use %s", cfg.Shape, strings.Join(datagen.Shapes, " or "))
+	}
 	if cfg.Smoke {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

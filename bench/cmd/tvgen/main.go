@@ -2,7 +2,7 @@
 //
 // Usage:
 //
-//	tvgen --db URL --tenants N --size 1GB [--seed S] [--odd-ids] [--zipf S] [--workers N]
+//	tvgen --db URL --tenants N --size 1GB [--shape tracker|chain] [--seed S] [--odd-ids] [--zipf S] [--workers N]
 //
 // It exits 0 on success, 1 when generation fails, 2 on bad flags.
 package main
@@ -71,6 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (datagen.Options, string, error
 	fs.BoolVar(&opts.OddIDs, "odd-ids", false, "give some tenants IDs with quotes, slashes, tabs, non-ASCII...")
 	fs.Float64Var(&opts.ZipfS, "zipf", datagen.DefaultZipfS, "exponent of the Zipf law of tenant sizes")
 	fs.IntVar(&opts.Workers, "workers", 2, "connections loading at the same time")
+	fs.StringVar(&opts.Shape, "shape", datagen.ShapeTracker, "schema: tracker (twelve tables) or chain (tenants, issues, comments through issues, reactions through comments; issue 15)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "Usage: tvgen --db URL --tenants N --size SIZE [flags]\n\n"+
 			"Creates the sample schema in an empty database and fills it with generated data.\n\n")
@@ -103,6 +104,9 @@ func parseFlags(args []string, stderr io.Writer) (datagen.Options, string, error
 	}
 	if opts.ZipfS <= 0 {
 		return opts, "", fmt.Errorf("--zipf must be positive, got %g", opts.ZipfS)
+	}
+	if !slices.Contains(datagen.Shapes, opts.Shape) {
+		return opts, "", fmt.Errorf("--shape %q: use %s", opts.Shape, strings.Join(datagen.Shapes, " or "))
 	}
 	if opts.Workers < 1 {
 		return opts, "", fmt.Errorf("--workers must be positive, got %d", opts.Workers)
