@@ -745,6 +745,20 @@ func (r *runner) createDatabase(ctx context.Context, p *Plan) error {
 
 // schemaScript renders the set's schema archive for an empty target.
 func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manifest) (string, error) {
+	if p.Model == tenancy.ModelSchema {
+		var ts []*manifest.Tenant
+		for i := range p.Items {
+			it := &p.Items[i]
+			if d := it.Set.Schemas; len(d) == 0 || d[0].Split == nil || set.Schemas[0].Split == nil || d[0].Split.Key != set.Schemas[0].Split.Key {
+				ts = append(ts, nil) // from a set with another schema: the archive is rendered
+			} else {
+				ts = append(ts, it.T)
+			}
+		}
+		if sql, ok, err := r.splitSchemaScript(ctx, &set.Schemas[0], true, ts); ok || err != nil {
+			return sql, err
+		}
+	}
 	archive, err := r.o.Vault.GetSchema(ctx, set.Schemas[0])
 	if err != nil {
 		return "", err
@@ -802,15 +816,13 @@ func (r *runner) createTenantSchemas(ctx context.Context, p *Plan) error {
 		if dump == nil {
 			return tenantvault.Integrityf("snapshot set %s has no schema archive for tenant %q", it.Set.ID, it.Tenant)
 		}
-		archive, err := r.o.Vault.GetSchema(ctx, *dump)
-		if err != nil {
-			return err
-		}
-		filter := ""
+		sql, split, err := "", false, error(nil)
 		if p.Model == tenancy.ModelSchema {
-			filter = it.Tenant
+			sql, split, err = r.splitSchemaScript(ctx, dump, false, []*manifest.Tenant{it.T})
 		}
-		sql, err := renderSchema(ctx, r.o.PgRestore, archive, filter, nil)
+		if err == nil && !split {
+			sql, err = r.renderTenantSchema(ctx, p, it, dump)
+		}
 		if err != nil {
 			return err
 		}
