@@ -23,8 +23,9 @@ type splitSQL struct {
 	f        *os.File // the script
 	prelude  []byte
 	sections []section
-	settings []string // SET default_tablespace / default_table_access_method lines, interned
-	tenants  []string // sorted; section.owner indexes it, -1 is shared
+	settings []string  // SET default_tablespace / default_table_access_method lines, interned
+	tenants  []string  // sorted; section.owner indexes it, -1 is shared
+	byOwner  [][]int32 // sections of each owner in order; [0] shared, [i+1] tenants[i]
 }
 
 // section is one object of the script: its bytes and owner, and the
@@ -211,6 +212,10 @@ func splitScript(r io.Reader, dir string, tenants []string, entries int) (*split
 		prelude.Truncate(int(preludeTo))
 	}
 	s.prelude = bytes.Clone(prelude.Bytes())
+	s.byOwner = make([][]int32, len(tenants)+1)
+	for i, sec := range s.sections {
+		s.byOwner[sec.owner+1] = append(s.byOwner[sec.owner+1], int32(i))
+	}
 	ok = true
 	return s, nil
 }
@@ -221,10 +226,8 @@ func splitScript(r io.Reader, dir string, tenants []string, entries int) (*split
 func (s *splitSQL) part(o int32) ([]byte, error) {
 	var out bytes.Buffer
 	var state [2]int32
-	for _, sec := range s.sections {
-		if sec.owner != o {
-			continue
-		}
+	for _, i := range s.byOwner[o+1] {
+		sec := s.sections[i]
 		for k, want := range [2]int32{sec.tablespace, sec.am} {
 			if want != state[k] && want != 0 {
 				out.WriteString(s.settings[want])
