@@ -329,7 +329,7 @@ func (r *run) single(ctx context.Context) error {
 			}
 			d, err := r.w.PutSchema(gctx, r.cfg.Database, buf.Bytes())
 			if err == nil {
-				err = r.splitSchema(gctx, &d, buf.Bytes())
+				err = r.splitSchema(gctx, &d, &buf)
 			}
 			r.m.Schemas = []manifest.SchemaDump{d}
 			return err
