@@ -22,7 +22,12 @@ const (
 	// Version2 is a header (this manifest without tenants) plus a tenant
 	// index read page by page.
 	Version2 = 2
-	Version  = Version2
+	// Version3 is Version2 with the tables a tenant owns (schema and
+	// database models) in that tenant's index entry instead of the header,
+	// and a tenant's schema SQL reachable from its entry: the header stays
+	// small at any number of tenant schemas.
+	Version3 = 3
+	Version  = Version3
 )
 
 // Kinds of snapshot set.
@@ -85,8 +90,16 @@ type Manifest struct {
 	// empty, as in every older manifest, means Schemas holds them.
 	SchemaArchive string `json:"schema_archive,omitempty"`
 	// Fingerprint is a SHA-256 over every table definition (Table.Signature).
-	Fingerprint string  `json:"fingerprint"`
-	Tables      []Table `json:"tables"`
+	Fingerprint string `json:"fingerprint"`
+	// Tables are every table of the set, indexed by Chunk.Table. In set
+	// format 3 the header stores only the tables no tenant owns, at
+	// TablePositions of TableCount; a reader holds TableCount slots and
+	// fills a tenant's as it reads the tenant's entry (Tenant.Tables).
+	// Until then such a slot is a zero Table (Kind "").
+	Tables []Table `json:"tables"`
+	// TableCount and TablePositions: set format 3 only (see Tables).
+	TableCount     int   `json:"table_count,omitempty"`
+	TablePositions []int `json:"table_positions,omitempty"`
 	// Packs lists every pack object a chunk of this set points into,
 	// including packs written by earlier sets and reused here.
 	Packs []string `json:"packs"`
@@ -156,7 +169,11 @@ type SchemaDump struct {
 	Database string `json:"database"`
 	Key      string `json:"key"`
 	Size     int64  `json:"size"`
-	SHA256   string `json:"sha256"`
+	// Split is the same schema as SQL in parts (schema model, plaintext
+	// repositories): restoring one tenant schema reads the prelude and
+	// that tenant's part, not the archive.
+	Split  *SchemaSplit `json:"split,omitempty"`
+	SHA256 string       `json:"sha256"`
 }
 
 // Table is one table's definition as captured.
@@ -255,6 +272,31 @@ type Tenant struct {
 	// key object (keys/tenants/..., encrypted repositories, set format 2
 	// only; see docs/FORMAT.md "Tenant keys"), or empty for the set's own.
 	Key string `json:"key,omitempty"`
+	// Tables are the tables this tenant owns (set format 3): stored in
+	// its entry, not in the set's header.
+	Tables []OwnedTable `json:"tables,omitempty"`
+	// SchemaSQL is where the tenant's part of the set's split schema SQL
+	// lies (SchemaDump.Split), when the set has one.
+	SchemaSQL *Range `json:"schema_sql,omitempty"`
+}
+
+// OwnedTable is a table of a tenant's entry and its position in the set's
+// Tables.
+type OwnedTable struct {
+	Position int `json:"position"`
+	Table
+}
+
+// SchemaSplit is the schema archive rendered as SQL and cut into parts
+// (docs/FORMAT.md, "Split schema SQL"): the prelude (session settings),
+// the part of everything outside tenant schemas, and one part per tenant
+// schema, whose range is in the tenant's entry.
+type SchemaSplit struct {
+	Key     string `json:"key"`
+	Size    int64  `json:"size"`
+	SHA256  string `json:"sha256"`
+	Prelude Range  `json:"prelude"`
+	Shared  Range  `json:"shared"`
 }
 
 // Stats summarises a set.
@@ -298,8 +340,10 @@ func (m *Manifest) Validate() error {
 	switch {
 	case m.Version == Version1 && m.Index != nil:
 		return fmt.Errorf("manifest %s: set format 1 with a tenant index", m.ID)
-	case m.Version == Version2 && m.Index == nil:
-		return fmt.Errorf("manifest %s: set format 2 without a tenant index", m.ID)
+	case m.Version >= Version2 && m.Index == nil:
+		return fmt.Errorf("manifest %s: set format %d without a tenant index", m.ID, m.Version)
+	case m.Version < Version3 && (m.TablePositions != nil || m.TableCount != 0):
+		return fmt.Errorf("manifest %s: set format %d with table positions", m.ID, m.Version)
 	case m.Index != nil && (m.Index.Pages < 0 || m.Index.Tenants < 0 || m.Index.Size < 0 || m.Index.Directory.Offset < 0 || m.Index.Directory.Length <= 0 ||
 		m.Index.Directory.Offset+m.Index.Directory.Length > m.Index.Size || len(m.Index.Directory.SHA256) != 64):
 		return fmt.Errorf("manifest %s: bad tenant index reference", m.ID)
@@ -345,8 +389,92 @@ func (m *Manifest) ValidateTenants(tenants []Tenant) error {
 	return nil
 }
 
+// AttachTables puts the tables of tenant t's entry (set format 3) into
+// their slots of m.Tables and checks that t's chunks refer only to tables
+// the header holds or t owns. The caller serialises calls on one m; a
+// slot is written only while empty, so readers of filled slots never race.
+func (m *Manifest) AttachTables(t *Tenant) error {
+	if m.Version < Version3 {
+		if len(t.Tables) > 0 {
+			return fmt.Errorf("manifest %s: tenant %q: tables in an entry of set format %d", m.ID, t.ID, m.Version)
+		}
+		return nil
+	}
+	for i := range t.Tables {
+		ot := &t.Tables[i]
+		switch {
+		case ot.Position < 0 || ot.Position >= len(m.Tables):
+			return fmt.Errorf("manifest %s: tenant %q: table position %d out of range", m.ID, t.ID, ot.Position)
+		case ot.Owner != t.ID:
+			return fmt.Errorf("manifest %s: tenant %q: its entry holds table %s of %q", m.ID, t.ID, ot.QualifiedName(), ot.Owner)
+		case ot.Name == "":
+			return fmt.Errorf("manifest %s: tenant %q: a table without a name", m.ID, t.ID)
+		}
+		slot := &m.Tables[ot.Position]
+		if slot.Name == "" {
+			*slot = ot.Table
+		} else if slot.Signature != ot.Signature || slot.Owner != ot.Owner {
+			return fmt.Errorf("manifest %s: tenant %q: table position %d is taken by %s", m.ID, t.ID, ot.Position, slot.QualifiedName())
+		}
+	}
+	for _, c := range t.Chunks {
+		if c.Table < 0 || c.Table >= len(m.Tables) {
+			continue // ValidateTenants reports it
+		}
+		if tb := &m.Tables[c.Table]; tb.Name == "" || tb.Owner != "" && tb.Owner != t.ID {
+			return fmt.Errorf("manifest %s: tenant %q: a chunk of table %d, which neither the header nor the tenant holds", m.ID, t.ID, c.Table)
+		}
+	}
+	return nil
+}
+
+// compact is what set format 3 stores of m: the header's tables only
+// (those at TablePositions), and the slot count.
+func compact(m *Manifest) (*Manifest, error) {
+	if m.Version < Version3 {
+		return m, nil
+	}
+	c := *m
+	c.TableCount = len(m.Tables)
+	c.Tables = make([]Table, 0, len(m.TablePositions))
+	for i, p := range m.TablePositions {
+		if p < 0 || p >= len(m.Tables) || i > 0 && p <= m.TablePositions[i-1] {
+			return nil, fmt.Errorf("encode manifest %s: bad table position %d", m.ID, p)
+		}
+		c.Tables = append(c.Tables, m.Tables[p])
+	}
+	return &c, nil
+}
+
+// expand turns a decoded set format 3 header into the in-memory form:
+// TableCount slots, the header's tables at their positions.
+func (m *Manifest) expand() error {
+	if m.Version < Version3 {
+		return nil
+	}
+	if len(m.TablePositions) != len(m.Tables) || m.TableCount < len(m.Tables) || m.TableCount != m.Stats.Tables {
+		return fmt.Errorf("manifest %s: %d tables at %d positions of %d (stats: %d)", m.ID, len(m.Tables), len(m.TablePositions), m.TableCount, m.Stats.Tables)
+	}
+	full := make([]Table, m.TableCount)
+	for i, p := range m.TablePositions {
+		if p < 0 || p >= m.TableCount || i > 0 && p <= m.TablePositions[i-1] {
+			return fmt.Errorf("manifest %s: bad table position %d", m.ID, p)
+		}
+		if m.Tables[i].Name == "" {
+			return fmt.Errorf("manifest %s: a table without a name", m.ID)
+		}
+		full[p] = m.Tables[i]
+	}
+	m.Tables = full
+	return nil
+}
+
 // Encode renders the manifest as zstd-compressed JSON.
 func Encode(m *Manifest) ([]byte, error) {
+	m, err := compact(m)
+	if err != nil {
+		return nil, err
+	}
 	var buf bytes.Buffer
 	enc, err := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
 	if err != nil {
@@ -407,8 +535,11 @@ func Decode(data []byte) (*Manifest, error) {
 		}
 		return nil, tenantvault.Integrityf("manifest %s is damaged: %v", probe.ID, err)
 	}
-	if m.Version == Version2 && m.Tenants != nil {
-		return nil, tenantvault.Integrityf("manifest %s: a set format 2 header holds tenants", m.ID)
+	if m.Version >= Version2 && m.Tenants != nil {
+		return nil, tenantvault.Integrityf("manifest %s: a set format %d header holds tenants", m.ID, m.Version)
+	}
+	if err := m.expand(); err != nil {
+		return nil, tenantvault.Integrityf("%v", err)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, tenantvault.Integrityf("%v", err)

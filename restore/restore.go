@@ -311,6 +311,8 @@ type runner struct {
 	// replacing transactions import it so they delete exactly what it saved.
 	hold *pgx.Conn
 	snap string
+	// filter: the target catalog read in the schema model (plan)
+	filter *tenancy.SchemaFilter
 }
 
 // targetDB is one target database and its catalog.
@@ -319,6 +321,10 @@ type targetDB struct {
 	exists bool
 	cat    *tenancy.Catalog
 	byName map[string]int
+	// filter (schema model) limits cat to the shared tables and the
+	// restored tenants' schemas; others says the target has more tables.
+	filter *tenancy.SchemaFilter
+	others bool
 
 	mu      sync.Mutex
 	touched map[int]bool // tables that received rows, by catalog index
@@ -381,7 +387,7 @@ func (r *runner) open(ctx context.Context, name string, cfg tenancy.Config) (*ta
 	if db, ok := r.dbs[name]; ok {
 		return db, nil
 	}
-	db := &targetDB{cfg: tenancy.WithDatabase(r.cfg, name)}
+	db := &targetDB{cfg: tenancy.WithDatabase(r.cfg, name), filter: r.filter}
 	if err := db.refresh(ctx); err != nil {
 		var pg *pgconn.PgError
 		var ie *tenantvault.InputError
@@ -403,7 +409,12 @@ func (db *targetDB) refresh(ctx context.Context) error {
 	defer db.release(conn)
 	// Restore follows the set's classification; of the target it needs
 	// only the columns and foreign keys.
-	cat, err := tenancy.ReadCatalog(ctx, conn)
+	var cat *tenancy.Catalog
+	if db.filter != nil {
+		cat, db.others, err = tenancy.ReadCatalogFiltered(ctx, conn, *db.filter)
+	} else {
+		cat, err = tenancy.ReadCatalog(ctx, conn)
+	}
 	if err != nil {
 		return err
 	}
@@ -443,6 +454,14 @@ func (r *runner) plan(ctx context.Context, items []Item) (*Plan, error) {
 	p.Model = newest.Tenancy.Model
 	p.SchemaSet = newest
 	tcfg := tenancy.Config{Model: p.Model}
+	if p.Model == tenancy.ModelSchema && newest.Tenancy.SchemaPattern != "" {
+		// Of a target with thousands of tenant schemas, only the shared
+		// tables and the restored tenants' are read.
+		r.filter = &tenancy.SchemaFilter{Pattern: newest.Tenancy.SchemaPattern}
+		for _, it := range items {
+			r.filter.Schemas = append(r.filter.Schemas, it.Tenant)
+		}
+	}
 	if r.o.CreateSchema && p.Model != tenancy.ModelDatabase {
 		db, err := r.open(ctx, r.cfg.Database, tcfg)
 		if err != nil {
@@ -457,7 +476,7 @@ func (r *runner) plan(ctx context.Context, items []Item) (*Plan, error) {
 				return nil, err
 			}
 			p.CreateSchema = true // the global tables are loaded; the rest is checked below
-		case len(db.cat.Tables) == 0:
+		case len(db.cat.Tables) == 0 && !db.others:
 			if err := needSchemaArchive(newest); err != nil {
 				return nil, err
 			}
@@ -761,6 +780,20 @@ func (r *runner) createDatabase(ctx context.Context, p *Plan) error {
 
 // schemaScript renders the set's schema archive for an empty target.
 func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manifest) (string, error) {
+	if p.Model == tenancy.ModelSchema {
+		var ts []*manifest.Tenant
+		for i := range p.Items {
+			it := &p.Items[i]
+			if d := it.Set.Schemas; len(d) == 0 || d[0].Split == nil || set.Schemas[0].Split == nil || d[0].Split.Key != set.Schemas[0].Split.Key {
+				ts = append(ts, nil) // from a set with another schema: the archive is rendered
+			} else {
+				ts = append(ts, it.T)
+			}
+		}
+		if sql, ok, err := r.splitSchemaScript(ctx, &set.Schemas[0], true, ts); ok || err != nil {
+			return sql, err
+		}
+	}
 	archive, err := r.o.Vault.GetSchema(ctx, set.Schemas[0])
 	if err != nil {
 		return "", err
@@ -818,15 +851,13 @@ func (r *runner) createTenantSchemas(ctx context.Context, p *Plan) error {
 		if dump == nil {
 			return tenantvault.Integrityf("snapshot set %s has no schema archive for tenant %q", it.Set.ID, it.Tenant)
 		}
-		archive, err := r.o.Vault.GetSchema(ctx, *dump)
-		if err != nil {
-			return err
-		}
-		filter := ""
+		sql, split, err := "", false, error(nil)
 		if p.Model == tenancy.ModelSchema {
-			filter = it.Tenant
+			sql, split, err = r.splitSchemaScript(ctx, dump, false, []*manifest.Tenant{it.T})
 		}
-		sql, err := renderSchema(ctx, r.o.PgRestore, archive, filter, nil)
+		if err == nil && !split {
+			sql, err = r.renderTenantSchema(ctx, p, it, dump)
+		}
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/manifest"
+	"github.com/tenantvault/tenantvault/tenancy"
 )
 
 // SchemaMismatchError lists, column by column, why a target cannot take a
@@ -177,4 +178,74 @@ func execScript(ctx context.Context, conn *pgx.Conn, sql string) error {
 	// The simple protocol runs every statement of the script in one call.
 	_, err := conn.PgConn().Exec(ctx, sql).ReadAll()
 	return err
+}
+
+// splitSchemaScript assembles the schema SQL of tenants from their set's
+// split schema (docs/FORMAT.md, "Split schema SQL"): the prelude, the
+// shared part when withShared (an empty target), then each tenant's part,
+// reading only those parts. ok is false when the set or a tenant has no
+// split part; the caller then renders the whole archive, as before.
+func (r *runner) splitSchemaScript(ctx context.Context, dump *manifest.SchemaDump, withShared bool, tenants []*manifest.Tenant) (sql string, ok bool, err error) {
+	sp := dump.Split
+	if sp == nil {
+		return "", false, nil
+	}
+	for _, t := range tenants {
+		if t == nil || t.SchemaSQL == nil {
+			return "", false, nil
+		}
+	}
+	var b strings.Builder
+	add := func(rg manifest.Range, tenant string) error {
+		part, err := r.o.Vault.GetSchemaPart(ctx, sp, rg)
+		if err != nil {
+			return err
+		}
+		for len(part) > 0 {
+			line, rest, _ := bytes.Cut(part, []byte{'\n'})
+			part = rest
+			s := string(line)
+			switch {
+			case s == "SET transaction_timeout = 0;":
+				s = PortableTransactionTimeout
+			case tenant != "" && strings.HasPrefix(s, "CREATE SCHEMA "):
+				// The schema may exist (created by hand, or empty after
+				// an earlier restore); its objects are what is restored.
+				if name, ok := schemaStatement(s); ok && name == tenant {
+					s = "CREATE SCHEMA IF NOT EXISTS " + strings.TrimPrefix(s, "CREATE SCHEMA ")
+				}
+			}
+			b.WriteString(s)
+			b.WriteByte('\n')
+		}
+		return nil
+	}
+	if err := add(sp.Prelude, ""); err != nil {
+		return "", false, err
+	}
+	if withShared {
+		if err := add(sp.Shared, ""); err != nil {
+			return "", false, err
+		}
+	}
+	for _, t := range tenants {
+		if err := add(*t.SchemaSQL, t.ID); err != nil {
+			return "", false, err
+		}
+	}
+	return b.String(), true, nil
+}
+
+// renderTenantSchema renders a tenant's schema from the whole archive: a
+// set without a split schema, or the database model.
+func (r *runner) renderTenantSchema(ctx context.Context, p *Plan, it *Item, dump *manifest.SchemaDump) (string, error) {
+	archive, err := r.o.Vault.GetSchema(ctx, *dump)
+	if err != nil {
+		return "", err
+	}
+	filter := ""
+	if p.Model == tenancy.ModelSchema {
+		filter = it.Tenant
+	}
+	return renderSchema(ctx, r.o.PgRestore, archive, filter, nil)
 }

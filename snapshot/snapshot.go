@@ -234,6 +234,8 @@ type run struct {
 	reuse   *vault.ReuseIndex // encrypted repositories: see loadPrevious
 	results []tableResult
 	owners  []string // tenants that exist even without rows (schema and database models)
+	// schemaParts: each tenant schema's part of the split schema SQL
+	schemaParts map[string]manifest.Range
 }
 
 type prevKey struct {
@@ -326,6 +328,9 @@ func (r *run) single(ctx context.Context) error {
 				return err
 			}
 			d, err := r.w.PutSchema(gctx, r.cfg.Database, buf.Bytes())
+			if err == nil {
+				err = r.splitSchema(gctx, &d, &buf)
+			}
 			r.m.Schemas = []manifest.SchemaDump{d}
 			return err
 		})
@@ -633,6 +638,7 @@ func (r *run) finish(ctx context.Context) error {
 			return err
 		}
 		defer iw.Close()
+		iw.SetTables(m.Tables)
 	}
 	// Erased tenants (tenantvault forget) whose rows the source still
 	// holds: one listing, then a keyed hash per tenant when there are any.
@@ -659,6 +665,9 @@ func (r *run) finish(ctx context.Context) error {
 			next++
 		}
 		t := manifest.Tenant{ID: id}
+		if rg, ok := r.schemaParts[id]; ok {
+			t.SchemaSQL = &rg
+		}
 		if erased.Has(id) {
 			present = append(present, id)
 		}

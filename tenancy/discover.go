@@ -84,7 +84,38 @@ func Discover(ctx context.Context, q Querier, cfg Config, owner string) (*Catalo
 // columns, keys and foreign keys, all marked global: what restore needs to
 // know of a target.
 func ReadCatalog(ctx context.Context, q Querier) (*Catalog, error) {
-	rels, err := listTables(ctx, q)
+	return readCatalog(ctx, q, nil)
+}
+
+// SchemaFilter limits a catalog read to the tables outside the schemas
+// matching Pattern (a LIKE pattern, as --schema-pattern) and those in the
+// schemas named: what a restore of a few tenants of the schema model needs
+// of a target holding thousands of tenant schemas.
+type SchemaFilter struct {
+	Pattern string
+	Schemas []string
+}
+
+// ReadCatalogFiltered is ReadCatalog for the tables f lets through; it
+// also reports whether the target has tables f leaves out.
+func ReadCatalogFiltered(ctx context.Context, q Querier, f SchemaFilter) (cat *Catalog, others bool, err error) {
+	if cat, err = readCatalog(ctx, q, &f); err != nil {
+		return nil, false, err
+	}
+	err = q.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
+  AND n.nspname LIKE $1 AND NOT n.nspname = ANY($2)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'))`, f.Pattern, f.Schemas).Scan(&others)
+	if err != nil {
+		return nil, false, fmt.Errorf("list tables: %w", err)
+	}
+	return cat, others, nil
+}
+
+func readCatalog(ctx context.Context, q Querier, f *SchemaFilter) (*Catalog, error) {
+	rels, err := listTables(ctx, q, f)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +137,11 @@ func ReadCatalog(ctx context.Context, q Querier) (*Catalog, error) {
 	return cat, nil
 }
 
-func listTables(ctx context.Context, q Querier) ([]relInfo, error) {
+func listTables(ctx context.Context, q Querier, f *SchemaFilter) ([]relInfo, error) {
+	filter, args := "", []any(nil)
+	if f != nil {
+		filter, args = "AND (n.nspname NOT LIKE $1 OR n.nspname = ANY($2))", []any{f.Pattern, f.Schemas}
+	}
 	// Partitions are read through their parent; tables that belong to an
 	// extension are recreated by CREATE EXTENSION, as pg_dump assumes.
 	rows, err := q.Query(ctx, `
@@ -117,7 +152,8 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> '
   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
-ORDER BY n.nspname, c.relname`)
+  `+filter+`
+ORDER BY n.nspname, c.relname`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list tables: %w", err)
 	}

@@ -129,7 +129,7 @@ func (v *Vault) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		return nil, fmt.Errorf("list packs: %w", err)
 	}
 	err = v.b.List(ctx, SchemasPrefix, func(o repo.ObjectInfo) error {
-		if !referenced[o.Key] && strings.HasSuffix(o.Key, ".dump") {
+		if !referenced[o.Key] && (strings.HasSuffix(o.Key, ".dump") || strings.HasSuffix(o.Key, ".parts")) {
 			consider(o, time.Time{}, "schema archive no set references")
 		}
 		return nil

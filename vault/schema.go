@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/manifest"
@@ -75,4 +76,83 @@ func (v *Vault) GetSchema(ctx context.Context, d manifest.SchemaDump) ([]byte, e
 		return nil, tenantvault.Integrityf("schema archive %s: %v", d.Key, err)
 	}
 	return plain, nil
+}
+
+// schemaPartsMagic starts a split schema object (docs/FORMAT.md, "Split
+// schema SQL").
+const schemaPartsMagic = "tenantvault schema parts 1\n"
+
+// maxSchemaPart bounds what one stored part may inflate to.
+const maxSchemaPart = 1 << 30
+
+// PutSchemaSplit stores a schema rendered as SQL and cut into parts: the
+// prelude, the shared part, then one part per tenant (part(i) for
+// tenants[i], tenants sorted), each stored like an index page (codec byte
+// and one zstd frame), under the SHA-256 of the whole object, so an
+// unchanged schema is stored once for all sets. It returns the header's
+// reference and each tenant's range. Plaintext repositories only.
+func (v *Vault) PutSchemaSplit(ctx context.Context, prelude, shared []byte, tenants []string, part func(i int) ([]byte, error)) (*manifest.SchemaSplit, map[string]manifest.Range, error) {
+	if v.cfg.Encrypted() {
+		return nil, nil, errors.New("store split schema: the repository is encrypted")
+	}
+	var buf bytes.Buffer
+	buf.WriteString(schemaPartsMagic)
+	add := func(content []byte) manifest.Range {
+		stored := storePage(content)
+		sum := sha256.Sum256(stored)
+		r := manifest.Range{Offset: int64(buf.Len()), Length: int64(len(stored)), SHA256: hex.EncodeToString(sum[:])}
+		buf.Write(stored)
+		return r
+	}
+	sp := &manifest.SchemaSplit{Prelude: add(prelude), Shared: add(shared)}
+	ranges := make(map[string]manifest.Range, len(tenants))
+	for i, t := range tenants {
+		if i > 0 && t <= tenants[i-1] {
+			return nil, nil, fmt.Errorf("store split schema: tenants out of order at %q", t)
+		}
+		content, err := part(i)
+		if err != nil {
+			return nil, nil, err
+		}
+		ranges[t] = add(content)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	sp.SHA256, sp.Size = hex.EncodeToString(sum[:]), int64(buf.Len())
+	sp.Key = SchemasPrefix + sp.SHA256 + ".parts"
+	// Rewritten even when it exists, as PutSchema does (GC's minimum age).
+	if err := v.b.Put(ctx, sp.Key, bytes.NewReader(buf.Bytes()), sp.Size); err != nil {
+		return nil, nil, fmt.Errorf("store split schema: %w", err)
+	}
+	return sp, ranges, nil
+}
+
+// GetSchemaPart reads one part of a split schema with one ranged GET and
+// checks it against its range's checksum.
+func (v *Vault) GetSchemaPart(ctx context.Context, sp *manifest.SchemaSplit, r manifest.Range) ([]byte, error) {
+	if r.Offset < int64(len(schemaPartsMagic)) || r.Length <= 0 || r.Offset+r.Length > sp.Size {
+		return nil, tenantvault.Integrityf("split schema %s: a part at %d+%d outside the object (%d bytes)", sp.Key, r.Offset, r.Length, sp.Size)
+	}
+	rc, err := v.b.Get(ctx, sp.Key, r.Offset, r.Length)
+	if errors.Is(err, repo.ErrNotFound) {
+		return nil, tenantvault.Integrityf("split schema %s is missing", sp.Key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read split schema %s: %w", sp.Key, err)
+	}
+	defer rc.Close()
+	stored := make([]byte, r.Length)
+	if _, err := io.ReadFull(rc, stored); err != nil {
+		return nil, tenantvault.Integrityf("split schema %s: truncated part at %d: %v", sp.Key, r.Offset, err)
+	}
+	if sum := sha256.Sum256(stored); hex.EncodeToString(sum[:]) != r.SHA256 {
+		return nil, tenantvault.Integrityf("split schema %s: part at %d is damaged (checksum mismatch)", sp.Key, r.Offset)
+	}
+	if stored[0] != CodecZstd {
+		return nil, tenantvault.Integrityf("split schema %s: part at %d has an unknown codec", sp.Key, r.Offset)
+	}
+	content, err := pageDecoder.DecodeAll(stored[1:], nil)
+	if err != nil || len(content) > maxSchemaPart {
+		return nil, tenantvault.Integrityf("split schema %s: part at %d is damaged: %v", sp.Key, r.Offset, err)
+	}
+	return content, nil
 }

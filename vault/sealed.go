@@ -136,6 +136,10 @@ func indexFromManifest(m *manifest.Manifest) *SetIndex {
 	}
 	for _, s := range m.Schemas {
 		x.Schemas = append(x.Schemas, ObjectRef{Key: s.Key, Size: s.Size, SHA256: s.SHA256})
+		if sp := s.Split; sp != nil {
+			// verified and kept by GC like the archive itself
+			x.Schemas = append(x.Schemas, ObjectRef{Key: sp.Key, Size: sp.Size, SHA256: sp.SHA256})
+		}
 	}
 	eachChunk(m, func(_ string, _ bool, c manifest.Chunk) {
 		x.Chunks = append(x.Chunks, IndexChunk{Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256})

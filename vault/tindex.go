@@ -151,6 +151,11 @@ type IndexWriter struct {
 	started bool
 	dir     []pageRef
 	tenants int
+	// owned: positions of the tables each tenant owns (SetTables), moved
+	// into the tenant's entry; moved counts what was.
+	tables []manifest.Table
+	owned  map[string][]int
+	moved  []bool
 	// unlocked: uploaded without Object Lock retention (catalogs).
 	unlocked bool
 	// encrypted repositories
@@ -234,9 +239,37 @@ func (w *IndexWriter) store(content []byte) ([]byte, error) {
 	return sealBytes(w.dk, stored)
 }
 
+// SetTables gives the writer the set's tables (indexed as the chunks
+// refer to them), before the first Add: the tables a tenant owns (schema
+// and database models) then go into that tenant's entry, and the header
+// CommitSet writes holds only the others (set format 3), so that it stays
+// small at any number of tenant schemas.
+func (w *IndexWriter) SetTables(tables []manifest.Table) {
+	w.tables, w.owned = tables, map[string][]int{}
+	for i := range tables {
+		if o := tables[i].Owner; o != "" {
+			w.owned[o] = append(w.owned[o], i)
+		}
+	}
+	if len(w.owned) == 0 {
+		w.tables, w.owned = nil, nil
+		return
+	}
+	w.moved = make([]bool, len(tables))
+}
+
 // Add appends one tenant's entry; IDs must come in strictly increasing
 // byte order.
 func (w *IndexWriter) Add(t *manifest.Tenant) error {
+	if ps := w.owned[t.ID]; len(ps) > 0 && t.Tables == nil {
+		tt := *t
+		tt.Tables = make([]manifest.OwnedTable, len(ps))
+		for i, p := range ps {
+			tt.Tables[i] = manifest.OwnedTable{Position: p, Table: w.tables[p]}
+			w.moved[p] = true
+		}
+		t = &tt
+	}
 	// The locator lines first: add may flush the page.
 	if w.lw != nil {
 		for _, c := range t.Chunks {
@@ -541,6 +574,9 @@ type Set struct {
 	v *Vault
 	m *manifest.Manifest
 
+	// fill serialises filling the header's table slots from entries (set
+	// format 3; see manifest.Manifest.AttachTables).
+	fill      sync.Mutex
 	mu        sync.Mutex
 	dir       []pageRef
 	dirLoaded bool
@@ -694,6 +730,18 @@ func (s *Set) page(ctx context.Context, dir []pageRef, i int, want ...string) ([
 	})
 	if err != nil {
 		return nil, err
+	}
+	if s.m.Version >= manifest.Version3 {
+		s.fill.Lock()
+		for k := range items {
+			if err = s.m.AttachTables(&items[k]); err != nil {
+				break
+			}
+		}
+		s.fill.Unlock()
+		if err != nil {
+			return nil, s.integrity("page %d: %v", i, err)
+		}
 	}
 	if err := s.m.ValidateTenants(items); err != nil {
 		return nil, s.integrity("page %d: %v", i, err)

@@ -533,7 +533,7 @@ func (v *Vault) WriteManifest(ctx context.Context, m *manifest.Manifest) error {
 	if m.Index != nil {
 		return fmt.Errorf("refusing to write manifest %s: it is a set format 2 header, not a whole set", m.ID)
 	}
-	if m.Version == manifest.Version2 {
+	if m.Version >= manifest.Version2 {
 		m.Version = manifest.Version1 // validated as the whole set it is
 	}
 	if err := m.Validate(); err != nil {
@@ -641,6 +641,16 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 		return err
 	}
 	hdr.Version, hdr.Index, hdr.Stats.Tenants = manifest.Version2, ix, ix.Tenants
+	if w.moved != nil {
+		// Set format 3: the header keeps the tables not moved to entries.
+		hdr.Version, hdr.TablePositions = manifest.Version3, []int{}
+		for p, moved := range w.moved {
+			if !moved {
+				hdr.TablePositions = append(hdr.TablePositions, p)
+			}
+		}
+		hdr.TableCount = len(hdr.Tables)
+	}
 	if err := hdr.Validate(); err != nil {
 		return fmt.Errorf("refusing to write an invalid manifest: %w", err)
 	}
@@ -710,6 +720,9 @@ func (v *Vault) checkShared(ctx context.Context, m *manifest.Manifest) error {
 	}
 	for _, s := range m.Schemas {
 		keys = append(keys, s.Key)
+		if s.Split != nil {
+			keys = append(keys, s.Split.Key)
+		}
 	}
 	for _, k := range keys {
 		_, err := v.b.Stat(ctx, k)
