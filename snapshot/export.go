@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 
@@ -20,11 +21,20 @@ func (r *run) export(ctx context.Context, conn *pgx.Conn, packer *vault.Packer, 
 	if t.Owner != "" {
 		s.fixed = t.Owner
 	}
-	sql := tenancy.ExportSQL(t, r.o.Tenants)
-	if _, err := conn.PgConn().CopyTo(ctx, s, sql); err != nil {
-		if s.err != nil {
-			return tableResult{}, s.err
+	plan, err := r.planSort(ctx, conn, tables, ti)
+	if err != nil {
+		return tableResult{}, fmt.Errorf("export %s: %w", t.QualifiedName(), err)
+	}
+	if plan != nil {
+		sortedExports.Add(1)
+		if plan.route != nil {
+			routedExports.Add(1)
 		}
+		err = r.sortedCopy(ctx, conn, s, plan)
+	} else if _, err = conn.PgConn().CopyTo(ctx, s, tenancy.ExportSQL(t, r.o.Tenants)); err != nil && s.err != nil {
+		err = s.err
+	}
+	if err != nil {
 		return tableResult{}, fmt.Errorf("export %s: %w", t.QualifiedName(), err)
 	}
 	if err := s.close(); err != nil {
@@ -32,6 +42,26 @@ func (r *run) export(ctx context.Context, conn *pgx.Conn, packer *vault.Packer, 
 	}
 	r.o.Progress.ReadDone.Add(s.read)
 	return s.res, nil
+}
+
+// sortedExports and routedExports count what took the sorted export, for
+// tests.
+var sortedExports, routedExports atomic.Int64
+
+// sortedCopy reads the table with plan's plain COPY and hands its rows to
+// s in canonical order.
+func (r *run) sortedCopy(ctx context.Context, conn *pgx.Conn, s *splitter, plan *sortPlan) error {
+	a := r.getArena()
+	defer r.putArena(a)
+	so := &sorter{p: plan, s: s, a: a, tempDir: r.o.TempDir}
+	defer so.closeRuns()
+	if _, err := conn.PgConn().CopyTo(ctx, so, plan.sql); err != nil {
+		if so.err != nil {
+			return so.err
+		}
+		return err
+	}
+	return so.finish()
 }
 
 // splitter receives COPY text and routes rows to per-tenant chunks. Rows of

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,9 @@ type Options struct {
 	TempDir  string
 	// WorkMem is the sort memory of each export session (e.g. "128MB").
 	WorkMem string
+	// ServerSort orders every table on the server (one ORDER BY per
+	// table, as before the sorted export) instead of on the client.
+	ServerSort bool
 	// LockTimeout bounds the wait for the ACCESS SHARE table locks.
 	LockTimeout time.Duration
 	// PgDump is the pg_dump binary used for the schema; "" means from PATH.
@@ -234,6 +238,10 @@ type run struct {
 	reuse   *vault.ReuseIndex // encrypted repositories: see loadPrevious
 	results []tableResult
 	owners  []string // tenants that exist even without rows (schema and database models)
+
+	parents parentMaps // routed exports' (key, tenant) maps
+	arenaMu sync.Mutex
+	arenas  []*arena // the sorted export's, one per worker
 }
 
 type prevKey struct {
