@@ -357,15 +357,15 @@ func (r *run) single(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			for i := range jobs {
-				res, err := r.export(gctx, conn, packer, cat.Tables, i)
-				if err != nil {
-					packer.Close()
-					return err
-				}
+			next := func() (int, bool) { i, ok := <-jobs; return i, ok }
+			err = r.exportTables(gctx, conn, packer, cat.Tables, next, func(i int, res tableResult) {
 				results[w] = append(results[w], res)
 				o.Progress.TablesDone.Add(1)
 				o.Progress.DiskDone.Add(cat.Bytes[i])
+			})
+			if err != nil {
+				packer.Close()
+				return err
 			}
 			return packer.Close()
 		})

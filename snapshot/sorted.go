@@ -41,7 +41,7 @@ import (
 
 // sortMem is the arena of one export worker: rows, their sort keys and 24
 // bytes of bookkeeping per row.
-var sortMem = 48 << 20
+var sortMem = 32 << 20
 
 // mergeFanIn is how many run files one merge pass reads at once (each
 // through a 64 KiB buffer); more runs are first merged into longer ones.
@@ -340,7 +340,7 @@ func (so *sorter) add(l []byte) {
 		}
 	}
 	if p.record {
-		k = appendRecord(k, so.field)
+		k, so.rec = appendRecord(k, so.rec, so.field)
 	}
 	so.key = k
 	need := len(k) + len(prefix) + 1 + len(row)
@@ -406,7 +406,7 @@ func (so *sorter) finish() error {
 		}
 		return so.flush()
 	}
-	if len(so.a.ents) > 0 {
+	if so.a != nil && len(so.a.ents) > 0 {
 		if err := so.spill(); err != nil {
 			return err
 		}
@@ -611,18 +611,15 @@ func parseInt(b []byte) (int64, bool) {
 
 // appendUnescaped appends a COPY text field's value.
 func appendUnescaped(dst, b []byte) []byte {
-	if bytes.IndexByte(b, '\\') < 0 {
-		return append(dst, b...)
-	}
-	return append(dst, tenancy.UnescapeCopy(b)...)
+	return tenancy.AppendUnescapedCopy(dst, b)
 }
 
 // appendRecord appends the record text PostgreSQL's record_out writes for
 // a row of these COPY fields: ROW(...)::text, which orders a table without
 // a primary key. A NULL is nothing; a value that is empty or holds a
 // double quote, backslash, parenthesis, comma or white space is quoted,
-// with quotes and backslashes doubled.
-func appendRecord(dst []byte, fields [][]byte) []byte {
+// with quotes and backslashes doubled. scratch is reused for the values.
+func appendRecord(dst, scratch []byte, fields [][]byte) ([]byte, []byte) {
 	dst = append(dst, '(')
 	for i, f := range fields {
 		if i > 0 {
@@ -631,33 +628,24 @@ func appendRecord(dst []byte, fields [][]byte) []byte {
 		if string(f) == `\N` {
 			continue
 		}
-		start := len(dst)
-		dst = appendUnescaped(dst, f)
-		v := dst[start:]
+		v := f
+		if bytes.IndexByte(f, '\\') >= 0 {
+			scratch = tenancy.AppendUnescapedCopy(scratch[:0], f)
+			v = scratch
+		}
 		quote := len(v) == 0
-		special := 0
 		for _, c := range v {
 			switch c {
-			case '"', '\\':
-				quote = true
-				special++
-			case '(', ')', ',', ' ', '\t', '\n', '\v', '\f', '\r':
+			case '"', '\\', '(', ')', ',', ' ', '\t', '\n', '\v', '\f', '\r':
 				quote = true
 			}
 		}
 		if !quote {
+			dst = append(dst, v...)
 			continue
 		}
-		if special == 0 {
-			dst = append(dst, 0)
-			copy(dst[start+1:], dst[start:len(dst)-1])
-			dst[start] = '"'
-			dst = append(dst, '"')
-			continue
-		}
-		val := append([]byte(nil), v...)
-		dst = append(dst[:start], '"')
-		for _, c := range val {
+		dst = append(dst, '"')
+		for _, c := range v {
 			if c == '"' || c == '\\' {
 				dst = append(dst, c)
 			}
@@ -665,5 +653,5 @@ func appendRecord(dst []byte, fields [][]byte) []byte {
 		}
 		dst = append(dst, '"')
 	}
-	return append(dst, ')')
+	return append(dst, ')'), scratch
 }
