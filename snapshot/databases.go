@@ -122,14 +122,22 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 		d = &sd
 	}
 	var results []tableResult
-	for _, i := range bySize(cat) {
-		res, err := r.export(ctx, conn, packer, cat.Tables, i)
-		if err != nil {
-			return fmt.Errorf("database %s: %w", db, err)
+	order := bySize(cat)
+	next := func() (int, bool) {
+		if len(order) == 0 {
+			return 0, false
 		}
+		i := order[0]
+		order = order[1:]
+		return i, true
+	}
+	err = r.exportTables(ctx, conn, packer, cat.Tables, next, func(i int, res tableResult) {
 		results = append(results, res)
 		r.o.Progress.TablesDone.Add(1)
 		r.o.Progress.DiskDone.Add(cat.Bytes[i])
+	})
+	if err != nil {
+		return fmt.Errorf("database %s: %w", db, err)
 	}
 	if _, err := conn.Exec(ctx, "COMMIT"); err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 
@@ -12,27 +13,155 @@ import (
 	"github.com/tenantvault/tenantvault/vault"
 )
 
-// export streams one table through a single ordered COPY and cuts it into
-// one chunk per tenant (plus one for rows without a tenant).
-func (r *run) export(ctx context.Context, conn *pgx.Conn, packer *vault.Packer, tables []manifest.Table, ti int) (tableResult, error) {
+// exportTables exports tables, as next hands them out, through one
+// session and one packer, and calls done with each result. A table whose
+// sort spilled to run files is merged and compressed in the background
+// while the next table's COPY runs, so the client's compression overlaps
+// the server's reading; everything else that touches the packer waits for
+// it first. done runs on the caller's goroutine.
+func (r *run) exportTables(ctx context.Context, conn *pgx.Conn, packer *vault.Packer, tables []manifest.Table, next func() (int, bool), done func(ti int, res tableResult)) error {
+	type finished struct {
+		ti  int
+		res tableResult
+		err error
+	}
+	var pending chan finished
+	wait := func() error {
+		if pending == nil {
+			return nil
+		}
+		f := <-pending
+		pending = nil
+		if f.err != nil {
+			return f.err
+		}
+		done(f.ti, f.res)
+		return nil
+	}
+	for {
+		ti, ok := next()
+		if !ok {
+			return wait()
+		}
+		res, fin, err := r.export(ctx, conn, packer, tables, ti, wait)
+		if err != nil {
+			if werr := wait(); werr != nil {
+				return werr
+			}
+			return err
+		}
+		if fin == nil {
+			done(ti, res)
+			continue
+		}
+		if err := wait(); err != nil {
+			fin.abandon()
+			return err
+		}
+		pending = make(chan finished, 1)
+		go func() {
+			res, err := fin.run()
+			pending <- finished{ti, res, err}
+		}()
+	}
+}
+
+// export streams one table and cuts it into one chunk per tenant (plus one
+// for rows without a tenant): through the sorted export when planSort
+// allows it, else through a single ordered COPY. wait returns once the
+// packer is free. A table that spilled comes back as a background merge
+// for the caller to run (and then a zero result).
+func (r *run) export(ctx context.Context, conn *pgx.Conn, packer *vault.Packer, tables []manifest.Table, ti int, wait func() error) (tableResult, *backgroundMerge, error) {
 	t := &tables[ti]
 	s := &splitter{ctx: ctx, r: r, t: t, packer: packer, prefixed: t.Scope != nil, res: tableResult{table: ti}}
 	if t.Owner != "" {
 		s.fixed = t.Owner
 	}
-	sql := tenancy.ExportSQL(t, r.o.Tenants)
-	if _, err := conn.PgConn().CopyTo(ctx, s, sql); err != nil {
-		if s.err != nil {
-			return tableResult{}, s.err
-		}
-		return tableResult{}, fmt.Errorf("export %s: %w", t.QualifiedName(), err)
+	fail := func(err error) (tableResult, *backgroundMerge, error) {
+		return tableResult{}, nil, fmt.Errorf("export %s: %w", t.QualifiedName(), err)
 	}
+	plan, err := r.planSort(ctx, conn, tables, ti)
+	if err != nil {
+		return fail(err)
+	}
+	if plan == nil {
+		if err := wait(); err != nil {
+			return tableResult{}, nil, err
+		}
+		if _, err := conn.PgConn().CopyTo(ctx, s, tenancy.ExportSQL(t, r.o.Tenants)); err != nil {
+			if s.err != nil {
+				err = s.err
+			}
+			return fail(err)
+		}
+		return r.closeSplitter(s)
+	}
+	sortedExports.Add(1)
+	if plan.route != nil {
+		routedExports.Add(1)
+	}
+	a := r.getArena()
+	so := &sorter{p: plan, s: s, a: a, tempDir: r.o.TempDir}
+	if _, err := conn.PgConn().CopyTo(ctx, so, plan.sql); err != nil {
+		so.closeRuns()
+		r.putArena(a)
+		if so.err != nil {
+			err = so.err
+		}
+		return fail(err)
+	}
+	if len(so.runs) > 0 && so.err == nil && len(so.carry) == 0 {
+		// Free the arena for the next table: its rows join the runs.
+		if len(a.ents) > 0 {
+			if err := so.spill(); err != nil {
+				so.closeRuns()
+				r.putArena(a)
+				return fail(err)
+			}
+		}
+		r.putArena(a)
+		so.a = nil
+		return tableResult{}, &backgroundMerge{r: r, so: so}, nil
+	}
+	defer r.putArena(a)
+	if err := wait(); err != nil {
+		so.closeRuns()
+		return tableResult{}, nil, err
+	}
+	if err := so.finish(); err != nil {
+		return fail(err)
+	}
+	return r.closeSplitter(s)
+}
+
+func (r *run) closeSplitter(s *splitter) (tableResult, *backgroundMerge, error) {
 	if err := s.close(); err != nil {
-		return tableResult{}, fmt.Errorf("export %s: %w", t.QualifiedName(), err)
+		return tableResult{}, nil, fmt.Errorf("export %s: %w", s.t.QualifiedName(), err)
 	}
 	r.o.Progress.ReadDone.Add(s.read)
-	return s.res, nil
+	return s.res, nil, nil
 }
+
+// backgroundMerge is the rest of a spilled table's export: merge its runs
+// into the splitter.
+type backgroundMerge struct {
+	r  *run
+	so *sorter
+}
+
+func (b *backgroundMerge) run() (tableResult, error) {
+	if err := b.so.finish(); err != nil {
+		return tableResult{}, fmt.Errorf("export %s: %w", b.so.s.t.QualifiedName(), err)
+	}
+	res, _, err := b.r.closeSplitter(b.so.s)
+	return res, err
+}
+
+func (b *backgroundMerge) abandon() { b.so.closeRuns() }
+
+// sortedExports and routedExports count what took the sorted export, for
+// tests.
+var sortedExports, routedExports atomic.Int64
 
 // splitter receives COPY text and routes rows to per-tenant chunks. Rows of
 // a column-model scoped table start with the tenant key field, which is

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,6 +43,9 @@ type Options struct {
 	TempDir  string
 	// WorkMem is the sort memory of each export session (e.g. "128MB").
 	WorkMem string
+	// ServerSort orders every table on the server (one ORDER BY per
+	// table, as before the sorted export) instead of on the client.
+	ServerSort bool
 	// LockTimeout bounds the wait for the ACCESS SHARE table locks.
 	LockTimeout time.Duration
 	// PgDump is the pg_dump binary used for the schema; "" means from PATH.
@@ -236,6 +240,10 @@ type run struct {
 	owners  []string // tenants that exist even without rows (schema and database models)
 	// schemaParts: each tenant schema's part of the split schema SQL
 	schemaParts map[string]manifest.Range
+
+	parents parentMaps // routed exports' (key, tenant) maps
+	arenaMu sync.Mutex
+	arenas  []*arena // the sorted export's, one per worker
 }
 
 type prevKey struct {
@@ -354,15 +362,15 @@ func (r *run) single(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			for i := range jobs {
-				res, err := r.export(gctx, conn, packer, cat.Tables, i)
-				if err != nil {
-					packer.Close()
-					return err
-				}
+			next := func() (int, bool) { i, ok := <-jobs; return i, ok }
+			err = r.exportTables(gctx, conn, packer, cat.Tables, next, func(i int, res tableResult) {
 				results[w] = append(results[w], res)
 				o.Progress.TablesDone.Add(1)
 				o.Progress.DiskDone.Add(cat.Bytes[i])
+			})
+			if err != nil {
+				packer.Close()
+				return err
 			}
 			return packer.Close()
 		})

@@ -26,27 +26,32 @@ func UnescapeCopy(b []byte) string {
 	if bytes.IndexByte(b, '\\') < 0 {
 		return string(b)
 	}
-	out := make([]byte, 0, len(b))
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		if c != '\\' || i+1 == len(b) {
-			out = append(out, c)
-			continue
+	return string(AppendUnescapedCopy(make([]byte, 0, len(b)), b))
+}
+
+// AppendUnescapedCopy appends the value of the COPY text field b to dst.
+func AppendUnescapedCopy(dst, b []byte) []byte {
+	for {
+		j := bytes.IndexByte(b, '\\')
+		if j < 0 || j+1 == len(b) {
+			return append(dst, b...)
 		}
-		i++
-		switch b[i] {
+		dst = append(dst, b[:j]...)
+		b = b[j+1:]
+		i := 0
+		switch b[0] {
 		case 'b':
-			out = append(out, '\b')
+			dst = append(dst, '\b')
 		case 'f':
-			out = append(out, '\f')
+			dst = append(dst, '\f')
 		case 'n':
-			out = append(out, '\n')
+			dst = append(dst, '\n')
 		case 'r':
-			out = append(out, '\r')
+			dst = append(dst, '\r')
 		case 't':
-			out = append(out, '\t')
+			dst = append(dst, '\t')
 		case 'v':
-			out = append(out, '\v')
+			dst = append(dst, '\v')
 		case 'x':
 			v, n := 0, 0
 			for n < 2 && i+1 < len(b) && isHex(b[i+1]) {
@@ -54,19 +59,19 @@ func UnescapeCopy(b []byte) string {
 				v = v*16 + hexVal(b[i])
 				n++
 			}
-			out = append(out, byte(v))
+			dst = append(dst, byte(v))
 		case '0', '1', '2', '3', '4', '5', '6', '7':
-			v := int(b[i] - '0')
+			v := int(b[0] - '0')
 			for n := 1; n < 3 && i+1 < len(b) && b[i+1] >= '0' && b[i+1] <= '7'; n++ {
 				i++
 				v = v*8 + int(b[i]-'0')
 			}
-			out = append(out, byte(v))
+			dst = append(dst, byte(v))
 		default:
-			out = append(out, b[i])
+			dst = append(dst, b[0])
 		}
+		b = b[i+1:]
 	}
-	return string(out)
 }
 
 func isHex(c byte) bool {

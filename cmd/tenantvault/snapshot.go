@@ -22,6 +22,7 @@ type snapshotOptions struct {
 	parallel    int
 	level       int
 	workMem     string
+	serverSort  bool
 	lockTimeout time.Duration
 	tempDir     string
 	pgDump      string
@@ -59,7 +60,8 @@ set's are referenced instead of stored again.`,
 	fs.StringVar(&o.tenancy.DatabasePattern, "database-pattern", "", "database model: LIKE pattern of tenant databases")
 	fs.IntVar(&o.parallel, "parallel", 2, "tables exported at once")
 	fs.IntVar(&o.level, "compression-level", snapshot.DefaultLevel, "zstd level: 1 fastest .. 4 smallest")
-	fs.StringVar(&o.workMem, "work-mem", "64MB", "sort memory of each export session")
+	fs.StringVar(&o.workMem, "work-mem", "64MB", "sort memory of each export session (server side)")
+	fs.BoolVar(&o.serverSort, "server-sort", false, "order every table with ORDER BY on the server, instead of sorting on the client (more server CPU, no client sort runs in --temp-dir)")
 	fs.DurationVar(&o.lockTimeout, "lock-timeout", 30*time.Second, "longest wait for the ACCESS SHARE table locks")
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for packs while they fill (default: the system temp dir)")
 	fs.StringVar(&o.pgDump, "pg-dump", "pg_dump", "pg_dump binary for the schema (of the server's major version or newer)")
@@ -80,7 +82,7 @@ func (a *app) runSnapshot(ctx context.Context, o *snapshotOptions) error {
 	}
 	so := snapshot.Options{
 		Source: o.source, Tenancy: o.tenancy, Tenants: o.tenants, Parallel: o.parallel, Level: o.level,
-		WorkMem: o.workMem, LockTimeout: o.lockTimeout, TempDir: o.tempDir, PgDump: o.pgDump,
+		WorkMem: o.workMem, ServerSort: o.serverSort, LockTimeout: o.lockTimeout, TempDir: o.tempDir, PgDump: o.pgDump,
 		SchemaArchive: o.schemaArch, Full: o.full, ExactLSN: o.exactLSN, SourceName: o.name, Logger: a.log,
 	}
 	if o.dryRun {
