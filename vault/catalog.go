@@ -962,21 +962,7 @@ func (v *Vault) EraseFromCatalogs(ctx context.Context, tenant, tempDir string) e
 			}
 		}
 	}
-	var rest []string
-	if err := v.b.List(ctx, CatalogPrefix, func(o repo.ObjectInfo) error {
-		if !readable[o.Key] {
-			rest = append(rest, o.Key)
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("list catalogs in %s: %w", v.b.Location(), err)
-	}
-	for _, k := range rest {
-		if err := v.b.Delete(ctx, k); err != nil && !errors.Is(err, repo.ErrNotFound) {
-			return fmt.Errorf("delete catalog %s: %w", k, err)
-		}
-	}
-	return nil
+	return v.deleteCatalogObjectsBut(ctx, readable)
 }
 
 // copyCatalogWithout spools c's entries but tenant's into a new writer
@@ -1030,6 +1016,11 @@ func (v *Vault) DropCatalogs(ctx context.Context, sets []string) error {
 		}
 		keep[c.key], keep[c.hdr.Index.Key] = true, true
 	}
+	return v.deleteCatalogObjectsBut(ctx, keep)
+}
+
+// deleteCatalogObjectsBut deletes every object under catalog/ not in keep.
+func (v *Vault) deleteCatalogObjectsBut(ctx context.Context, keep map[string]bool) error {
 	var rest []string
 	if err := v.b.List(ctx, CatalogPrefix, func(o repo.ObjectInfo) error {
 		if !keep[o.Key] {

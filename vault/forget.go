@@ -1033,27 +1033,39 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 	if !changed {
 		return false, nil
 	}
+	return true, v.writeRewrittenSegment(ctx, fs, idx, &nx, out, nil)
+}
+
+// writeRewrittenSegment stores the data (out) of nx, the rewrite of
+// segment idx, in a new generation, then its index, sealed by seal when
+// the repository is encrypted.
+func (v *Vault) writeRewrittenSegment(ctx context.Context, fs forgetSegment, idx *SegmentIndex, nx *SegmentIndex, out []byte, seal func(*SegmentIndex, []byte) ([]byte, error)) error {
 	nx.Size = int64(len(out))
 	nx.Data = ""
 	if len(out) > 0 {
 		// Named after the index as it is now: never the object it uses.
 		nx.Data = fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)
 		if err := v.b.Put(ctx, nx.Key(), bytes.NewReader(out), int64(len(out))); err != nil {
-			return false, fmt.Errorf("write change segment %s: %w", nx.Key(), err)
+			return fmt.Errorf("write change segment %s: %w", nx.Key(), err)
 		}
 	}
 	if nx.Streams == nil {
 		nx.Streams = []SegmentStream{}
 	}
-	raw, err := json.Marshal(&nx)
+	raw, err := json.Marshal(nx)
 	if err != nil {
-		return false, err
+		return err
 	}
 	packed := pageEncoder.EncodeAll(raw, nil)
-	if err := v.b.Put(ctx, segmentKey(fs.Stream, fs.Start, fs.End, ".idx"), bytes.NewReader(packed), int64(len(packed))); err != nil {
-		return false, fmt.Errorf("write change segment index: %w", err)
+	if seal != nil {
+		if packed, err = seal(nx, packed); err != nil {
+			return err
+		}
 	}
-	return true, nil
+	if err := v.b.Put(ctx, segmentKey(fs.Stream, fs.Start, fs.End, ".idx"), bytes.NewReader(packed), int64(len(packed))); err != nil {
+		return fmt.Errorf("write change segment index: %w", err)
+	}
+	return nil
 }
 
 // filterFrame returns a plaintext frame of records without those in drop

@@ -1,9 +1,7 @@
 package vault
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -312,27 +310,5 @@ func (v *Vault) rewriteSealedSegment(ctx context.Context, tenant string, fs forg
 	if !changed {
 		return false, nil
 	}
-	nx.Size = int64(len(out))
-	nx.Data = ""
-	if len(out) > 0 {
-		nx.Data = fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)
-		if err := v.b.Put(ctx, nx.Key(), bytes.NewReader(out), int64(len(out))); err != nil {
-			return false, fmt.Errorf("write change segment %s: %w", nx.Key(), err)
-		}
-	}
-	if nx.Streams == nil {
-		nx.Streams = []SegmentStream{}
-	}
-	raw, err := json.Marshal(&nx)
-	if err != nil {
-		return false, err
-	}
-	packed, err := sk.sealIndex(&nx, pageEncoder.EncodeAll(raw, nil))
-	if err != nil {
-		return false, err
-	}
-	if err := v.b.Put(ctx, segmentKey(fs.Stream, fs.Start, fs.End, ".idx"), bytes.NewReader(packed), int64(len(packed))); err != nil {
-		return false, fmt.Errorf("write change segment index: %w", err)
-	}
-	return true, nil
+	return true, v.writeRewrittenSegment(ctx, fs, idx, &nx, out, sk.sealIndex)
 }
