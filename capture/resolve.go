@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -36,10 +37,15 @@ type resolver struct {
 	// primary key or any other unique key. The resolver remembers parents'
 	// tenants by exactly these, since that is how children look them up.
 	referenced map[string][][]string
-	txn        map[string]string
-	cache      map[string]string
-	horizons   []horizon
-	lastTaken  time.Time
+	// carriers holds the tables whose rows other remembered rows reach
+	// their tenant through: a table that first hops reference, which
+	// itself references a row of this one with its first hop. When a row
+	// of a carrier changes tenant, so do rows remembered under other keys.
+	carriers  map[string]bool
+	txn       map[string]string
+	cache     map[string]string
+	horizons  []horizon
+	lastTaken time.Time
 }
 
 // horizon is a transaction horizon read together with the WAL insert
@@ -58,7 +64,7 @@ const (
 )
 
 func newResolver(conn *pgx.Conn, tables []manifest.Table, cfg tenancy.Config) *resolver {
-	r := &resolver{conn: conn, cfg: cfg, tables: map[string]*manifest.Table{}, referenced: map[string][][]string{}, cache: map[string]string{}}
+	r := &resolver{conn: conn, cfg: cfg, tables: map[string]*manifest.Table{}, referenced: map[string][][]string{}, carriers: map[string]bool{}, cache: map[string]string{}}
 	for i := range tables {
 		t := &tables[i]
 		if t.Kind == manifest.TableScoped {
@@ -70,6 +76,13 @@ func newResolver(conn *pgx.Conn, tables []manifest.Table, cfg tenancy.Config) *r
 					r.referenced[k] = append(r.referenced[k], h.RefCols)
 				}
 			}
+		}
+	}
+	for i := range tables {
+		t := &tables[i]
+		if t.Kind == manifest.TableScoped && t.Scope != nil && len(t.Scope.Hops) > 0 && len(r.referenced[t.Schema+"\x00"+t.Name]) > 0 {
+			h := t.Scope.Hops[0]
+			r.carriers[h.RefSchema+"\x00"+h.RefTable] = true
 		}
 	}
 	return r
@@ -415,6 +428,14 @@ func (r *resolver) tenantsOf(ctx context.Context, ri *relInfo, ch *vault.Change)
 // old values (children deleted or detached by a cascade come after it),
 // the one it has after under the new values, in both maps.
 func (r *resolver) follow(t *manifest.Table, ri *relInfo, ch *vault.Change, before, after owner) {
+	if ch.Op == vault.OpUpdate && r.carriers[t.Schema+"\x00"+t.Name] && (before != after || (before.state == ownerUnsure || after.state == ownerUnsure) && reattributed(ri, ch)) {
+		// Rows scoped through this one changed tenant with it (or may
+		// have), and what is remembered of them, and of the rows scoped
+		// through them, by their own keys still names the old one: a
+		// later child of theirs would be archived for the tenant they
+		// left (issue 14, seed 1370). Nothing is kept; lookups decide.
+		r.txn, r.cache = map[string]string{}, map[string]string{}
+	}
 	if len(ri.refs) == 0 {
 		return
 	}
@@ -437,6 +458,30 @@ func (r *resolver) follow(t *manifest.Table, ri *relInfo, ch *vault.Change, befo
 	} else {
 		r.forget(t, ri, full, strict)
 	}
+}
+
+// reattributed reports whether an update changes the columns that say
+// whose its row is (the tenant column, or the first hop's foreign key):
+// only then can its tenant have changed when neither side is known.
+func reattributed(ri *relInfo, ch *vault.Change) bool {
+	if ch.Old == nil {
+		return false // the identity, which holds those columns, did not change
+	}
+	full := vault.FillUnchanged(ch.New, ch.Old)
+	cols := ri.hop
+	if ri.tcol >= 0 {
+		cols = []int{ri.tcol}
+	}
+	for _, p := range cols {
+		if p >= len(full) || p >= len(ch.Old) {
+			return true
+		}
+		a, b := full[p], ch.Old[p]
+		if a.Kind != b.Kind || !bytes.Equal(a.Data, b.Data) {
+			return true
+		}
+	}
+	return false
 }
 
 // lookup reads the tenant of the row a chain-scoped row references, from

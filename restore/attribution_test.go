@@ -472,3 +472,58 @@ WHERE name IN ('label 1', 'label 2')`)
 		t.Fatalf("verify replay: %+v", checks)
 	}
 }
+
+// TestChangeAttributionAfterGrandparentMove is seed 1370 of the
+// randomized histories, reduced: a comment's tenant is remembered by the
+// capture, its issue then moves to another tenant (the comment with it,
+// which no record says), and a reaction to the comment, two hops from
+// the tenant, must be the new tenant's. The capture once archived it for
+// the tenant the issue left, from what it remembered of the comment, and
+// a restore of the new tenant from a set taken after the move returned it
+// without the reaction, exit 0.
+func TestChangeAttributionAfterGrandparentMove(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, attributionSchema)
+	testenv.Exec(t, db, `INSERT INTO tenants VALUES ('t1', 'one'), ('t2', 'two')`)
+	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	cfg := tenancy.Config{TenantTable: "public.tenants"}
+	defer startCaptureWith(t, ctx, capture.Options{Source: db, Vault: v, Tenancy: cfg, SetReplicaIdentity: true})()
+	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg, ExactLSN: true}); err != nil {
+		t.Fatal(err)
+	}
+	// Inserted while the capture runs, so that it remembers the issue's
+	// tenant, then the comment's (the row reactions reference).
+	testenv.Exec(t, db, `INSERT INTO issues (id, tenant_id, title) VALUES (1, 't1', 'moves'), (2, 't2', 'stays')`)
+	testenv.Exec(t, db, `INSERT INTO comments (id, issue_id, body) VALUES (1, 1, 'on the issue that moves'), (2, 2, 'stays')`)
+	testenv.Exec(t, db, `INSERT INTO reactions VALUES (1, 'before the move')`)
+	testenv.Exec(t, db, `UPDATE issues SET tenant_id = 't2' WHERE id = 1`)
+	waitArchived(t, ctx, v, db)
+	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg, ExactLSN: true}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Exec(t, db, `INSERT INTO reactions VALUES (1, 'after the move')`)
+	testenv.Exec(t, db, `UPDATE comments SET body = 'edited after the move' WHERE id = 1`)
+	time.Sleep(20 * time.Millisecond)
+	conn := testenv.Connect(t, db)
+	want := map[string]map[string][]string{"t1": readTenant(t, ctx, conn, "t1"), "t2": readTenant(t, ctx, conn, "t2")}
+	if len(want["t2"]["reactions"]) != 2 || len(want["t1"]["comments"]) != 0 {
+		t.Fatalf("the history did not go as planned: %v", want)
+	}
+	at := serverNow(t, ctx, db)
+	time.Sleep(20 * time.Millisecond)
+	waitArchived(t, ctx, v, db)
+
+	scratch := testenv.NewDatabase(t)
+	testenv.Exec(t, scratch, attributionSchema)
+	sconn := testenv.Connect(t, scratch)
+	for _, id := range []string{"t2", "t1"} {
+		testenv.Exec(t, scratch, `TRUNCATE tenants CASCADE`)
+		if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: scratch, Tenants: []string{id}, Select: restore.Selector{At: at}}); err != nil {
+			t.Fatalf("tenant %s: %v", id, err)
+		}
+		if d := diffTenant(want[id], readTenant(t, ctx, sconn, id)); d != "" {
+			t.Errorf("tenant %s restored at %s differs from what SQL read then:\n%s", id, at.Format(time.RFC3339Nano), d)
+		}
+	}
+}
