@@ -112,8 +112,8 @@ func (r *run) planSort(ctx context.Context, conn *pgx.Conn, tables []manifest.Ta
 	}
 	t := &tables[ti]
 	var enc, ctype string
-	if err := conn.QueryRow(ctx, "SELECT current_setting('server_encoding'), current_setting('lc_ctype')").Scan(&enc, &ctype); err != nil {
-		return nil, fmt.Errorf("read server encoding: %w", err)
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_encoding'), (SELECT datctype FROM pg_database WHERE datname = current_database())").Scan(&enc, &ctype); err != nil {
+		return nil, fmt.Errorf("read the database's encoding and LC_CTYPE: %w", err)
 	}
 	if enc != "UTF8" {
 		return nil, nil
