@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Shapes of generated data (Options.Shape).
@@ -259,26 +257,14 @@ func generateChain(ctx context.Context, dbURL string, opts Options) (Stats, erro
 	loadStart := time.Now()
 	var jobs []job
 	for _, s := range cp.sources() {
-		jobs = append(jobs, func(ctx context.Context, c *pgx.Conn) error {
-			t0 := time.Now()
-			n, err := c.CopyFrom(ctx, pgx.Identifier{"public", s.name}, s.cols, s)
-			if err != nil {
-				return fmt.Errorf("datagen: load %s: %w", s.name, err)
-			}
-			logf("datagen: loaded %s: %d rows in %s", s.name, n, time.Since(t0).Round(time.Millisecond))
-			return nil
-		})
+		jobs = append(jobs, copyJob(logf, s.name, s.cols, s))
 	}
 	if err := runJobs(ctx, dbURL, opts.Workers, jobs); err != nil {
 		return Stats{}, err
 	}
 	loadElapsed := time.Since(loadStart)
 	vacuumStart := time.Now()
-	var vac []job
-	for _, t := range ChainTables {
-		vac = append(vac, execJob("VACUUM (FREEZE, ANALYZE) public."+t))
-	}
-	if err := runJobs(ctx, dbURL, opts.Workers, vac); err != nil {
+	if err := runJobs(ctx, dbURL, opts.Workers, vacuumJobs(ChainTables)); err != nil {
 		return Stats{}, err
 	}
 	vacuumElapsed := time.Since(vacuumStart)

@@ -190,15 +190,7 @@ func Generate(ctx context.Context, dbURL string, opts Options) (Stats, error) {
 	}
 	jobs := make([]job, len(sources))
 	for i, s := range sources {
-		jobs[i] = func(ctx context.Context, c *pgx.Conn) error {
-			t0 := time.Now()
-			n, err := c.CopyFrom(ctx, pgx.Identifier{"public", s.table()}, s.columns(), s)
-			if err != nil {
-				return fmt.Errorf("datagen: load %s: %w", s.table(), err)
-			}
-			logf("datagen: loaded %s: %d rows in %s", s.table(), n, time.Since(t0).Round(time.Millisecond))
-			return nil
-		}
+		jobs[i] = copyJob(logf, s.table(), s.columns(), s)
 	}
 	if err := runJobs(ctx, dbURL, opts.Workers, jobs); err != nil {
 		return Stats{}, err
@@ -210,11 +202,7 @@ func Generate(ctx context.Context, dbURL string, opts Options) (Stats, error) {
 	// checks each events partition with a full scan of issues) and
 	// index-only scans.
 	vacuumStart := time.Now()
-	var vac []job
-	for _, t := range Tables {
-		vac = append(vac, execJob("VACUUM (FREEZE, ANALYZE) public."+t))
-	}
-	if err := runJobs(ctx, dbURL, opts.Workers, vac); err != nil {
+	if err := runJobs(ctx, dbURL, opts.Workers, vacuumJobs(Tables)); err != nil {
 		return Stats{}, err
 	}
 	vacuumElapsed := time.Since(vacuumStart)
@@ -288,6 +276,29 @@ func timedJob(logf func(string, ...any), what string, j job) job {
 		logf("datagen: %s in %s", what, time.Since(t0).Round(time.Millisecond))
 		return nil
 	}
+}
+
+// copyJob loads the rows of src into public.table by COPY and logs how many
+// and how long.
+func copyJob(logf func(string, ...any), table string, cols []string, src pgx.CopyFromSource) job {
+	return func(ctx context.Context, c *pgx.Conn) error {
+		t0 := time.Now()
+		n, err := c.CopyFrom(ctx, pgx.Identifier{"public", table}, cols, src)
+		if err != nil {
+			return fmt.Errorf("datagen: load %s: %w", table, err)
+		}
+		logf("datagen: loaded %s: %d rows in %s", table, n, time.Since(t0).Round(time.Millisecond))
+		return nil
+	}
+}
+
+// vacuumJobs freezes and analyzes each of tables, one job per table.
+func vacuumJobs(tables []string) []job {
+	var vac []job
+	for _, t := range tables {
+		vac = append(vac, execJob("VACUUM (FREEZE, ANALYZE) public."+t))
+	}
+	return vac
 }
 
 func execJob(stmts ...string) job {
