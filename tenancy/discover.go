@@ -105,17 +105,21 @@ func ReadCatalogFiltered(ctx context.Context, q Querier, f SchemaFilter) (cat *C
 	if cat, err = readCatalog(ctx, q, &f); err != nil {
 		return nil, false, err
 	}
-	// As in listTables, from the schemas through pg_depend: the first
-	// other tenant schema with a table ends it, without a scan of pg_class.
+	// As in listTables, from the schemas through pg_depend. The tables are
+	// looked for one schema at a time (a subquery the planner keeps per
+	// row, not a join it would hash over every tenant schema's
+	// dependencies), so that the first other tenant schema with a table
+	// ends it.
 	err = q.QueryRow(ctx, `
 SELECT EXISTS (SELECT 1 FROM pg_namespace n
-  JOIN pg_depend d ON d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
-                  AND d.classid = 'pg_class'::regclass
-  JOIN pg_class c ON c.oid = d.objid AND c.relnamespace = n.oid
-WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
-  AND n.nspname LIKE $1 AND NOT n.nspname = ANY($2)
-  AND NOT EXISTS (SELECT 1 FROM pg_depend e
-                  WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e'))`, f.Pattern, f.Schemas).Scan(&others)
+WHERE n.nspname LIKE $1 AND NOT n.nspname = ANY($2)
+  AND (SELECT true FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+       WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
+         AND d.classid = 'pg_class'::regclass AND c.relnamespace = n.oid
+         AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
+         AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                         WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
+       LIMIT 1))`, f.Pattern, f.Schemas).Scan(&others)
 	if err != nil {
 		return nil, false, fmt.Errorf("list tables: %w", err)
 	}
