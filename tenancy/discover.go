@@ -158,8 +158,10 @@ func listTables(ctx context.Context, q Querier, f *SchemaFilter) ([]relInfo, err
 	// schemas (150,000 relations) its scan is what a one-schema restore
 	// waited for (BENCHMARKS.md, "The schema model"). Only pinned schemas
 	// (pg_catalog) have no such dependencies, and they are left out here.
-	from, filter, args := "pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace", "", []any(nil)
+	distinct, from, filter, args := "", "pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace", "", []any(nil)
 	if f != nil {
+		// One row a table, should a relation record its schema twice.
+		distinct = "DISTINCT ON (n.nspname, c.relname) "
 		from = `pg_namespace n
   JOIN pg_depend d ON d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
                   AND d.classid = 'pg_class'::regclass
@@ -169,7 +171,7 @@ func listTables(ctx context.Context, q Querier, f *SchemaFilter) ([]relInfo, err
 	// Partitions are read through their parent; tables that belong to an
 	// extension are recreated by CREATE EXTENSION, as pg_dump assumes.
 	rows, err := q.Query(ctx, `
-SELECT DISTINCT ON (n.nspname, c.relname) c.oid, n.nspname, c.relname, c.relkind = 'p',
+SELECT `+distinct+`c.oid, n.nspname, c.relname, c.relkind = 'p',
        CASE WHEN c.relkind = 'p' THEN coalesce((SELECT sum(pg_table_size(p.relid)) FROM pg_partition_tree(c.oid) p), 0) ELSE pg_table_size(c.oid) END::bigint
 FROM `+from+`
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
