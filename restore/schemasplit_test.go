@@ -3,6 +3,7 @@ package restore_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/internal/testenv"
 	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/repo"
@@ -152,4 +154,74 @@ CREATE TABLE shared.settings (k text PRIMARY KEY, v text); INSERT INTO shared.se
 		t.Fatal(err)
 	}
 	check("live database", db, false)
+}
+
+// TestSchemaRestoreAmongManySchemas restores, into a live database holding
+// many other tenant schemas, three tenants at once whose schemas were
+// dropped (their schemas created, the catalog read again once for all) and
+// checks each row for row, the neighbours untouched, and that the
+// catalog read limited to the restored schemas still sees what would make
+// a restore wrong: a tenant whose table differs is refused, and one with
+// rows is a conflict.
+func TestSchemaRestoreAmongManySchemas(t *testing.T) {
+	ctx := testenv.Context(t, 4*time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, `CREATE SCHEMA shared; CREATE TYPE shared.tier AS ENUM ('free', 'gold');
+CREATE TABLE shared.settings (k text PRIMARY KEY, v text); INSERT INTO shared.settings VALUES ('a', 'b');`)
+	var script strings.Builder
+	var tenants []string
+	for i := range 60 {
+		s := fmt.Sprintf("tenant_%02d", i)
+		tenants = append(tenants, s)
+		fmt.Fprintf(&script, tenantSchema, pgx.Identifier{s}.Sanitize(), 1+i%4)
+	}
+	testenv.Exec(t, db, script.String())
+	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	cfg := tenancy.Config{Model: tenancy.ModelSchema, SchemaPattern: `tenant\_%`}
+	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for _, s := range tenants {
+		want[s] = dumpSchemaRows(t, ctx, db, s)
+	}
+	lost := []string{"tenant_07", "tenant_31", "tenant_58"}
+	testenv.Exec(t, db, `DROP SCHEMA tenant_07, tenant_31, tenant_58 CASCADE`)
+	rep, err := restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: lost, CreateSchema: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range rep.Tenants {
+		if !tr.Verified || tr.Digests != 3 {
+			t.Errorf("%s: verified %v, %d digests", tr.Tenant, tr.Verified, tr.Digests)
+		}
+	}
+	for _, s := range tenants {
+		if got := dumpSchemaRows(t, ctx, db, s); got != want[s] {
+			t.Errorf("schema %s:\n got %s\nwant %s", s, got, want[s])
+		}
+	}
+	// Sequences moved past the restored rows, in every created schema.
+	for _, s := range lost {
+		testenv.Exec(t, db, fmt.Sprintf(`INSERT INTO %[1]s.customers (name, tier) VALUES ('new', 'free'); INSERT INTO %[1]s.orders (customer_id, total) VALUES (1, 1)`, s))
+	}
+
+	// A restored tenant's table that differs from the set's is refused,
+	// nothing written; the other tenants' tables are not looked at.
+	testenv.Exec(t, db, `DELETE FROM tenant_07.lines; DELETE FROM tenant_07.orders; DELETE FROM tenant_07.customers;
+ALTER TABLE tenant_07.orders ADD COLUMN region text NOT NULL; ALTER TABLE tenant_12.orders DROP COLUMN note`)
+	_, err = restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: []string{"tenant_07"}})
+	var sm *restore.SchemaMismatchError
+	if !errors.As(err, &sm) || !strings.Contains(err.Error(), "tenant_07.orders.region: NOT NULL without a default in the target") || strings.Contains(err.Error(), "tenant_12") {
+		t.Fatalf("err = %v", err)
+	}
+	if n := count(t, ctx, db, `SELECT count(*) FROM tenant_07.customers`); n != 0 {
+		t.Fatalf("refused restore wrote %d rows", n)
+	}
+	// A tenant with rows is a conflict.
+	_, err = restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: []string{"tenant_31"}})
+	var ie *tenantvault.InputError
+	if !errors.As(err, &ie) || !strings.Contains(err.Error(), `"tenant_31": tenant_31.customers (`) {
+		t.Fatalf("err = %v", err)
+	}
 }

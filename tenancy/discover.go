@@ -99,15 +99,27 @@ type SchemaFilter struct {
 // ReadCatalogFiltered is ReadCatalog for the tables f lets through; it
 // also reports whether the target has tables f leaves out.
 func ReadCatalogFiltered(ctx context.Context, q Querier, f SchemaFilter) (cat *Catalog, others bool, err error) {
+	if f.Schemas == nil {
+		f.Schemas = []string{} // a NULL array would make NOT ... = ANY($2) unknown
+	}
 	if cat, err = readCatalog(ctx, q, &f); err != nil {
 		return nil, false, err
 	}
+	// As in listTables, from the schemas through pg_depend. The tables are
+	// looked for one schema at a time (a subquery the planner keeps per
+	// row, not a join it would hash over every tenant schema's
+	// dependencies), so that the first other tenant schema with a table
+	// ends it.
 	err = q.QueryRow(ctx, `
-SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
-  AND n.nspname LIKE $1 AND NOT n.nspname = ANY($2)
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'))`, f.Pattern, f.Schemas).Scan(&others)
+SELECT EXISTS (SELECT 1 FROM pg_namespace n
+WHERE n.nspname LIKE $1 AND NOT n.nspname = ANY($2)
+  AND (SELECT true FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+       WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
+         AND d.classid = 'pg_class'::regclass AND c.relnamespace = n.oid
+         AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
+         AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                         WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
+       LIMIT 1))`, f.Pattern, f.Schemas).Scan(&others)
 	if err != nil {
 		return nil, false, fmt.Errorf("list tables: %w", err)
 	}
@@ -138,20 +150,34 @@ func readCatalog(ctx context.Context, q Querier, f *SchemaFilter) (*Catalog, err
 }
 
 func listTables(ctx context.Context, q Querier, f *SchemaFilter) ([]relInfo, error) {
-	filter, args := "", []any(nil)
+	// Without a filter, every user table: a scan of pg_class. With one, the
+	// tables of the schemas it lets through are found from those schemas,
+	// through the dependency every relation records on its schema
+	// (pg_depend's index on the referenced object), then pg_class by OID:
+	// pg_class has no index led by relnamespace, and at 10,000 tenant
+	// schemas (150,000 relations) its scan is what a one-schema restore
+	// waited for (BENCHMARKS.md, "The schema model"). Only pinned schemas
+	// (pg_catalog) have no such dependencies, and they are left out here.
+	distinct, from, filter, args := "", "pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace", "", []any(nil)
 	if f != nil {
+		// One row a table, should a relation record its schema twice.
+		distinct = "DISTINCT ON (n.nspname, c.relname) "
+		from = `pg_namespace n
+  JOIN pg_depend d ON d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
+                  AND d.classid = 'pg_class'::regclass
+  JOIN pg_class c ON c.oid = d.objid AND c.relnamespace = n.oid`
 		filter, args = "AND (n.nspname NOT LIKE $1 OR n.nspname = ANY($2))", []any{f.Pattern, f.Schemas}
 	}
 	// Partitions are read through their parent; tables that belong to an
 	// extension are recreated by CREATE EXTENSION, as pg_dump assumes.
 	rows, err := q.Query(ctx, `
-SELECT c.oid, n.nspname, c.relname, c.relkind = 'p',
+SELECT `+distinct+`c.oid, n.nspname, c.relname, c.relkind = 'p',
        CASE WHEN c.relkind = 'p' THEN coalesce((SELECT sum(pg_table_size(p.relid)) FROM pg_partition_tree(c.oid) p), 0) ELSE pg_table_size(c.oid) END::bigint
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+FROM `+from+`
 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d
-                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+  AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                  WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
   `+filter+`
 ORDER BY n.nspname, c.relname`, args...)
 	if err != nil {

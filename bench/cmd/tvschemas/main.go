@@ -2,7 +2,7 @@
 //
 // Usage:
 //
-//	tvschemas --pg URL --tv BINARY [--schemas 1000,10000] [--work DIR]
+//	tvschemas --pg URL --tv BINARY [--schemas 1000,10000] [--work DIR] [--repeat K] [--replace=false]
 //
 // For each count it makes (once; an existing database of that name is
 // reused) a database h13s<N> holding N schemas tenant_00001... with three
@@ -16,7 +16,10 @@
 // of that tenant reads, counted in-process by a counting backend: the
 // header, the directory and one page of the tenant index, and the schema
 // SQL (the prelude and the tenant's part; the shared part too for an empty
-// target). Results go to stdout as Markdown table rows.
+// target). Then, with --repeat K, the two one-schema restores are run K
+// more times, alternating between the counts so that each count sees the
+// same load, and their medians and ratios printed: single times vary 2-3x
+// on a shared machine. Results go to stdout as Markdown table rows.
 package main
 
 import (
@@ -29,6 +32,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -46,6 +50,14 @@ var generateSQL string
 
 type config struct {
 	pg, tv, work string
+	replace      bool
+}
+
+// sized is what the repeated restores need of one count.
+type sized struct {
+	n           int
+	src, repo   string
+	empty, live []time.Duration
 }
 
 func main() {
@@ -55,6 +67,8 @@ func main() {
 	flag.StringVar(&c.tv, "tv", "tenantvault", "tenantvault binary")
 	flag.StringVar(&counts, "schemas", "1000,10000", "schema counts")
 	flag.StringVar(&c.work, "work", "", "work directory (default: a temporary one)")
+	repeat := flag.Int("repeat", 3, "one-schema restores to repeat at each count, alternating between counts")
+	flag.BoolVar(&c.replace, "replace", true, "also measure --if-exists replace of the median schema")
 	flag.Parse()
 	if c.work == "" {
 		d, err := os.MkdirTemp("", "tvschemas-*")
@@ -66,15 +80,84 @@ func main() {
 	ctx := context.Background()
 	fmt.Println("| schemas | step | wall s | peak RSS MiB | notes |")
 	fmt.Println("|---:|---|---:|---:|---|")
+	var all []*sized
 	for _, s := range strings.Split(counts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 2 {
 			fail(fmt.Errorf("--schemas: %q", s))
 		}
-		if err := c.one(ctx, n); err != nil {
+		z, err := c.one(ctx, n)
+		if err != nil {
 			fail(err)
 		}
+		all = append(all, z)
 	}
+	if *repeat <= 0 {
+		return
+	}
+	for range *repeat {
+		for _, z := range all {
+			if err := c.restoreBoth(ctx, z); err != nil {
+				fail(err)
+			}
+		}
+	}
+	fmt.Println()
+	fmt.Println("| schemas | into an empty database, s | median | into the live database (schema dropped), s | median |")
+	fmt.Println("|---:|---|---:|---|---:|")
+	for _, z := range all {
+		fmt.Printf("| %d | %s | **%.2f** | %s | **%.2f** |\n", z.n, secs(z.empty), median(z.empty).Seconds(), secs(z.live), median(z.live).Seconds())
+	}
+	if len(all) > 1 {
+		lo, hi := all[0], all[len(all)-1]
+		fmt.Printf("\nratio %d / %d schemas: empty %.2fx, live %.2fx\n", hi.n, lo.n,
+			median(hi.empty).Seconds()/median(lo.empty).Seconds(), median(hi.live).Seconds()/median(lo.live).Seconds())
+	}
+}
+
+func secs(ds []time.Duration) string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = fmt.Sprintf("%.2f", d.Seconds())
+	}
+	return strings.Join(parts, ", ")
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// restoreBoth restores the median schema into a fresh empty database, then
+// into the live one after dropping it there, recording both times.
+func (c *config) restoreBoth(ctx context.Context, z *sized) error {
+	median := fmt.Sprintf("tenant_%05d", z.n/2)
+	target := fmt.Sprintf("h13s%d_empty", z.n)
+	exec1(ctx, c.pg, "DROP DATABASE IF EXISTS "+target)
+	if err := exec1(ctx, c.pg, "CREATE DATABASE "+target); err != nil {
+		return err
+	}
+	wall, _, err := c.measure("restore", "--repo", z.repo, "--target", dbURL(c.pg, target), "--tenant", median, "--create-schema", "--yes")
+	if err != nil {
+		return err
+	}
+	z.empty = append(z.empty, wall)
+	if err := exec1(ctx, c.pg, "DROP DATABASE IF EXISTS "+target); err != nil {
+		return err
+	}
+	if err := exec1(ctx, z.src, "DROP SCHEMA "+median+" CASCADE"); err != nil {
+		return err
+	}
+	wall, _, err = c.measure("restore", "--repo", z.repo, "--target", z.src, "--tenant", median, "--create-schema", "--yes")
+	if err != nil {
+		return err
+	}
+	z.live = append(z.live, wall)
+	return nil
 }
 
 func fail(err error) {
@@ -150,10 +233,10 @@ func (c *config) measure(args ...string) (time.Duration, int64, error) {
 	return wall, rss, nil
 }
 
-func (c *config) one(ctx context.Context, n int) error {
+func (c *config) one(ctx context.Context, n int) (*sized, error) {
 	src, err := c.source(ctx, n)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dir := filepath.Join(c.work, fmt.Sprintf("repo-%d", n))
 	os.RemoveAll(dir)
@@ -163,46 +246,48 @@ func (c *config) one(ctx context.Context, n int) error {
 	}
 	wall, rss, err := c.measure("snapshot", "--source", src, "--repo", r, "--init", "--tenancy", "schema", "--schema-pattern", `tenant\_%`)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sizes := objectSizes(dir)
 	row("snapshot", wall, rss, sizes)
 	for _, s := range [][]string{{"list", "--repo", r}, {"verify", "--repo", r}} {
 		wall, rss, err := c.measure(s...)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		row(s[0], wall, rss, "")
 	}
 	median := fmt.Sprintf("tenant_%05d", n/2)
 	empty, live, err := restoreCost(ctx, r, median)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	target := fmt.Sprintf("h13s%d_empty", n)
 	exec1(ctx, c.pg, "DROP DATABASE IF EXISTS "+target)
 	if err := exec1(ctx, c.pg, "CREATE DATABASE "+target); err != nil {
-		return err
+		return nil, err
 	}
 	wall, rss, err = c.measure("restore", "--repo", r, "--target", dbURL(c.pg, target), "--tenant", median, "--create-schema", "--yes")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	row("restore "+median+" into an empty database", wall, rss, "metadata read: "+empty)
 	if err := exec1(ctx, src, "DROP SCHEMA "+median+" CASCADE"); err != nil {
-		return err
+		return nil, err
 	}
 	wall, rss, err = c.measure("restore", "--repo", r, "--target", src, "--tenant", median, "--create-schema", "--yes")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	row("restore "+median+" into the live database (schema dropped)", wall, rss, "metadata read: "+live)
-	wall, rss, err = c.measure("restore", "--repo", r, "--target", src, "--tenant", median, "--if-exists", "replace", "--yes")
-	if err != nil {
-		return err
+	if c.replace {
+		wall, rss, err = c.measure("restore", "--repo", r, "--target", src, "--tenant", median, "--if-exists", "replace", "--yes")
+		if err != nil {
+			return nil, err
+		}
+		row("restore "+median+" over itself (--if-exists replace: pre-restore set first)", wall, rss, "")
 	}
-	row("restore "+median+" over itself (--if-exists replace: pre-restore set first)", wall, rss, "")
-	return exec1(ctx, c.pg, "DROP DATABASE IF EXISTS "+target)
+	return &sized{n: n, src: src, repo: r}, exec1(ctx, c.pg, "DROP DATABASE IF EXISTS "+target)
 }
 
 // objectSizes describes the set's objects.
