@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sort"
@@ -111,11 +110,12 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 	}
 	var d *manifest.SchemaDump
 	if r.o.SchemaArchive != manifest.SchemaArchiveNone {
-		var schema bytes.Buffer
-		if err := dumpSchema(ctx, r.o.PgDump, cfg, r.ssl, snap.name, snap.source.ServerNum, &schema); err != nil {
+		f, err := spoolSchema(ctx, r.o.TempDir, r.o.PgDump, cfg, r.ssl, snap.name, snap.source.ServerNum)
+		if err != nil {
 			return fmt.Errorf("database %s: %w", db, err)
 		}
-		sd, err := r.w.PutSchema(ctx, db, schema.Bytes())
+		sd, err := r.w.PutSchemaFile(ctx, db, f)
+		dropTemp(f)
 		if err != nil {
 			return err
 		}

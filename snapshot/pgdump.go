@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -155,6 +156,32 @@ func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map
 		return fmt.Errorf("pg_dump --schema-only: %w", err)
 	}
 	return nil
+}
+
+// spoolSchema runs dumpSchema into a temporary file in dir, so that the
+// archive is stored and split from the file, never held in memory. The
+// caller closes and removes it (dropTemp).
+func spoolSchema(ctx context.Context, dir, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int) (*os.File, error) {
+	f, err := os.CreateTemp(dir, "tenantvault-schema-*.dump")
+	if err != nil {
+		return nil, err
+	}
+	bw := bufio.NewWriterSize(f, 1<<20)
+	err = dumpSchema(ctx, pgDump, cfg, ssl, snapshotName, server, bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		dropTemp(f)
+		return nil, err
+	}
+	return f, nil
+}
+
+// dropTemp closes and removes a temporary file.
+func dropTemp(f *os.File) {
+	f.Close()
+	os.Remove(f.Name())
 }
 
 func firstLine(s string) string {

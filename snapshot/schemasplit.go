@@ -289,37 +289,23 @@ func lookPgRestore(pgDump string) (string, error) {
 	return exec.LookPath("pg_restore")
 }
 
-// splitArchive renders a schema-only archive with pg_restore and splits it
-// for the tenant schemas. An *errNoSplit says the archive stays whole.
-func splitArchive(ctx context.Context, pgDump string, buf *bytes.Buffer, tenants []string, dir string) (*splitSQL, error) {
+// splitArchive renders the schema-only archive at archive with pg_restore
+// and splits it for the tenant schemas. An *errNoSplit says the archive
+// stays whole.
+func splitArchive(ctx context.Context, pgDump, archive string, tenants []string, dir string) (*splitSQL, error) {
 	path, err := lookPgRestore(pgDump)
 	if err != nil {
 		return nil, &errNoSplit{"no pg_restore: " + err.Error()}
 	}
-	af, err := os.CreateTemp(dir, "tenantvault-schema-*.dump")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(af.Name())
-	if _, err := af.Write(buf.Bytes()); err != nil {
-		af.Close()
-		return nil, err
-	}
-	// Stored and spooled: the archive (46 MiB at 10,000 schemas, in a
-	// buffer of up to twice that) is not held while pg_restore renders it.
-	*buf = bytes.Buffer{}
-	if err := af.Close(); err != nil {
-		return nil, err
-	}
 	var list, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, path, "--list", af.Name())
+	cmd := exec.CommandContext(ctx, path, "--list", archive)
 	cmd.Stdout, cmd.Stderr = &list, &stderr
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("pg_restore --list: %v: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	sorted := append([]string(nil), tenants...)
 	sort.Strings(sorted)
-	cmd = exec.CommandContext(ctx, path, "--schema-only", "--no-owner", "--no-privileges", "--file=-", af.Name())
+	cmd = exec.CommandContext(ctx, path, "--schema-only", "--no-owner", "--no-privileges", "--file=-", archive)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -344,7 +330,7 @@ func splitArchive(ctx context.Context, pgDump string, buf *bytes.Buffer, tenants
 // repositories in set format 2 and later), so that restoring one tenant
 // schema reads its part and not the archive. A schema that cannot be split
 // is kept whole, with a warning: restores then read the archive, as before.
-func (r *run) splitSchema(ctx context.Context, d *manifest.SchemaDump, archive *bytes.Buffer) error {
+func (r *run) splitSchema(ctx context.Context, d *manifest.SchemaDump, archive string) error {
 	v := r.o.Vault
 	if r.o.Tenancy.Model != tenancy.ModelSchema || v.Encrypted() || !v.WritesIndexed() || len(r.owners) == 0 {
 		return nil
@@ -355,7 +341,7 @@ func (r *run) splitSchema(ctx context.Context, d *manifest.SchemaDump, archive *
 		var sp *manifest.SchemaSplit
 		var shared []byte
 		if shared, err = s.part(-1); err == nil {
-			sp, r.schemaParts, err = v.PutSchemaSplit(ctx, s.prelude, shared, s.tenants, func(i int) ([]byte, error) { return s.part(int32(i)) })
+			sp, r.schemaParts, err = v.PutSchemaSplit(ctx, r.o.TempDir, s.prelude, shared, s.tenants, func(i int) ([]byte, error) { return s.part(int32(i)) })
 		}
 		if err == nil {
 			d.Split = sp

@@ -2,7 +2,6 @@
 package snapshot
 
 import (
-	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -331,13 +330,14 @@ func (r *run) single(ctx context.Context) error {
 		g.Go(func() error {
 			// A pg_dump older than the server refuses it within
 			// milliseconds, which cancels the export at once.
-			var buf bytes.Buffer
-			if err := dumpSchema(gctx, o.PgDump, r.cfg, r.ssl, snap.name, snap.source.ServerNum, &buf); err != nil {
+			f, err := spoolSchema(gctx, o.TempDir, o.PgDump, r.cfg, r.ssl, snap.name, snap.source.ServerNum)
+			if err != nil {
 				return err
 			}
-			d, err := r.w.PutSchema(gctx, r.cfg.Database, buf.Bytes())
+			defer dropTemp(f)
+			d, err := r.w.PutSchemaFile(gctx, r.cfg.Database, f)
 			if err == nil {
-				err = r.splitSchema(gctx, &d, &buf)
+				err = r.splitSchema(gctx, &d, f.Name())
 			}
 			r.m.Schemas = []manifest.SchemaDump{d}
 			return err

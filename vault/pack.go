@@ -223,6 +223,32 @@ func (s *SetWriter) PutSchema(ctx context.Context, database string, data []byte)
 	return d, nil
 }
 
+// PutSchemaFile stores the schema archive in f (read from its start) as
+// PutSchema does. A plaintext archive is streamed from the file, so the
+// snapshot never holds it (46 MiB at 10,000 tenant schemas); an encrypted
+// one is sealed in memory.
+func (s *SetWriter) PutSchemaFile(ctx context.Context, database string, f *os.File) (manifest.SchemaDump, error) {
+	if s.key != nil {
+		data, err := io.ReadAll(io.NewSectionReader(f, 0, 1<<62))
+		if err != nil {
+			return manifest.SchemaDump{}, fmt.Errorf("store schema: %w", err)
+		}
+		return s.PutSchema(ctx, database, data)
+	}
+	h := sha256.New()
+	size, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62))
+	if err != nil {
+		return manifest.SchemaDump{}, fmt.Errorf("store schema: %w", err)
+	}
+	d := manifest.SchemaDump{Database: database, SHA256: hex.EncodeToString(h.Sum(nil)), Size: size}
+	d.Key = SchemasPrefix + d.SHA256 + ".dump"
+	// Rewritten even when it exists (see Vault.PutSchema).
+	if err := s.v.b.Put(ctx, d.Key, io.NewSectionReader(f, 0, size), size); err != nil {
+		return d, fmt.Errorf("store schema: %w", err)
+	}
+	return d, nil
+}
+
 // Packer appends chunks to packs. Each worker goroutine uses its own.
 type Packer struct {
 	s       *SetWriter

@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/manifest"
@@ -89,19 +91,31 @@ const maxSchemaPart = 1 << 30
 // prelude, the shared part, then one part per tenant (part(i) for
 // tenants[i], tenants sorted), each stored like an index page (codec byte
 // and one zstd frame), under the SHA-256 of the whole object, so an
-// unchanged schema is stored once for all sets. It returns the header's
-// reference and each tenant's range. Plaintext repositories only.
-func (v *Vault) PutSchemaSplit(ctx context.Context, prelude, shared []byte, tenants []string, part func(i int) ([]byte, error)) (*manifest.SchemaSplit, map[string]manifest.Range, error) {
+// unchanged schema is stored once for all sets. The object is spooled to a
+// temporary file in dir ("" the system's): its memory is one part. It
+// returns the header's reference and each tenant's range. Plaintext
+// repositories only.
+func (v *Vault) PutSchemaSplit(ctx context.Context, dir string, prelude, shared []byte, tenants []string, part func(i int) ([]byte, error)) (*manifest.SchemaSplit, map[string]manifest.Range, error) {
 	if v.cfg.Encrypted() {
 		return nil, nil, errors.New("store split schema: the repository is encrypted")
 	}
-	var buf bytes.Buffer
-	buf.WriteString(schemaPartsMagic)
+	f, err := os.CreateTemp(dir, "tenantvault-parts-*")
+	if err != nil {
+		return nil, nil, fmt.Errorf("store split schema: %w", err)
+	}
+	defer f.Close()
+	os.Remove(f.Name())
+	whole := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(f, whole), 1<<20)
+	var size int64
+	bw.WriteString(schemaPartsMagic)
+	size += int64(len(schemaPartsMagic))
 	add := func(content []byte) manifest.Range {
 		stored := storePage(content)
 		sum := sha256.Sum256(stored)
-		r := manifest.Range{Offset: int64(buf.Len()), Length: int64(len(stored)), SHA256: hex.EncodeToString(sum[:])}
-		buf.Write(stored)
+		r := manifest.Range{Offset: size, Length: int64(len(stored)), SHA256: hex.EncodeToString(sum[:])}
+		bw.Write(stored)
+		size += r.Length
 		return r
 	}
 	sp := &manifest.SchemaSplit{Prelude: add(prelude), Shared: add(shared)}
@@ -116,11 +130,13 @@ func (v *Vault) PutSchemaSplit(ctx context.Context, prelude, shared []byte, tena
 		}
 		ranges[t] = add(content)
 	}
-	sum := sha256.Sum256(buf.Bytes())
-	sp.SHA256, sp.Size = hex.EncodeToString(sum[:]), int64(buf.Len())
+	if err := bw.Flush(); err != nil {
+		return nil, nil, fmt.Errorf("store split schema: %w", err)
+	}
+	sp.SHA256, sp.Size = hex.EncodeToString(whole.Sum(nil)), size
 	sp.Key = SchemasPrefix + sp.SHA256 + ".parts"
 	// Rewritten even when it exists, as PutSchema does (GC's minimum age).
-	if err := v.b.Put(ctx, sp.Key, bytes.NewReader(buf.Bytes()), sp.Size); err != nil {
+	if err := v.b.Put(ctx, sp.Key, io.NewSectionReader(f, 0, size), size); err != nil {
 		return nil, nil, fmt.Errorf("store split schema: %w", err)
 	}
 	return sp, ranges, nil
