@@ -71,6 +71,10 @@ type ForgetDone struct {
 	// SharedDropped are shared records attributed to the tenant and
 	// removed; Truncates are TRUNCATE records kept (they hold no rows).
 	SharedDropped int `json:"shared_change_records_dropped"`
+	// SharedBlanked are shared records of rows that moved between the
+	// tenant and another, kept for the other with the tenant's side
+	// blanked.
+	SharedBlanked int `json:"shared_change_records_blanked,omitempty"`
 	Truncates     int `json:"truncate_records_kept"`
 }
 
