@@ -75,7 +75,10 @@ type ForgetDone struct {
 	// tenant and another, kept for the other with the tenant's side
 	// blanked.
 	SharedBlanked int `json:"shared_change_records_blanked,omitempty"`
-	Truncates     int `json:"truncate_records_kept"`
+	// MovesBlanked are other tenants' move records of rows that moved
+	// between them and the tenant, blanked but for the row's key.
+	MovesBlanked int `json:"move_records_blanked,omitempty"`
+	Truncates    int `json:"truncate_records_kept"`
 }
 
 // tombstoneVersion is the tombstone format this build writes.

@@ -72,9 +72,13 @@ type PlanSummary struct {
 	SharedUndecided int `json:"shared_change_records_undecided"`
 	// SharedBlanked are records of rows that moved between the tenant and
 	// another: kept for the other, the tenant's side blanked.
-	SharedBlanked int           `json:"shared_change_records_blanked,omitempty"`
-	UndecidedWhy  *UndecidedWhy `json:"shared_change_records_undecided_why,omitempty"`
-	Truncates     int           `json:"truncate_records"`
+	SharedBlanked int `json:"shared_change_records_blanked,omitempty"`
+	// MovesBlanked are move records in other tenants' streams of rows
+	// that moved between them and the tenant, both rows blanked but for
+	// the key.
+	MovesBlanked int           `json:"move_records_blanked,omitempty"`
+	UndecidedWhy *UndecidedWhy `json:"shared_change_records_undecided_why,omitempty"`
+	Truncates    int           `json:"truncate_records"`
 }
 
 // UndecidedWhy counts the shared records forget kept because it could not
@@ -139,6 +143,9 @@ type forgetSegment struct {
 	// of rows that moved between it and another (its side blanked).
 	Drop  []RecordID    `json:"drop,omitempty"`
 	Blank []BlankRecord `json:"blank,omitempty"`
+	// Moves are other tenants' move records of rows that moved between
+	// them and the tenant, blanked (by stream: the tenant's hash).
+	Moves []BlankRecord `json:"moves,omitempty"`
 }
 
 // forgetJournal is the plan of an erasure in progress, at
@@ -409,7 +416,7 @@ func (v *Vault) planSegments(ctx context.Context, tenant string, plan *ForgetPla
 	for _, st := range streams {
 		for _, idx := range st.segs {
 			ref := SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}
-			drop, blank := verdict.drop[ref], verdict.blank[ref]
+			drop, blank, moves := verdict.drop[ref], verdict.blank[ref], verdict.moves[ref]
 			var tenantBytes, rest int64
 			for _, s := range idx.Streams {
 				switch {
@@ -419,10 +426,10 @@ func (v *Vault) planSegments(ctx context.Context, tenant string, plan *ForgetPla
 					rest += s.Length
 				}
 			}
-			if tenantBytes == 0 && len(drop)+len(blank) == 0 {
+			if tenantBytes == 0 && len(drop)+len(blank)+len(moves) == 0 {
 				continue
 			}
-			fs := forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop, Blank: blank}
+			fs := forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop, Blank: blank, Moves: moves}
 			if rest > 0 {
 				fs.NewData = ChangesPrefix + st.stream + "/" + fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)
 			}
@@ -466,6 +473,7 @@ func (vd *sharedVerdict) summarize(s *PlanSummary) {
 	s.SharedRecords += vd.total
 	s.SharedDropped += vd.dropped
 	s.SharedBlanked += vd.blanked
+	s.MovesBlanked += vd.movesN
 	s.SharedUndecided += vd.undecided
 	s.Truncates += vd.truncates
 	if vd.undecided > 0 {
@@ -632,6 +640,7 @@ func (v *Vault) Forget(ctx context.Context, tenant string, first *ForgetPlan, o 
 		res.Done.TenantBytes += p.Summary.TenantBytes
 		res.Done.SharedDropped += p.Summary.SharedDropped
 		res.Done.SharedBlanked += p.Summary.SharedBlanked
+		res.Done.MovesBlanked += p.Summary.MovesBlanked
 	}
 	// What stays undecided is judged by the first round, which still saw
 	// the tenant's rows (later rounds plan from what is left).
@@ -995,7 +1004,7 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 		holds = holds || (!s.Shared && s.Tenant == tenant)
 		shared = shared || s.Shared
 	}
-	if !holds && (drop.none() || !shared) {
+	if !holds && (drop.none() || !shared) && len(drop.moves) == 0 {
 		return false, nil
 	}
 	var data []byte
@@ -1020,8 +1029,8 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 			return false, tenantvault.Integrityf("change segment %s: the records of %q lie outside the object", idx.Key(), s.Tenant)
 		}
 		frame := data[s.Offset : s.Offset+s.Length]
-		if s.Shared && !drop.none() {
-			kept, n, dropped, err := filterFrame(idx, s, frame, drop)
+		if ed := drop.of(v, s); !ed.none() {
+			kept, n, dropped, err := filterFrame(idx, s, frame, ed)
 			if err != nil {
 				return false, err
 			}
@@ -1081,20 +1090,41 @@ func (v *Vault) writeRewrittenSegment(ctx context.Context, fs forgetSegment, idx
 type recordEdits struct {
 	drop  map[RecordID]bool
 	blank map[RecordID]BlankRecord
+	// moves are the other tenants' streams' edits, by tenant hash.
+	moves map[string]recordEdits
 }
 
 func (fs forgetSegment) edits() recordEdits {
-	e := recordEdits{drop: map[RecordID]bool{}, blank: map[RecordID]BlankRecord{}}
+	e := recordEdits{drop: map[RecordID]bool{}, blank: map[RecordID]BlankRecord{}, moves: map[string]recordEdits{}}
 	for _, id := range fs.Drop {
 		e.drop[id] = true
 	}
 	for _, b := range fs.Blank {
 		e.blank[b.ID] = b
 	}
+	for _, b := range fs.Moves {
+		m, ok := e.moves[b.Stream]
+		if !ok {
+			m = recordEdits{blank: map[RecordID]BlankRecord{}}
+			e.moves[b.Stream] = m
+		}
+		m.blank[b.ID] = b
+	}
 	return e
 }
 
 func (e recordEdits) none() bool { return len(e.drop)+len(e.blank) == 0 }
+
+// of are the edits of stream s (tenant streams' by their hash).
+func (e recordEdits) of(v *Vault, s SegmentStream) recordEdits {
+	if s.Shared {
+		return e
+	}
+	if len(e.moves) == 0 {
+		return recordEdits{}
+	}
+	return e.moves[v.TenantHash(s.Tenant)]
+}
 
 // filterFrame returns a plaintext frame of records without those dropped
 // and with those blanked (recompressed; its checksum checked first), or

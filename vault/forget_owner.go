@@ -373,3 +373,71 @@ func (vd *sharedVerdict) decide(r *sharedRecord, tenant string, tainted map[stri
 		vd.other++
 	}
 }
+
+// moveBlanks finds, in the segments where the erased tenant's stream has
+// a move record, the other tenants' move records of the same transaction
+// and table (the capture numbers each tenant's copy apart, so the commit
+// LSN and relation pair them; another move of the same table in that
+// transaction is blanked too, harmless: replay never reads their rows):
+// their old and new rows are the row before and
+// after it moved between them, one side the erased tenant's. Replay reads
+// only where they are (restore's MovedError), so both sides are blanked
+// but for the row's key.
+func (v *Vault) moveBlanks(ctx context.Context, tenant string, streams []segmentStreams, schemas map[string]*attrSchema, vd *sharedVerdict) error {
+	for _, st := range streams {
+		sc := schemas[st.stream]
+		for _, idx := range st.segs {
+			has := false
+			for _, s := range idx.Streams {
+				has = has || !s.Shared && s.Tenant == tenant && s.Moved != nil
+			}
+			if !has {
+				continue
+			}
+			rels := relationsOf(idx)
+			type moveAt struct {
+				lsn uint64
+				rel uint32
+			}
+			mine := map[moveAt]bool{}
+			type rec struct {
+				tenant string
+				id     RecordID
+				at     moveAt
+				keep   []int
+			}
+			var theirs []rec
+			err := v.ScanSegment(ctx, idx, func(s SegmentStream) bool { return !s.Shared && s.Moved != nil }, func(s SegmentStream, cr *ChangeReader) error {
+				return eachChange(idx, cr, func(c *Change) error {
+					if c.Op != OpMoved {
+						return nil
+					}
+					id, at := RecordID{c.LSN, uint64(c.Seq)}, moveAt{c.LSN, c.Rel}
+					if s.Tenant == tenant {
+						mine[at] = true
+						return nil
+					}
+					var keep []int
+					if rel := rels[c.Rel]; rel != nil && sc != nil {
+						if t := sc.tables[tableKey(rel.Schema, rel.Name)]; t != nil {
+							keep = columnsAt(rel, t.Key)
+						}
+					}
+					theirs = append(theirs, rec{s.Tenant, id, at, keep})
+					return nil
+				})
+			})
+			if err != nil {
+				return fmt.Errorf("forget reads the change log's move records (nothing was changed): %w", err)
+			}
+			ref := SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}
+			for _, r := range theirs {
+				if mine[r.at] {
+					vd.moves[ref] = append(vd.moves[ref], BlankRecord{ID: r.id, Keep: r.keep, Move: true, Stream: v.TenantHash(r.tenant)})
+					vd.movesN++
+				}
+			}
+		}
+	}
+	return nil
+}

@@ -50,10 +50,17 @@ type RecordID [2]uint64
 // columns left as they are: the row's key and its first foreign key's
 // columns, which replay attributes the record by, and, in the old tuple,
 // those the new one takes from it (unchanged TOAST values).
+//
+// Move records (OpMoved) in another tenant's own stream are blanked on
+// both sides (Move): replay reads only their position and relation. Such
+// entries name their stream by the tenant's hash (Stream): journals name
+// no tenant.
 type BlankRecord struct {
-	ID   RecordID `json:"id"`
-	Old  bool     `json:"old"`
-	Keep []int    `json:"keep"`
+	ID     RecordID `json:"id"`
+	Old    bool     `json:"old"`
+	Keep   []int    `json:"keep"`
+	Move   bool     `json:"move,omitempty"`
+	Stream string   `json:"stream,omitempty"`
 }
 
 type keyFlags uint8
@@ -82,9 +89,13 @@ type sharedRecord struct {
 
 // sharedVerdict is what attribution decided.
 type sharedVerdict struct {
-	tenant    string
-	drop      map[SegmentRef][]RecordID
-	blank     map[SegmentRef][]BlankRecord
+	tenant string
+	drop   map[SegmentRef][]RecordID
+	blank  map[SegmentRef][]BlankRecord
+	// moves are the move records in other tenants' streams of rows that
+	// moved between them and the erased tenant.
+	moves     map[SegmentRef][]BlankRecord
+	movesN    int
 	total     int
 	dropped   int
 	blanked   int
@@ -277,8 +288,11 @@ func columnsAt(rel *Relation, cols ...[]string) []int {
 // Uncovered ones no restore can replay: they are dropped unless provably
 // another's.
 func (v *Vault) attributeShared(ctx context.Context, tenant string, headers []*manifest.Manifest, holding []setScan, streams []segmentStreams) (*sharedVerdict, error) {
-	verdict := &sharedVerdict{tenant: tenant, drop: map[SegmentRef][]RecordID{}, blank: map[SegmentRef][]BlankRecord{}}
+	verdict := &sharedVerdict{tenant: tenant, drop: map[SegmentRef][]RecordID{}, blank: map[SegmentRef][]BlankRecord{}, moves: map[SegmentRef][]BlankRecord{}}
 	schemas, exact := schemasOf(headers)
+	if err := v.moveBlanks(ctx, tenant, streams, schemas, verdict); err != nil {
+		return nil, err
+	}
 	recs := map[string][]*sharedRecord{} // per stream, in log order
 	held := map[string]keyFlags{}        // only the keys shared records reference
 	parentTables := map[string]bool{}
@@ -675,6 +689,13 @@ func filterRecords(raw []byte, drop map[RecordID]bool, blank map[RecordID]BlankR
 		}
 		if b, ok := blank[id]; ok && c.Op == OpUpdate {
 			if blankSide(c, b) {
+				blanked++
+			}
+		}
+		if b, ok := blank[id]; ok && b.Move && c.Op == OpMoved {
+			o, n := b, b
+			o.Old, n.Old = true, false
+			if x, y := blankSide(c, o), blankSide(c, n); x || y {
 				blanked++
 			}
 		}

@@ -68,17 +68,17 @@ func (v *Vault) PlanShredSegments(ctx context.Context, tenant string) (*ForgetPl
 	for _, st := range streams {
 		for _, idx := range st.segs {
 			ref := SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}
-			drop, blank := verdict.drop[ref], verdict.blank[ref]
+			drop, blank, moves := verdict.drop[ref], verdict.blank[ref], verdict.moves[ref]
 			var segKeyed int64
 			for _, s := range idx.Streams {
 				if !s.Shared && s.Tenant == tenant && s.Key == "" {
 					segKeyed += s.Length
 				}
 			}
-			if segKeyed == 0 && len(drop)+len(blank) == 0 {
+			if segKeyed == 0 && len(drop)+len(blank)+len(moves) == 0 {
 				continue
 			}
-			plan.Segments = append(plan.Segments, forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop, Blank: blank,
+			plan.Segments = append(plan.Segments, forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop, Blank: blank, Moves: moves,
 				NewData: ChangesPrefix + st.stream + "/" + fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)})
 			plan.Summary.Segments++
 			plan.Summary.BytesCopied += idx.Size - segKeyed
@@ -159,6 +159,7 @@ func (v *Vault) CryptoShredTenantWith(ctx context.Context, tenant, reason, by st
 			done.TenantBytes += p.Summary.TenantBytes
 			done.SharedDropped += p.Summary.SharedDropped
 			done.SharedBlanked += p.Summary.SharedBlanked
+			done.MovesBlanked += p.Summary.MovesBlanked
 		}
 		done.SharedRecords, done.Truncates = j.Rounds[0].Summary.SharedUndecided, j.Rounds[0].Summary.Truncates
 	}
@@ -244,7 +245,7 @@ func (v *Vault) rewriteSealedSegment(ctx context.Context, tenant string, fs forg
 		holds = holds || (!s.Shared && s.Tenant == tenant)
 		shared = shared || s.Shared
 	}
-	if !holds && (drop.none() || !shared) {
+	if !holds && (drop.none() || !shared) && len(drop.moves) == 0 {
 		return false, nil
 	}
 	data, err := repo.ReadAll(ctx, v.b, idx.Key())
@@ -272,6 +273,35 @@ func (v *Vault) rewriteSealedSegment(ctx context.Context, tenant string, fs forg
 			return false, tenantvault.Integrityf("change segment %s: the records of %q lie outside the object", idx.Key(), s.Tenant)
 		}
 		frame := data[s.Offset : s.Offset+s.Length]
+		if ed := drop.of(v, s); s.Key != "" && !s.Shared && !ed.none() {
+			// Another tenant's stream sealed with its own key, holding
+			// move records of rows that moved between it and the tenant:
+			// open, blank, seal anew with the same key.
+			if sha256Hex(frame) != s.SHA256 {
+				return false, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the records of %q)", idx.Key(), s.Tenant)
+			}
+			dk, err := v.streamKey(ctx, idx, s)
+			if err != nil {
+				return false, err
+			}
+			plain, err := openBytes(dk, frame, maxSegmentStream)
+			if err != nil {
+				return false, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
+			}
+			ps := s
+			ps.SHA256 = sha256Hex(plain)
+			kept, _, _, err := filterFrame(idx, ps, plain, ed)
+			if err != nil {
+				return false, err
+			}
+			if kept != nil {
+				changed = true
+				if frame, err = sealBytes(dk, kept); err != nil {
+					return false, err
+				}
+				s.SHA256, s.Length = sha256Hex(frame), int64(len(frame))
+			}
+		}
 		if s.Key == "" {
 			// Sealed with the segment's key: open, filter, seal anew.
 			if sha256Hex(frame) != s.SHA256 {
@@ -281,10 +311,10 @@ func (v *Vault) rewriteSealedSegment(ctx context.Context, tenant string, fs forg
 			if err != nil {
 				return false, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
 			}
-			if s.Shared && !drop.none() {
+			if ed := drop.of(v, s); !ed.none() {
 				ps := s
 				ps.SHA256 = sha256Hex(plain)
-				kept, n, dropped, err := filterFrame(idx, ps, plain, drop)
+				kept, n, dropped, err := filterFrame(idx, ps, plain, ed)
 				if err != nil {
 					return false, err
 				}

@@ -282,6 +282,9 @@ func (a *app) printForgetPlan(w io.Writer, v *vault.Vault, it forgetItem) {
 	if s.SharedBlanked > 0 {
 		fmt.Fprintf(w, "  split:                 %d shared record(s) of rows that moved between it and another tenant: kept for the other, its side blanked\n", s.SharedBlanked)
 	}
+	if s.MovesBlanked > 0 {
+		fmt.Fprintf(w, "  moves:                 %d move record(s) in other tenants' streams of rows that moved between them and it: blanked but for the row's key\n", s.MovesBlanked)
+	}
 	if s.Truncates > 0 {
 		fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
 	}
@@ -442,6 +445,9 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 			fmt.Fprintf(w, "  change-log segments:   %d rewritten under new segment keys (records sealed with a segment's key: %d shared record(s) attributed to it, and its streams in segments written before per-tenant keys)\n", s.Segments, s.SharedDropped)
 			if s.SharedBlanked > 0 {
 				fmt.Fprintf(w, "  split:                 %d shared record(s) of rows that moved between it and another tenant: kept for the other, its side blanked\n", s.SharedBlanked)
+			}
+			if s.MovesBlanked > 0 {
+				fmt.Fprintf(w, "  moves:                 %d move record(s) in other tenants' streams of rows that moved between them and it: blanked but for the row's key\n", s.MovesBlanked)
 			}
 			if s.Truncates > 0 {
 				fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
