@@ -504,26 +504,25 @@ func cmpLSN(a, b uint64) int {
 }
 
 // propagate passes flag f from the parent keys of shared records to their
-// own keys until nothing changes: a record whose parent the tenant held
-// made a row of the tenant's, which rows of tables further down the chain
-// reference. For heldByOther, a record whose parent no one is known to
-// hold is another's too.
+// own keys until nothing changes: a record whose parent the tenant (or
+// another tenant) held made a row of that tenant's, which rows of tables
+// further down the chain reference.
 func propagate(recs map[string][]*sharedRecord, held map[string]keyFlags, f keyFlags) {
 	for changed := true; changed; {
 		changed = false
 		for _, rs := range recs {
 			for _, r := range rs {
-				if r.kind != 0 || len(r.ownNew) == 0 {
+				if r.kind != 0 || len(r.ownOld)+len(r.ownNew) == 0 {
 					continue
 				}
 				has := false
 				for _, p := range r.parents {
-					has = has || held[p]&f != 0 || f == heldByOther && held[p] == 0
+					has = has || held[p]&f != 0
 				}
 				if !has {
 					continue
 				}
-				for _, k := range r.ownNew {
+				for _, k := range append(slices.Clone(r.ownOld), r.ownNew...) {
 					if old, ok := held[k]; ok && old&f == 0 {
 						held[k] = old | f
 						changed = true
@@ -538,7 +537,9 @@ func propagate(recs map[string][]*sharedRecord, held map[string]keyFlags, f keyF
 // coverage), from who ever held their keys: the tenant's, or possibly
 // its (a key no set or record shows, a table without a scope), are
 // dropped: dropping them changes no one's restore. Those provably
-// another's stay, for `changes`. TRUNCATEs are counted wherever they lie.
+// another's (every key they reference held by other tenants, never by
+// the erased one) stay, for `changes`. TRUNCATEs are counted wherever
+// they lie.
 func (vd *sharedVerdict) classifyUncovered(recs map[string][]*sharedRecord, held map[string]keyFlags) {
 	propagate(recs, held, heldByOther)
 	for _, rs := range recs {
