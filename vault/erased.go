@@ -71,7 +71,14 @@ type ForgetDone struct {
 	// SharedDropped are shared records attributed to the tenant and
 	// removed; Truncates are TRUNCATE records kept (they hold no rows).
 	SharedDropped int `json:"shared_change_records_dropped"`
-	Truncates     int `json:"truncate_records_kept"`
+	// SharedBlanked are shared records of rows that moved between the
+	// tenant and another, kept for the other with the tenant's side
+	// blanked.
+	SharedBlanked int `json:"shared_change_records_blanked,omitempty"`
+	// MovesBlanked are other tenants' move records of rows that moved
+	// between them and the tenant, blanked but for the row's key.
+	MovesBlanked int `json:"move_records_blanked,omitempty"`
+	Truncates    int `json:"truncate_records_kept"`
 }
 
 // tombstoneVersion is the tombstone format this build writes.

@@ -67,22 +67,34 @@ type PlanSummary struct {
 	// (forget_shared.go): SharedDropped are the tenant's and removed;
 	// SharedUndecided may be the tenant's and are kept (not erased:
 	// UndecidedWhy says why); Truncates hold no row data and are kept.
-	SharedRecords   int           `json:"shared_change_records"`
-	SharedDropped   int           `json:"shared_change_records_dropped"`
-	SharedUndecided int           `json:"shared_change_records_undecided"`
-	UndecidedWhy    *UndecidedWhy `json:"shared_change_records_undecided_why,omitempty"`
-	Truncates       int           `json:"truncate_records"`
+	SharedRecords   int `json:"shared_change_records"`
+	SharedDropped   int `json:"shared_change_records_dropped"`
+	SharedUndecided int `json:"shared_change_records_undecided"`
+	// SharedBlanked are records of rows that moved between the tenant and
+	// another: kept for the other, the tenant's side blanked.
+	SharedBlanked int `json:"shared_change_records_blanked,omitempty"`
+	// MovesBlanked are move records in other tenants' streams of rows
+	// that moved between them and the tenant, both rows blanked but for
+	// the key.
+	MovesBlanked int           `json:"move_records_blanked,omitempty"`
+	UndecidedWhy *UndecidedWhy `json:"shared_change_records_undecided_why,omitempty"`
+	Truncates    int           `json:"truncate_records"`
 }
 
 // UndecidedWhy counts the shared records forget kept because it could not
 // tell whether they are the tenant's, by reason.
 type UndecidedWhy struct {
-	// KeyHeldByOthers: a key the record references was held by the
-	// tenant and, at some point, by another tenant (or by a row no set or
-	// record shows).
+	// KeyHeldByOthers: a key the record references passed between the
+	// tenant and another tenant inside the record's transaction, on the
+	// same side of the record (its old or its new row).
 	KeyHeldByOthers int `json:"key_also_held_by_others,omitempty"`
-	// BeforeAnySet: the record lies where the log continues no set, so
-	// the tenant's rows at its instant are not known.
+	// OwnerUnknown: who held a key the record references at its LSN is
+	// not known (only partial sets before it, or a row of a table without
+	// a scope took the key).
+	OwnerUnknown int `json:"key_owner_unknown,omitempty"`
+	// BeforeAnySet is no longer used (such records are dropped: no
+	// restore can replay them); kept for plans and tombstones written
+	// before.
 	BeforeAnySet int `json:"before_any_set_the_log_continues,omitempty"`
 	// NoScope: its table is not scoped through a foreign key in any set
 	// (or the record lacks the key's columns).
@@ -127,8 +139,13 @@ type forgetSegment struct {
 	OldData string `json:"old_data"`
 	NewData string `json:"new_data"` // "" when nothing else remains
 	Size    int64  `json:"size"`
-	// Drop are the shared records attributed to the tenant.
-	Drop []RecordID `json:"drop,omitempty"`
+	// Drop are the shared records attributed to the tenant; Blank those
+	// of rows that moved between it and another (its side blanked).
+	Drop  []RecordID    `json:"drop,omitempty"`
+	Blank []BlankRecord `json:"blank,omitempty"`
+	// Moves are other tenants' move records of rows that moved between
+	// them and the tenant, blanked (by stream: the tenant's hash).
+	Moves []BlankRecord `json:"moves,omitempty"`
 }
 
 // forgetJournal is the plan of an erasure in progress, at
@@ -399,7 +416,7 @@ func (v *Vault) planSegments(ctx context.Context, tenant string, plan *ForgetPla
 	for _, st := range streams {
 		for _, idx := range st.segs {
 			ref := SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}
-			drop := verdict.drop[ref]
+			drop, blank, moves := verdict.drop[ref], verdict.blank[ref], verdict.moves[ref]
 			var tenantBytes, rest int64
 			for _, s := range idx.Streams {
 				switch {
@@ -409,10 +426,10 @@ func (v *Vault) planSegments(ctx context.Context, tenant string, plan *ForgetPla
 					rest += s.Length
 				}
 			}
-			if tenantBytes == 0 && len(drop) == 0 {
+			if tenantBytes == 0 && len(drop)+len(blank)+len(moves) == 0 {
 				continue
 			}
-			fs := forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop}
+			fs := forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop, Blank: blank, Moves: moves}
 			if rest > 0 {
 				fs.NewData = ChangesPrefix + st.stream + "/" + fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)
 			}
@@ -455,10 +472,12 @@ func (v *Vault) readStreams(ctx context.Context) ([]segmentStreams, error) {
 func (vd *sharedVerdict) summarize(s *PlanSummary) {
 	s.SharedRecords += vd.total
 	s.SharedDropped += vd.dropped
+	s.SharedBlanked += vd.blanked
+	s.MovesBlanked += vd.movesN
 	s.SharedUndecided += vd.undecided
 	s.Truncates += vd.truncates
 	if vd.undecided > 0 {
-		s.UndecidedWhy = &UndecidedWhy{KeyHeldByOthers: vd.other, BeforeAnySet: vd.uncovered, NoScope: vd.unscoped}
+		s.UndecidedWhy = &UndecidedWhy{KeyHeldByOthers: vd.other, OwnerUnknown: vd.unknown, NoScope: vd.unscoped}
 	}
 }
 
@@ -620,6 +639,8 @@ func (v *Vault) Forget(ctx context.Context, tenant string, first *ForgetPlan, o 
 		res.Done.BytesCopied += p.Summary.BytesCopied
 		res.Done.TenantBytes += p.Summary.TenantBytes
 		res.Done.SharedDropped += p.Summary.SharedDropped
+		res.Done.SharedBlanked += p.Summary.SharedBlanked
+		res.Done.MovesBlanked += p.Summary.MovesBlanked
 	}
 	// What stays undecided is judged by the first round, which still saw
 	// the tenant's rows (later rounds plan from what is left).
@@ -977,16 +998,13 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 	if err != nil {
 		return false, err
 	}
-	drop := map[RecordID]bool{}
-	for _, id := range fs.Drop {
-		drop[id] = true
-	}
+	drop := fs.edits()
 	holds, shared := false, false
 	for _, s := range idx.Streams {
 		holds = holds || (!s.Shared && s.Tenant == tenant)
 		shared = shared || s.Shared
 	}
-	if !holds && (len(drop) == 0 || !shared) {
+	if !holds && (drop.none() || !shared) && len(drop.moves) == 0 {
 		return false, nil
 	}
 	var data []byte
@@ -1011,12 +1029,12 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 			return false, tenantvault.Integrityf("change segment %s: the records of %q lie outside the object", idx.Key(), s.Tenant)
 		}
 		frame := data[s.Offset : s.Offset+s.Length]
-		if s.Shared && len(drop) > 0 {
-			kept, n, dropped, err := filterFrame(idx, s, frame, drop)
+		if ed := drop.of(v, s); !ed.none() {
+			kept, n, dropped, err := filterFrame(idx, s, frame, ed)
 			if err != nil {
 				return false, err
 			}
-			if dropped > 0 {
+			if kept != nil {
 				changed = true
 				nx.Records -= dropped
 				if n == 0 {
@@ -1068,10 +1086,50 @@ func (v *Vault) writeRewrittenSegment(ctx context.Context, fs forgetSegment, idx
 	return nil
 }
 
-// filterFrame returns a plaintext frame of records without those in drop
-// (recompressed; its checksum checked first), the records kept and the
-// records dropped.
-func filterFrame(idx *SegmentIndex, s SegmentStream, frame []byte, drop map[RecordID]bool) ([]byte, int, int, error) {
+// recordEdits are what forget does to a segment's shared records.
+type recordEdits struct {
+	drop  map[RecordID]bool
+	blank map[RecordID]BlankRecord
+	// moves are the other tenants' streams' edits, by tenant hash.
+	moves map[string]recordEdits
+}
+
+func (fs forgetSegment) edits() recordEdits {
+	e := recordEdits{drop: map[RecordID]bool{}, blank: map[RecordID]BlankRecord{}, moves: map[string]recordEdits{}}
+	for _, id := range fs.Drop {
+		e.drop[id] = true
+	}
+	for _, b := range fs.Blank {
+		e.blank[b.ID] = b
+	}
+	for _, b := range fs.Moves {
+		m, ok := e.moves[b.Stream]
+		if !ok {
+			m = recordEdits{blank: map[RecordID]BlankRecord{}}
+			e.moves[b.Stream] = m
+		}
+		m.blank[b.ID] = b
+	}
+	return e
+}
+
+func (e recordEdits) none() bool { return len(e.drop)+len(e.blank) == 0 }
+
+// of are the edits of stream s (tenant streams' by their hash).
+func (e recordEdits) of(v *Vault, s SegmentStream) recordEdits {
+	if s.Shared {
+		return e
+	}
+	if len(e.moves) == 0 {
+		return recordEdits{}
+	}
+	return e.moves[v.TenantHash(s.Tenant)]
+}
+
+// filterFrame returns a plaintext frame of records without those dropped
+// and with those blanked (recompressed; its checksum checked first), or
+// nil when that changes nothing; the records kept and dropped.
+func filterFrame(idx *SegmentIndex, s SegmentStream, frame []byte, e recordEdits) ([]byte, int, int, error) {
 	if sha256Hex(frame) != s.SHA256 {
 		return nil, 0, 0, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the shared records)", idx.Key())
 	}
@@ -1084,12 +1142,12 @@ func filterFrame(idx *SegmentIndex, s SegmentStream, frame []byte, drop map[Reco
 	if err != nil {
 		return nil, 0, 0, tenantvault.Integrityf("change segment %s is damaged: %v", idx.Key(), err)
 	}
-	recs, kept, dropped, err := filterRecords(raw, drop)
+	recs, kept, dropped, blanked, err := filterRecords(raw, e.drop, e.blank)
 	if err != nil {
 		return nil, 0, 0, tenantvault.Integrityf("change segment %s: %v", idx.Key(), err)
 	}
-	if dropped == 0 {
-		return frame, kept, 0, nil
+	if dropped+blanked == 0 {
+		return nil, kept, 0, nil
 	}
 	return pageEncoder.EncodeAll(recs, []byte{CodecZstd}), kept, dropped, nil
 }

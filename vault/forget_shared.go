@@ -43,6 +43,26 @@ import (
 // in the transaction, unique among a segment's shared records.
 type RecordID [2]uint64
 
+// BlankRecord is a shared record forget keeps with one side blanked: a row
+// that moved between the erased tenant and another. Old blanks the old
+// tuple (the row left the erased tenant: its values before are the
+// tenant's), else the new one (it joined the erased tenant). Keep are the
+// columns left as they are: the row's key and its first foreign key's
+// columns, which replay attributes the record by, and, in the old tuple,
+// those the new one takes from it (unchanged TOAST values).
+//
+// Move records (OpMoved) in another tenant's own stream are blanked on
+// both sides (Move): replay reads only their position and relation. Such
+// entries name their stream by the tenant's hash (Stream): journals name
+// no tenant.
+type BlankRecord struct {
+	ID     RecordID `json:"id"`
+	Old    bool     `json:"old"`
+	Keep   []int    `json:"keep"`
+	Move   bool     `json:"move,omitempty"`
+	Stream string   `json:"stream,omitempty"`
+}
+
 type keyFlags uint8
 
 const (
@@ -52,23 +72,37 @@ const (
 
 // sharedRecord is what attribution keeps of one shared record.
 type sharedRecord struct {
-	seg     SegmentRef
-	id      RecordID
-	kind    byte     // 0: attributable; 'T': TRUNCATE; 'u': no scope to follow
-	parents []string // parent keys its first hop references (old and new tuple)
-	own     []string // its own referenced keys (other tables' first hops reference its table)
-	covered bool     // a set the log continues lies before it
+	seg        SegmentRef
+	id         RecordID
+	op         byte
+	kind       byte     // 0: by its first hop; 'T': TRUNCATE; 'c': by its tenant column; 'u': no scope to follow
+	colTenant  string   // kind 'c': the tenant its tuples name
+	parents    []string // parent keys its first hop references (old and new tuple)
+	pOld, pNew string   // the same, per tuple ("" references nothing)
+	// ownOld and ownNew are its own referenced keys (other tables' first
+	// hops reference its table by them) in the old and new tuple.
+	ownOld, ownNew   []string
+	truncs           map[string]bool // a TRUNCATE's tables
+	covered          bool            // a set the log continues lies before it
+	keepOld, keepNew []int           // the columns a split keeps (BlankRecord)
 }
 
 // sharedVerdict is what attribution decided.
 type sharedVerdict struct {
-	drop      map[SegmentRef][]RecordID
+	tenant string
+	drop   map[SegmentRef][]RecordID
+	blank  map[SegmentRef][]BlankRecord
+	// moves are the move records in other tenants' streams of rows that
+	// moved between them and the erased tenant.
+	moves     map[SegmentRef][]BlankRecord
+	movesN    int
 	total     int
 	dropped   int
+	blanked   int
 	undecided int
 	truncates int
 	// Why the undecided were kept, by reason.
-	other, uncovered, unscoped int
+	other, unknown, unscoped int
 }
 
 // attrSchema is what attribution knows of a source's tables: the newest
@@ -77,6 +111,9 @@ type sharedVerdict struct {
 type attrSchema struct {
 	tables map[string]*manifest.Table // schema\0name
 	refs   map[string][][]string
+	// tenantCol is the tenant key column of the column model (tables that
+	// carry it name their tenant in every tuple).
+	tenantCol string
 }
 
 func tableKey(schema, name string) string { return schema + "\x00" + name }
@@ -126,6 +163,9 @@ func schemasOf(headers []*manifest.Manifest) (map[string]*attrSchema, map[string
 		if sc == nil {
 			sc = &attrSchema{tables: map[string]*manifest.Table{}, refs: map[string][][]string{}}
 			out[stream] = sc
+		}
+		if m.Tenancy.Model == "column" {
+			sc.tenantCol = m.Tenancy.TenantColumn
 		}
 		for i := range m.Tables {
 			if t := &m.Tables[i]; t.Kind == manifest.TableScoped {
@@ -181,7 +221,10 @@ type segmentStreams struct {
 
 // coverage returns, for a stream's segments, from which LSN on the log
 // continues a set exactly: per contiguous run of segments, the first
-// exact set LSN inside it. covered(i, lsn) reports it for segment i.
+// exact set LSN inside it. covered(i, lsn) reports it for segment i. It
+// is exactly what restore's planReplay accepts: a base set taken at an
+// exact LSN, the log from there without a gap; no restore (nor verify
+// --replay, nor export --at) replays a record that is not covered.
 func coverage(segs []*SegmentIndex, exact []uint64) func(i int, lsn uint64) bool {
 	from := make([]uint64, len(segs))
 	const never = ^uint64(0)
@@ -200,15 +243,60 @@ func coverage(segs []*SegmentIndex, exact []uint64) func(i int, lsn uint64) bool
 	return func(i int, lsn uint64) bool { return lsn >= from[i] }
 }
 
+// columnTenant is the one tenant the tuples of a row of a table with the
+// tenant column name; ok is false when a tuple lacks it or they differ
+// (the row moved: the capture attributes those itself).
+func columnTenant(rel *Relation, col string, tuples ...[]Value) (string, bool) {
+	i := slices.Index(rel.Columns, col)
+	if col == "" || i < 0 {
+		return "", false
+	}
+	who, n := "", 0
+	for _, tp := range tuples {
+		if tp == nil {
+			continue
+		}
+		if i >= len(tp) || tp[i].Kind != ValueText || n > 0 && string(tp[i].Data) != who {
+			return "", false
+		}
+		who, n = string(tp[i].Data), n+1
+	}
+	return who, n > 0
+}
+
+// columnsAt are the positions of cols in rel.
+func columnsAt(rel *Relation, cols ...[]string) []int {
+	var out []int
+	for _, cs := range cols {
+		for _, c := range cs {
+			if i := slices.Index(rel.Columns, c); i >= 0 && !slices.Contains(out, i) {
+				out = append(out, i)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // attributeShared decides which shared records of the log are tenant's.
 // holding are the tenant's entries in the sets that hold it (with their
 // set's header); headers are every set's.
+//
+// Covered records (a restore can replay them) are decided by who held
+// the parent keys they reference at their LSN (ownership.go): the owner
+// of every key at each set's LSN, carried through the log's changes.
+// Uncovered ones no restore can replay: they are dropped unless provably
+// another's.
 func (v *Vault) attributeShared(ctx context.Context, tenant string, headers []*manifest.Manifest, holding []setScan, streams []segmentStreams) (*sharedVerdict, error) {
-	verdict := &sharedVerdict{drop: map[SegmentRef][]RecordID{}}
+	verdict := &sharedVerdict{tenant: tenant, drop: map[SegmentRef][]RecordID{}, blank: map[SegmentRef][]BlankRecord{}, moves: map[SegmentRef][]BlankRecord{}}
 	schemas, exact := schemasOf(headers)
-	var recs []*sharedRecord
-	held := map[string]keyFlags{} // only the keys shared records reference
+	if err := v.moveBlanks(ctx, tenant, streams, schemas, verdict); err != nil {
+		return nil, err
+	}
+	recs := map[string][]*sharedRecord{} // per stream, in log order
+	held := map[string]keyFlags{}        // only the keys shared records reference
 	parentTables := map[string]bool{}
+	uncovered := false
 	for _, st := range streams {
 		sc := schemas[st.stream]
 		covered := coverage(st.segs, exact[st.stream])
@@ -217,10 +305,16 @@ func (v *Vault) attributeShared(ctx context.Context, tenant string, headers []*m
 			err := v.ScanSegment(ctx, idx, func(s SegmentStream) bool { return s.Shared }, func(s SegmentStream, cr *ChangeReader) error {
 				return eachChange(idx, cr, func(c *Change) error {
 					verdict.total++
-					r := &sharedRecord{seg: SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}, id: RecordID{c.LSN, uint64(c.Seq)}, covered: covered(i, c.LSN)}
-					recs = append(recs, r)
+					r := &sharedRecord{seg: SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}, id: RecordID{c.LSN, uint64(c.Seq)}, op: c.Op, covered: covered(i, c.LSN)}
+					recs[st.stream] = append(recs[st.stream], r)
 					if c.Op == OpTruncate {
 						r.kind = OpTruncate
+						r.truncs = map[string]bool{}
+						for _, oid := range c.Rels {
+							if rel := rels[oid]; rel != nil {
+								r.truncs[tableKey(rel.Schema, rel.Name)] = true
+							}
+						}
 						return nil
 					}
 					rel := rels[c.Rel]
@@ -228,28 +322,73 @@ func (v *Vault) attributeShared(ctx context.Context, tenant string, headers []*m
 					if rel != nil && sc != nil {
 						t = sc.tables[tableKey(rel.Schema, rel.Name)]
 					}
+					newT := FillUnchanged(c.New, c.Old)
+					if rel != nil && sc != nil {
+						r.ownOld, r.ownNew = sc.ownKeys(rel, c.Old), sc.ownKeys(rel, newT)
+					}
+					if t != nil && (t.Scope == nil || len(t.Scope.Hops) == 0) {
+						// A table that carries the tenant column: its
+						// tuples name their tenant.
+						col := sc.tenantCol
+						if t.Scope != nil && t.Scope.Column != "" {
+							col = t.Scope.Column
+						}
+						if who, ok := columnTenant(rel, col, c.Old, newT); ok {
+							r.kind, r.colTenant = 'c', who
+							return nil
+						}
+					}
 					if t == nil || t.Scope == nil || len(t.Scope.Hops) == 0 {
 						r.kind = 'u'
+						uncovered = uncovered || !r.covered
 						return nil
 					}
 					h := t.Scope.Hops[0]
-					for _, tp := range [][]Value{c.Old, FillUnchanged(c.New, c.Old)} {
+					oldT := c.Old
+					if c.Op == OpUpdate && oldT == nil {
+						oldT = newT // the identity, which holds the first hop, did not change
+					}
+					if c.Op == OpInsert {
+						oldT = nil
+					}
+					if c.Op == OpDelete {
+						newT = nil
+					}
+					for j, tp := range [][]Value{oldT, newT} {
 						if tp == nil {
 							continue
 						}
 						vals, ok, missing := tupleKey(rel, tp, h.Columns)
 						if missing {
 							r.kind = 'u'
+							uncovered = uncovered || !r.covered
 							return nil
 						}
 						if ok {
 							k := keyString(h.RefSchema, h.RefTable, h.RefCols, vals)
-							r.parents = append(r.parents, k)
+							if j == 0 {
+								r.pOld = k
+							} else {
+								r.pNew = k
+							}
+							if !slices.Contains(r.parents, k) {
+								r.parents = append(r.parents, k)
+							}
 							held[k] |= 0
 						}
 					}
 					parentTables[tableKey(h.RefSchema, h.RefTable)] = true
-					r.own = sc.ownKeys(rel, c.Old, FillUnchanged(c.New, c.Old))
+					if c.Op == OpUpdate {
+						r.keepNew = columnsAt(rel, t.Key, h.Columns)
+						r.keepOld = slices.Clone(r.keepNew)
+						for j, val := range c.New {
+							if val.Kind == ValueUnchanged && j < len(rel.Columns) && !slices.Contains(r.keepOld, j) {
+								r.keepOld = append(r.keepOld, j)
+							}
+						}
+						slices.Sort(r.keepOld)
+					}
+					uncovered = uncovered || !r.covered
 					return nil
 				})
 			})
@@ -259,7 +398,7 @@ func (v *Vault) attributeShared(ctx context.Context, tenant string, headers []*m
 		}
 	}
 	if len(held) == 0 {
-		verdict.classify(recs, held)
+		verdict.classifyUncovered(recs, held)
 		return verdict, nil
 	}
 	mark := func(f keyFlags) func(k string) {
@@ -269,112 +408,171 @@ func (v *Vault) attributeShared(ctx context.Context, tenant string, headers []*m
 			}
 		}
 	}
-	// The tenant's own keys: its chunks of the parent tables in every
-	// set, and its own change records.
-	seen := map[string]bool{}
+	// Did the tenant ever hold one of those keys? Its chunks of the
+	// parent tables in every set, and its own change records.
+	cache := map[string][]string{}
 	for _, sc := range holding {
-		m := sc.s.Header()
-		if err := v.chunkKeys(ctx, m, sc.entry.Chunks, schemas, parentTables, seen, mark(heldByTenant)); err != nil {
+		keys, err := v.chunksHeld(ctx, sc.s.Header(), sc.entry.Chunks, schemas, parentTables, held, cache)
+		if err != nil {
 			return nil, err
 		}
+		for _, k := range keys {
+			mark(heldByTenant)(k)
+		}
 	}
-	if err := v.streamKeys(ctx, streams, schemas, func(s SegmentStream) bool { return !s.Shared && s.Tenant == tenant }, mark(heldByTenant)); err != nil {
+	events, err := v.tenantEvents(ctx, streams, schemas, held)
+	if err != nil {
 		return nil, err
+	}
+	for _, evs := range events {
+		for _, e := range evs {
+			f := heldByOther
+			if e.tenant == tenant {
+				f = heldByTenant
+			}
+			for _, k := range append(slices.Clone(e.release), e.hold...) {
+				mark(f)(k)
+			}
+		}
 	}
 	propagate(recs, held, heldByTenant)
 	candidate := false
 	for _, f := range held {
 		candidate = candidate || f&heldByTenant != 0
 	}
-	if candidate {
-		// Did anyone else ever hold one of those keys? Every other
-		// tenant's chunks of the parent tables and change records.
-		for _, m := range headers {
-			s, err := v.OpenSet(ctx, m.ID)
-			if err != nil {
-				return nil, err
-			}
-			var chunks []manifest.Chunk
-			err = s.Tenants(ctx, func(t *manifest.Tenant) error {
-				if t.ID != tenant {
-					chunks = append(chunks, t.Chunks...)
-				}
-				return nil
-			})
-			s.release()
-			if err != nil {
-				return nil, err
-			}
-			if err := v.chunkKeys(ctx, m, chunks, schemas, parentTables, seen, mark(heldByOther)); err != nil {
-				return nil, err
-			}
-		}
-		if err := v.streamKeys(ctx, streams, schemas, func(s SegmentStream) bool { return !s.Shared && s.Tenant != tenant }, mark(heldByOther)); err != nil {
+	if !candidate && !uncovered {
+		// The tenant never held a key a shared record references: none
+		// is its.
+		verdict.classifyUncovered(recs, held)
+		return verdict, nil
+	}
+	// Who held the keys at each set: every tenant's chunks of the parent
+	// tables in every set (reused chunks read once).
+	anchors := map[string][]anchor{}
+	for _, m := range headers {
+		s, err := v.OpenSet(ctx, m.ID)
+		if err != nil {
 			return nil, err
 		}
+		var ts []*manifest.Tenant
+		err = s.Tenants(ctx, func(t *manifest.Tenant) error {
+			cp := *t
+			ts = append(ts, &cp)
+			return nil
+		})
+		s.release()
+		if err != nil {
+			return nil, err
+		}
+		a := anchor{owners: map[string]string{}, partial: m.Partial || m.Kind == manifest.KindPreRestore}
+		for _, t := range ts {
+			a.tenants = append(a.tenants, t.ID)
+			keys, err := v.chunksHeld(ctx, m, t.Chunks, schemas, parentTables, held, cache)
+			if err != nil {
+				return nil, err
+			}
+			for _, k := range keys {
+				a.owners[k] = t.ID
+				if t.ID != tenant {
+					mark(heldByOther)(k)
+				}
+			}
+		}
+		if lsn, err := ParseLSN(m.LSN); err == nil && m.LSNExact {
+			a.lsn = lsn
+			stream := StreamName(m.Source.SystemID, m.Source.Database)
+			anchors[stream] = append(anchors[stream], a)
+		}
 	}
-	verdict.classify(recs, held)
+	verdict.classifyUncovered(recs, held)
+	for _, st := range streams {
+		as := anchors[st.stream]
+		slices.SortStableFunc(as, func(a, b anchor) int { return cmpLSN(a.lsn, b.lsn) })
+		decideCovered(verdict, tenant, st.segs, recs[st.stream], events, as, held)
+	}
 	return verdict, nil
 }
 
+func cmpLSN(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
 // propagate passes flag f from the parent keys of shared records to their
-// own keys until nothing changes: a record whose parent the tenant held
-// made a row of the tenant's, which rows of tables further down the chain
-// reference. For heldByOther, a covered record whose parent no one is
-// known to hold is another's too.
-func propagate(recs []*sharedRecord, held map[string]keyFlags, f keyFlags) {
+// own keys until nothing changes: a record whose parent the tenant (or
+// another tenant) held made a row of that tenant's, which rows of tables
+// further down the chain reference.
+func propagate(recs map[string][]*sharedRecord, held map[string]keyFlags, f keyFlags) {
 	for changed := true; changed; {
 		changed = false
-		for _, r := range recs {
-			if r.kind != 0 || len(r.own) == 0 {
-				continue
-			}
-			has := false
-			for _, p := range r.parents {
-				has = has || held[p]&f != 0 || f == heldByOther && held[p] == 0
-			}
-			if !has {
-				continue
-			}
-			for _, k := range r.own {
-				if old, ok := held[k]; ok && old&f == 0 {
-					held[k] = old | f
-					changed = true
+		for _, rs := range recs {
+			for _, r := range rs {
+				if r.kind != 0 || len(r.ownOld)+len(r.ownNew) == 0 {
+					continue
+				}
+				has := false
+				for _, p := range r.parents {
+					has = has || held[p]&f != 0
+				}
+				if !has {
+					continue
+				}
+				for _, k := range append(slices.Clone(r.ownOld), r.ownNew...) {
+					if old, ok := held[k]; ok && old&f == 0 {
+						held[k] = old | f
+						changed = true
+					}
 				}
 			}
 		}
 	}
 }
 
-// classify decides each record, after the tenant's and others' keys are
-// known.
-func (vd *sharedVerdict) classify(recs []*sharedRecord, held map[string]keyFlags) {
+// classifyUncovered decides the records no restore can replay (see
+// coverage), from who ever held their keys: the tenant's, or possibly
+// its (a key no set or record shows, a table without a scope), are
+// dropped: dropping them changes no one's restore. Those provably
+// another's (every key they reference held by other tenants, never by
+// the erased one) stay, for `changes`. TRUNCATEs are counted wherever
+// they lie.
+func (vd *sharedVerdict) classifyUncovered(recs map[string][]*sharedRecord, held map[string]keyFlags) {
 	propagate(recs, held, heldByOther)
-	for _, r := range recs {
-		switch r.kind {
-		case OpTruncate:
-			vd.truncates++
-			continue
-		case 'u':
-			vd.undecided++
-			vd.unscoped++
-			continue
-		}
-		mine, other := false, false
-		for _, p := range r.parents {
-			mine = mine || held[p]&heldByTenant != 0
-			other = other || held[p]&heldByOther != 0 || held[p] == 0
-		}
-		switch {
-		case mine && !other && r.covered:
-			vd.drop[r.seg] = append(vd.drop[r.seg], r.id)
-			vd.dropped++
-		case mine && other:
-			vd.undecided++
-			vd.other++
-		case !r.covered:
-			vd.undecided++
-			vd.uncovered++
+	for _, rs := range recs {
+		for _, r := range rs {
+			if r.kind == OpTruncate {
+				vd.truncates++
+				continue
+			}
+			if r.kind == 'c' {
+				// Its tuples name its tenant: the erased one's are
+				// dropped (no other tenant's replay finds that row as
+				// theirs), the others' kept.
+				if r.colTenant == vd.tenant {
+					vd.drop[r.seg] = append(vd.drop[r.seg], r.id)
+					vd.dropped++
+				}
+				continue
+			}
+			if r.covered {
+				if r.kind == 'u' {
+					vd.undecided++
+					vd.unscoped++
+				}
+				continue
+			}
+			drop := r.kind == 'u'
+			for _, p := range r.parents {
+				drop = drop || held[p]&heldByTenant != 0 || held[p]&heldByOther == 0
+			}
+			if drop {
+				vd.drop[r.seg] = append(vd.drop[r.seg], r.id)
+				vd.dropped++
+			}
 		}
 	}
 }
@@ -402,47 +600,17 @@ func eachChange(idx *SegmentIndex, cr *ChangeReader, fn func(*Change) error) err
 	}
 }
 
-// streamKeys marks the referenced keys that the records of the streams
-// want picks hold.
-func (v *Vault) streamKeys(ctx context.Context, streams []segmentStreams, schemas map[string]*attrSchema, want func(SegmentStream) bool, mark func(string)) error {
-	for _, st := range streams {
-		sc := schemas[st.stream]
-		if sc == nil {
-			continue
-		}
-		for _, idx := range st.segs {
-			rels := relationsOf(idx)
-			err := v.ScanSegment(ctx, idx, want, func(s SegmentStream, cr *ChangeReader) error {
-				return eachChange(idx, cr, func(c *Change) error {
-					if rel := rels[c.Rel]; rel != nil && c.Op != OpTruncate {
-						for _, k := range sc.ownKeys(rel, c.Old, FillUnchanged(c.New, c.Old)) {
-							mark(k)
-						}
-					}
-					return nil
-				})
-			})
-			if errors.Is(err, ErrTenantKeyDestroyed) {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("forget reads the change log (nothing was changed): %w", err)
-			}
-		}
-	}
-	return nil
-}
-
-// chunkKeys marks the referenced keys the rows of chunks hold, for the
-// chunks of parentTables; seen skips chunks read before (reuse makes
-// sets share them).
-func (v *Vault) chunkKeys(ctx context.Context, m *manifest.Manifest, chunks []manifest.Chunk, schemas map[string]*attrSchema, parentTables map[string]bool, seen map[string]bool, mark func(string)) error {
+// chunksHeld returns the keys in held that the rows of chunks hold, for
+// the chunks of parentTables; cache keeps what each chunk held (reuse
+// makes sets share chunks).
+func (v *Vault) chunksHeld(ctx context.Context, m *manifest.Manifest, chunks []manifest.Chunk, schemas map[string]*attrSchema, parentTables map[string]bool, held map[string]keyFlags, cache map[string][]string) ([]string, error) {
 	sc := schemas[StreamName(m.Source.SystemID, m.Source.Database)]
 	if sc == nil {
-		return nil
+		return nil, nil
 	}
+	var out []string
 	for _, c := range chunks {
-		if c.Table < 0 || c.Table >= len(m.Tables) {
+		if c.Table < 0 || c.Table >= len(m.Tables) || c.Pack < 0 || c.Pack >= len(m.Packs) {
 			continue
 		}
 		t := &m.Tables[c.Table]
@@ -451,10 +619,10 @@ func (v *Vault) chunkKeys(ctx context.Context, m *manifest.Manifest, chunks []ma
 			continue
 		}
 		id := fmt.Sprintf("%s@%d", m.Packs[c.Pack], c.Offset)
-		if seen[id] {
+		if keys, ok := cache[id]; ok {
+			out = append(out, keys...)
 			continue
 		}
-		seen[id] = true
 		cols := tenancy.Exported(t)
 		var names []string
 		for _, col := range cols {
@@ -463,11 +631,13 @@ func (v *Vault) chunkKeys(ctx context.Context, m *manifest.Manifest, chunks []ma
 		rel := &Relation{Schema: t.Schema, Name: t.Name, Columns: names}
 		rc, err := v.OpenChunk(ctx, m, c)
 		if errors.Is(err, ErrTenantKeyDestroyed) {
+			cache[id] = nil
 			continue // an erased tenant's: beyond anyone's use
 		}
 		if err != nil {
-			return fmt.Errorf("forget reads the rows of %s to attribute shared change records (nothing was changed): %w", chunkName(m, c), err)
+			return nil, fmt.Errorf("forget reads the rows of %s to attribute shared change records (nothing was changed): %w", chunkName(m, c), err)
 		}
+		var keys []string
 		sr := bufio.NewScanner(rc)
 		sr.Buffer(make([]byte, 64<<10), 1<<30)
 		for sr.Scan() {
@@ -481,39 +651,79 @@ func (v *Vault) chunkKeys(ctx context.Context, m *manifest.Manifest, chunks []ma
 				}
 			}
 			for _, k := range sc.ownKeys(rel, tuple) {
-				mark(k)
+				if _, ok := held[k]; ok {
+					keys = append(keys, k)
+				}
 			}
 		}
 		err = sr.Err()
 		rc.Close()
 		if err != nil {
-			return fmt.Errorf("forget reads the rows of %s (nothing was changed): %w", chunkName(m, c), err)
+			return nil, fmt.Errorf("forget reads the rows of %s (nothing was changed): %w", chunkName(m, c), err)
 		}
+		cache[id] = keys
+		out = append(out, keys...)
 	}
-	return nil
+	return out, nil
 }
 
 // filterRecords returns the records of a decoded stream without those in
-// drop, and how many it dropped.
-func filterRecords(raw []byte, drop map[RecordID]bool) ([]byte, int, int, error) {
+// drop and with those in blank blanked, how many it kept, dropped and
+// blanked (a record already blank is not counted: a resumed forget finds
+// it done).
+func filterRecords(raw []byte, drop map[RecordID]bool, blank map[RecordID]BlankRecord) ([]byte, int, int, int, error) {
 	cr := NewChangeReader(bytes.NewReader(raw))
 	var out []byte
-	kept, dropped := 0, 0
+	kept, dropped, blanked := 0, 0, 0
 	for {
 		c, err := cr.Next()
 		if err == io.EOF {
-			return out, kept, dropped, nil
+			return out, kept, dropped, blanked, nil
 		}
 		if err != nil {
-			return nil, 0, 0, err
+			return nil, 0, 0, 0, err
 		}
-		if drop[RecordID{c.LSN, uint64(c.Seq)}] {
+		id := RecordID{c.LSN, uint64(c.Seq)}
+		if drop[id] {
 			dropped++
 			continue
+		}
+		if b, ok := blank[id]; ok && c.Op == OpUpdate {
+			if blankSide(c, b) {
+				blanked++
+			}
+		}
+		if b, ok := blank[id]; ok && b.Move && c.Op == OpMoved {
+			o, n := b, b
+			o.Old, n.Old = true, false
+			if x, y := blankSide(c, o), blankSide(c, n); x || y {
+				blanked++
+			}
 		}
 		out = EncodeChange(out, c)
 		kept++
 	}
+}
+
+// blankSide blanks the erased tenant's side of a moved row's record: in
+// the old tuple its values become absent (not part of the tuple, as in a
+// key-only old tuple), in the new one unchanged (taken from the old
+// tuple, which the other tenant's replay reads them from). It reports
+// whether anything changed.
+func blankSide(c *Change, b BlankRecord) bool {
+	tuple, to := c.New, ValueUnchanged
+	if b.Old {
+		tuple, to = c.Old, ValueAbsent
+	}
+	changed := false
+	for i := range tuple {
+		if slices.Contains(b.Keep, i) || tuple[i].Kind == to {
+			continue
+		}
+		tuple[i] = Value{Kind: to}
+		changed = true
+	}
+	return changed
 }
 
 func sha256Hex(b []byte) string {

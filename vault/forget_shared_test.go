@@ -128,10 +128,12 @@ func sharedRepo(t *testing.T, b repo.Backend, keys *vault.Keys, segmentsV1 ...bo
 		"victim": {"3\tvictim\t" + forgetMarker + " project\n4\tvictim\tsecond\n", "30\t3\t" + forgetMarker + " task\n31\t3\tanother\n40\t4\treused key\n", "300\t30\t" + forgetMarker + " note\n"},
 		"zeta":   {"5\tzeta\tZeta project\n", "50\t5\tzeta task\n", "500\t50\tzeta note\n"},
 	})
-	// Task 40 later belongs to zeta (a key held by two tenants).
+	// After the log below: tasks and notes truncated, task 40 zeta's and
+	// task 50 the victim's for a while before.
 	writeScopedSet(t, openWith(t, b, keys, false), t0.Add(time.Hour), lsn+0x210, map[string][3]string{
-		"acme": {"1\tacme\tAcme project\n", "10\t1\tacme task\n", ""},
-		"zeta": {"5\tzeta\tZeta project\n", "40\t5\tnow zeta's\n50\t5\tzeta task\n", "500\t50\tzeta note\n"},
+		"acme":   {"1\tacme\tAcme project\n", "", ""},
+		"victim": {"4\tvictim\tsecond\n8\tvictim\t" + forgetMarker + " own stream\n", "", ""},
+		"zeta":   {"5\tzeta\tZeta project\n6\tzeta\tnew\n", "", ""},
 	})
 	stream := vault.StreamName("42", "db")
 	rels := []vault.Relation{
@@ -170,19 +172,44 @@ func sharedRepo(t *testing.T, b repo.Backend, keys *vault.Keys, segmentsV1 ...bo
 	at2 := at.Add(time.Minute)
 	seg(lsn+0x100, at2, func(sb *vault.SegmentBuilder) {
 		l := lsn + 0x120
-		// A note of task 40, which victim and (later) zeta held: undecided.
-		sb.Add("", true, &vault.Change{LSN: l, Seq: 1, Time: at2, Rel: 3, Op: vault.OpInsert, New: []vault.Value{text("401"), text("40"), text("ambiguous " + forgetMarker)}})
-		sb.Add("", true, &vault.Change{LSN: l + 1, Seq: 1, Time: at2, Rel: 2, Op: vault.OpTruncate, Rels: []uint32{2, 3}})
-		sb.Add("zeta", false, &vault.Change{LSN: l + 2, Seq: 1, Time: at2, Rel: 1, Op: vault.OpInsert, New: []vault.Value{text("6"), text("zeta"), text("new")}})
-		sb.Add("victim", false, &vault.Change{LSN: l + 3, Seq: 1, Time: at2, Rel: 1, Op: vault.OpInsert, New: []vault.Value{text("8"), text("victim"), text(forgetMarker + " own stream")}})
+		// A note of task 40 while the victim held it (zeta holds the key
+		// later): the victim's.
+		sb.Add("", true, &vault.Change{LSN: l, Seq: 1, Time: at2, Rel: 3, Op: vault.OpInsert, New: []vault.Value{text("401"), text("40"), text(forgetMarker + " before the move")}})
+		// Task 40 moves to zeta's project 5: its old row is the victim's,
+		// its new one zeta's; then a note of it, zeta's.
+		sb.Add("", true, &vault.Change{LSN: l + 2, Seq: 1, Time: at2, Rel: 2, Op: vault.OpUpdate, Old: []vault.Value{text("40"), text("4"), text(forgetMarker + " moved away")}, New: []vault.Value{text("40"), text("5"), text("now zeta's")}})
+		sb.Add("", true, &vault.Change{LSN: l + 3, Seq: 1, Time: at2, Rel: 3, Op: vault.OpInsert, New: []vault.Value{text("402"), text("40"), text("zeta's note")}})
+		// Zeta's task 50 moves to the victim's project 4, and its note goes
+		// while it is the victim's.
+		sb.Add("", true, &vault.Change{LSN: l + 4, Seq: 1, Time: at2, Rel: 2, Op: vault.OpUpdate, Old: []vault.Value{text("50"), text("5"), text("zeta task")}, New: []vault.Value{text("50"), text("4"), text(forgetMarker + " moved in")}})
+		sb.Add("", true, &vault.Change{LSN: l + 5, Seq: 1, Time: at2, Rel: 3, Op: vault.OpDelete, Old: []vault.Value{text("500"), text("50"), text(forgetMarker + " note of a moved task")}})
+		// In one transaction a task is made in the victim's project, moved
+		// to zeta's, and given a note: whose the note is cannot be told
+		// from the keys (undecided).
+		sb.Add("", true, &vault.Change{LSN: l + 6, Seq: 1, Time: at2, Rel: 2, Op: vault.OpInsert, New: []vault.Value{text("60"), text("4"), text(forgetMarker + " made")}})
+		sb.Add("", true, &vault.Change{LSN: l + 6, Seq: 2, Time: at2, Rel: 2, Op: vault.OpUpdate, Old: []vault.Value{text("60"), text("4"), text(forgetMarker + " made")}, New: []vault.Value{text("60"), text("5"), text("zeta's now")}})
+		sb.Add("", true, &vault.Change{LSN: l + 6, Seq: 3, Time: at2, Rel: 3, Op: vault.OpInsert, New: []vault.Value{text("600"), text("60"), text("undecidable " + forgetMarker)}})
+		sb.Add("", true, &vault.Change{LSN: l + 0x40, Seq: 1, Time: at2, Rel: 2, Op: vault.OpTruncate, Rels: []uint32{2, 3}})
+		sb.Add("zeta", false, &vault.Change{LSN: l + 0x41, Seq: 1, Time: at2, Rel: 1, Op: vault.OpInsert, New: []vault.Value{text("6"), text("zeta"), text("new")}})
+		sb.Add("victim", false, &vault.Change{LSN: l + 0x42, Seq: 1, Time: at2, Rel: 1, Op: vault.OpInsert, New: []vault.Value{text("8"), text("victim"), text(forgetMarker + " own stream")}})
+		// Zeta's project 5 moves to the victim (tasks scoped through it go
+		// along): a move record in both streams, zeta's holding the row
+		// as the victim's.
+		sb.Add("victim", false, &vault.Change{LSN: l + 0x43, Seq: 1, Time: at2, Rel: 1, Op: vault.OpMoved, New: []vault.Value{text("5"), text("victim"), text(forgetMarker + " moved project")}, Old: []vault.Value{text("5"), text("zeta"), text("Zeta project")}})
+		sb.Add("zeta", false, &vault.Change{LSN: l + 0x43, Seq: 2, Time: at2, Rel: 1, Op: vault.OpMoved, New: []vault.Value{text("5"), text("victim"), text(forgetMarker + " moved project")}, Old: []vault.Value{text("5"), text("zeta"), text("Zeta project")}})
 	})
 }
 
-// TestForgetSharedRecords: forget drops the shared records only the erased
-// tenant's keys reach (a cascade's deletes, a shared insert, and a record
-// two hops down through it), keeps every other tenant's and the TRUNCATE
-// as they were, and keeps and counts the undecided ones (a key two tenants
-// held; a record before the log continues any set).
+// TestForgetSharedRecords: forget decides each shared record by who held
+// the keys it references at its LSN: it drops the erased tenant's (a
+// cascade's deletes, a shared insert and a record two hops down through
+// it; a note of a task the tenant held then, though zeta holds the key
+// later; a note of a task that had moved to the tenant; a record before
+// the log continues any set, which no restore can replay), blanks the
+// tenant's side of tasks that moved between it and zeta, keeps every
+// other tenant's and the TRUNCATE as they were, and keeps and counts the
+// one it cannot decide (a key that passed between them inside one
+// transaction).
 func TestForgetSharedRecords(t *testing.T) {
 	for name, mk := range forgetBackends(t) {
 		t.Run(name, func(t *testing.T) {
@@ -200,43 +227,31 @@ func TestForgetSharedRecords(t *testing.T) {
 			if s.UndecidedWhy != nil {
 				why = *s.UndecidedWhy
 			}
-			if s.SharedRecords != 9 || s.SharedDropped != 5 || s.SharedUndecided != 2 || s.Truncates != 1 || why.KeyHeldByOthers != 1 || why.BeforeAnySet != 1 || s.Segments != 2 {
+			if s.SharedRecords != 16 || s.SharedDropped != 9 || s.SharedBlanked != 3 || s.MovesBlanked != 1 || s.SharedUndecided != 1 || s.Truncates != 1 || why.KeyHeldByOthers != 1 || s.Segments != 2 {
 				t.Fatalf("plan: %+v %+v", s, why)
 			}
 			res, err := v.Forget(ctx, "victim", plan, vault.ForgetOptions{By: "tester"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if res.Done.SharedDropped != 5 || res.Done.SharedRecords != 2 || res.Done.Truncates != 1 {
+			if res.Done.SharedDropped != 9 || res.Done.SharedBlanked != 3 || res.Done.SharedRecords != 1 || res.Done.Truncates != 1 {
 				t.Fatalf("done: %+v", res.Done)
 			}
 			after := openWith(t, b, nil, false)
 			mustVerify(t, after)
 			got := sharedContents(t, after)
-			// Only the undecided record still holds the marker.
-			for k, w := range before {
-				g := got[k]
-				if k == "shared" {
-					l := 0x3000020
-					dropped := []string{fmt.Sprintf("%d/2 ", l), fmt.Sprintf("%d/3 ", l), fmt.Sprintf("%d/4 ", l), fmt.Sprintf("%d/1 ", l+1), fmt.Sprintf("%d/2 ", l+1)}
-					for _, line := range strings.SplitAfter(w, "\n") {
-						keep := true
-						for _, d := range dropped {
-							keep = keep && !strings.HasPrefix(line, d)
-						}
-						if strings.Contains(g, line) != keep {
-							t.Fatalf("shared record %q: kept %v, want %v", line, !keep, keep)
-						}
-					}
+			if res.Done.MovesBlanked != 1 {
+				t.Fatalf("done: %+v", res.Done)
+			}
+			for k, w := range movedAfter(t, before) {
+				if strings.HasPrefix(k, "shared") || strings.Contains(k, "victim") {
 					continue
 				}
-				if strings.Contains(k, "victim") {
-					continue
-				}
-				if g != w {
+				if g := got[k]; g != w {
 					t.Fatalf("%s changed:\n%s\nwant\n%s", k, g, w)
 				}
 			}
+			checkSharedAfter(t, allShared(before), allShared(got))
 			hits := findMarker(t, b)
 			for _, h := range hits {
 				if !strings.HasPrefix(h, "changes/42_db/0000000003000100-0000000003000200.") {
@@ -247,6 +262,77 @@ func TestForgetSharedRecords(t *testing.T) {
 				t.Fatal("the undecided record is gone")
 			}
 		})
+	}
+}
+
+// movedAfter is sharedContents after forget for the other tenants: zeta's
+// move record of the project that moved to the victim blanked but for
+// its key.
+func movedAfter(t *testing.T, m map[string]string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for k, v := range m {
+		out[k] = v
+	}
+	from := fmt.Sprintf(`%d/2 M [{'t' "5"} {'t' "victim"} {'t' "%s moved project"}] [{'t' "5"} {'t' "zeta"} {'t' "Zeta project"}] []`, 0x3000120+0x43, forgetMarker)
+	to := fmt.Sprintf(`%d/2 M [{'t' "5"} {'u' ""} {'u' ""}] [{'t' "5"} {'a' ""} {'a' ""}] []`, 0x3000120+0x43)
+	if !strings.Contains(out["log/zeta"], from) {
+		t.Fatalf("no move record in zeta's stream:\n%s", out["log/zeta"])
+	}
+	out["log/zeta"] = strings.Replace(out["log/zeta"], from, to, 1)
+	return out
+}
+
+// allShared joins the shared records of every segment.
+func allShared(m map[string]string) string {
+	var b strings.Builder
+	for _, k := range sortedKeys(m) {
+		if strings.HasPrefix(k, "shared") {
+			b.WriteString(m[k])
+		}
+	}
+	return b.String()
+}
+
+// sharedAfter is what forget leaves of sharedRepo's shared records, by
+// record (LSN/seq): "" dropped, else the record as it must read.
+func sharedAfter() map[string]string {
+	l1, l2 := 0x3000020, 0x3000120
+	r := func(l, seq int) string { return fmt.Sprintf("%d/%d", l, seq) }
+	return map[string]string{
+		r(0x3000001, 1): "", // before any set the log continues
+		r(l1, 2):        "", r(l1, 3): "", r(l1, 4): "", r(l1+1, 1): "", r(l1+1, 2): "",
+		r(l2, 1):   "", // task 40 was the victim's then
+		r(l2+5, 1): "", // task 50 was the victim's then
+		r(l2+6, 1): "",
+		// Moves: the victim's side blanked, the other's as it was.
+		r(l2+2, 1): `U [{'t' "40"} {'t' "5"} {'t' "now zeta's"}] [{'t' "40"} {'t' "4"} {'a' ""}] []`,
+		r(l2+4, 1): `U [{'t' "50"} {'t' "4"} {'u' ""}] [{'t' "50"} {'t' "5"} {'t' "zeta task"}] []`,
+		r(l2+6, 2): `U [{'t' "60"} {'t' "5"} {'t' "zeta's now"}] [{'t' "60"} {'t' "4"} {'a' ""}] []`,
+	}
+}
+
+// checkSharedAfter compares the shared records after forget with those
+// before, as sharedAfter says.
+func checkSharedAfter(t *testing.T, before, got string) {
+	t.Helper()
+	want := sharedAfter()
+	var exp []string
+	for _, line := range strings.Split(strings.TrimSpace(before), "\n") {
+		id, rest, _ := strings.Cut(line, " ")
+		w, ok := want[id]
+		switch {
+		case !ok:
+			exp = append(exp, line)
+		case w != "":
+			exp = append(exp, id+" "+w)
+			if w == rest {
+				t.Fatalf("test: %s does not change", id)
+			}
+		}
+	}
+	if g := strings.Split(strings.TrimSpace(got), "\n"); strings.Join(g, "\n") != strings.Join(exp, "\n") {
+		t.Fatalf("shared records after forget:\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(exp, "\n"))
 	}
 }
 
@@ -296,7 +382,7 @@ func sharedContents(t *testing.T, v *vault.Vault) map[string]string {
 				}
 				who := "log/" + s.Tenant
 				if s.Shared {
-					who = "shared"
+					who = fmt.Sprintf("shared@%x", idx.Start)
 				}
 				out[who] += fmt.Sprintf("%d/%d %c %q %q %v\n", c.LSN, c.Seq, c.Op, c.New, c.Old, c.Rels)
 			}
@@ -328,7 +414,7 @@ func TestForgetSharedInterrupted(t *testing.T) {
 	others := func(m map[string]string) map[string]string {
 		out := map[string]string{}
 		for k, v := range m {
-			if !strings.Contains(k, "victim") && k != "shared" {
+			if !strings.Contains(k, "victim") && !strings.HasPrefix(k, "shared") {
 				out[k] = v
 			}
 		}
@@ -351,11 +437,13 @@ func TestForgetSharedInterrupted(t *testing.T) {
 			fresh := openWith(t, fb, nil, false)
 			mustVerify(t, fresh)
 			got := sharedContents(t, fresh)
-			if g, w := others(got), others(before); fmt.Sprint(g) != fmt.Sprint(w) {
+			if g, w := others(got), others(before); fmt.Sprint(g) != fmt.Sprint(w) && fmt.Sprint(g) != fmt.Sprint(others(movedAfter(t, before))) {
 				t.Fatalf("%s %d: other tenants changed:\n%v\nwant\n%v", fault.Op, k, g, w)
 			}
-			if got["shared"] != before["shared"] && got["shared"] != want["shared"] {
-				t.Fatalf("%s %d: shared records half rewritten:\n%s", fault.Op, k, got["shared"])
+			for seg := range before {
+				if strings.HasPrefix(seg, "shared") && got[seg] != before[seg] && got[seg] != want[seg] {
+					t.Fatalf("%s %d: shared records of %s half rewritten:\n%s", fault.Op, k, seg, got[seg])
+				}
 			}
 			if _, err := forget(ctx, openWith(t, fb, nil, false), "victim"); err != nil {
 				t.Fatalf("%s %d: rerun: %v", fault.Op, k, err)
@@ -392,18 +480,17 @@ func testForgetSharedEncrypted(t *testing.T, v1 bool) {
 	ks := newKeySet(t)
 	_, tmpl := newRepoDir(t)
 	sharedRepo(t, tmpl, ks.writer, v1)
-	wantSegs := 1 // v2: the victim's own stream goes with its key
-	if v1 {
-		wantSegs = 2
-	}
+	// Both segments hold shared records of the victim (v1: its own
+	// stream too, sealed with the segment's key).
+	wantSegs := 2
 	before := sharedContents(t, openWith(t, tmpl, ks.reader, false))
-	if !strings.Contains(before["shared"], forgetMarker) {
+	if !strings.Contains(allShared(before), forgetMarker) {
 		t.Fatal("no marker in the shared records to begin with")
 	}
 	others := func(m map[string]string) string {
 		var b strings.Builder
 		for _, k := range sortedKeys(m) {
-			if !strings.Contains(k, "victim") && k != "shared" {
+			if !strings.Contains(k, "victim") && !strings.HasPrefix(k, "shared") {
 				fmt.Fprintf(&b, "%s=%s\n", k, m[k])
 			}
 		}
@@ -419,7 +506,7 @@ func testForgetSharedEncrypted(t *testing.T, v1 bool) {
 			if plan, err = v.PlanShredSegments(ctx, "victim"); err != nil {
 				return nil, err
 			}
-			if s := plan.Summary; !pending && (s.SharedDropped != 5 || s.SharedUndecided != 2 || s.Segments != wantSegs) {
+			if s := plan.Summary; !pending && (s.SharedDropped != 9 || s.SharedBlanked != 3 || s.MovesBlanked != 1 || s.SharedUndecided != 1 || s.Segments != wantSegs) {
 				return nil, fmt.Errorf("plan: %+v", s)
 			}
 		}
@@ -431,15 +518,16 @@ func testForgetSharedEncrypted(t *testing.T, v1 bool) {
 		v := openWith(t, b, ks.reader, false)
 		mustVerify(t, v)
 		got := sharedContents(t, v)
-		if others(got) != others(before) {
-			t.Fatalf("%s: other tenants changed:\n%s\nwant\n%s", what, others(got), others(before))
+		if others(got) != others(movedAfter(t, before)) {
+			t.Fatalf("%s: other tenants changed:\n%s\nwant\n%s", what, others(got), others(movedAfter(t, before)))
 		}
+		checkSharedAfter(t, allShared(before), allShared(got))
 		for k, recs := range got {
-			if !strings.HasPrefix(k, "log/") && k != "shared" {
+			if !strings.HasPrefix(k, "log/") && !strings.HasPrefix(k, "shared") {
 				continue
 			}
 			for _, line := range strings.Split(recs, "\n") {
-				if strings.Contains(line, forgetMarker) && !strings.Contains(line, "ambiguous") {
+				if strings.Contains(line, forgetMarker) && !strings.Contains(line, "undecidable") {
 					t.Fatalf("%s: a segment still decrypts to the tenant's record %s", what, line)
 				}
 			}
@@ -457,7 +545,7 @@ func testForgetSharedEncrypted(t *testing.T, v1 bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := tomb.Done; d == nil || d.SharedDropped != 5 || d.SharedRecords != 2 || d.Segments != wantSegs || tomb.Method != "crypto-shred" {
+	if d := tomb.Done; d == nil || d.SharedDropped != 9 || d.SharedBlanked != 3 || d.SharedRecords != 1 || d.Segments != wantSegs || tomb.Method != "crypto-shred" {
 		t.Fatalf("tombstone: %+v %+v", tomb, tomb.Done)
 	}
 	check("forget", whole)
@@ -477,7 +565,7 @@ func testForgetSharedEncrypted(t *testing.T, v1 bool) {
 			}
 			fresh := openWith(t, fb, ks.reader, false)
 			mustVerify(t, fresh)
-			if got := sharedContents(t, fresh); others(got) != others(before) {
+			if got := sharedContents(t, fresh); others(got) != others(before) && others(got) != others(movedAfter(t, before)) {
 				t.Fatalf("%s %d: other tenants changed", op, k)
 			}
 			if _, err := shred(fresh); err != nil {

@@ -67,17 +67,18 @@ func (v *Vault) PlanShredSegments(ctx context.Context, tenant string) (*ForgetPl
 	verdict.summarize(&plan.Summary)
 	for _, st := range streams {
 		for _, idx := range st.segs {
-			drop := verdict.drop[SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}]
+			ref := SegmentRef{Stream: idx.Stream, Start: idx.Start, End: idx.End}
+			drop, blank, moves := verdict.drop[ref], verdict.blank[ref], verdict.moves[ref]
 			var segKeyed int64
 			for _, s := range idx.Streams {
 				if !s.Shared && s.Tenant == tenant && s.Key == "" {
 					segKeyed += s.Length
 				}
 			}
-			if segKeyed == 0 && len(drop) == 0 {
+			if segKeyed == 0 && len(drop)+len(blank)+len(moves) == 0 {
 				continue
 			}
-			plan.Segments = append(plan.Segments, forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop,
+			plan.Segments = append(plan.Segments, forgetSegment{Stream: st.stream, Start: idx.Start, End: idx.End, OldData: idx.Key(), Size: idx.Size, Drop: drop, Blank: blank, Moves: moves,
 				NewData: ChangesPrefix + st.stream + "/" + fmt.Sprintf("%016x-%016x.g%d.seg", idx.Start, idx.End, dataGen(idx.Data)+1)})
 			plan.Summary.Segments++
 			plan.Summary.BytesCopied += idx.Size - segKeyed
@@ -157,6 +158,8 @@ func (v *Vault) CryptoShredTenantWith(ctx context.Context, tenant, reason, by st
 			done.BytesCopied += p.Summary.BytesCopied
 			done.TenantBytes += p.Summary.TenantBytes
 			done.SharedDropped += p.Summary.SharedDropped
+			done.SharedBlanked += p.Summary.SharedBlanked
+			done.MovesBlanked += p.Summary.MovesBlanked
 		}
 		done.SharedRecords, done.Truncates = j.Rounds[0].Summary.SharedUndecided, j.Rounds[0].Summary.Truncates
 	}
@@ -236,16 +239,13 @@ func (v *Vault) rewriteSealedSegment(ctx context.Context, tenant string, fs forg
 	if !idx.Opened() {
 		return false, errSegmentNeedsIdentity(idx.Key())
 	}
-	drop := map[RecordID]bool{}
-	for _, id := range fs.Drop {
-		drop[id] = true
-	}
+	drop := fs.edits()
 	holds, shared := false, false
 	for _, s := range idx.Streams {
 		holds = holds || (!s.Shared && s.Tenant == tenant)
 		shared = shared || s.Shared
 	}
-	if !holds && (len(drop) == 0 || !shared) {
+	if !holds && (drop.none() || !shared) && len(drop.moves) == 0 {
 		return false, nil
 	}
 	data, err := repo.ReadAll(ctx, v.b, idx.Key())
@@ -273,6 +273,35 @@ func (v *Vault) rewriteSealedSegment(ctx context.Context, tenant string, fs forg
 			return false, tenantvault.Integrityf("change segment %s: the records of %q lie outside the object", idx.Key(), s.Tenant)
 		}
 		frame := data[s.Offset : s.Offset+s.Length]
+		if ed := drop.of(v, s); s.Key != "" && !s.Shared && !ed.none() {
+			// Another tenant's stream sealed with its own key, holding
+			// move records of rows that moved between it and the tenant:
+			// open, blank, seal anew with the same key.
+			if sha256Hex(frame) != s.SHA256 {
+				return false, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the records of %q)", idx.Key(), s.Tenant)
+			}
+			dk, err := v.streamKey(ctx, idx, s)
+			if err != nil {
+				return false, err
+			}
+			plain, err := openBytes(dk, frame, maxSegmentStream)
+			if err != nil {
+				return false, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
+			}
+			ps := s
+			ps.SHA256 = sha256Hex(plain)
+			kept, _, _, err := filterFrame(idx, ps, plain, ed)
+			if err != nil {
+				return false, err
+			}
+			if kept != nil {
+				changed = true
+				if frame, err = sealBytes(dk, kept); err != nil {
+					return false, err
+				}
+				s.SHA256, s.Length = sha256Hex(frame), int64(len(frame))
+			}
+		}
 		if s.Key == "" {
 			// Sealed with the segment's key: open, filter, seal anew.
 			if sha256Hex(frame) != s.SHA256 {
@@ -282,14 +311,14 @@ func (v *Vault) rewriteSealedSegment(ctx context.Context, tenant string, fs forg
 			if err != nil {
 				return false, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
 			}
-			if s.Shared && len(drop) > 0 {
+			if ed := drop.of(v, s); !ed.none() {
 				ps := s
 				ps.SHA256 = sha256Hex(plain)
-				kept, n, dropped, err := filterFrame(idx, ps, plain, drop)
+				kept, n, dropped, err := filterFrame(idx, ps, plain, ed)
 				if err != nil {
 					return false, err
 				}
-				if dropped > 0 {
+				if kept != nil {
 					changed = true
 					nx.Records -= dropped
 					if n == 0 {

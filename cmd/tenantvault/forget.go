@@ -230,6 +230,9 @@ func (a *app) runForget(ctx context.Context, o *forgetOptions) error {
 			d := res.Done
 			fmt.Fprintf(a.stdout, "erased tenant %q: %d set(s) rewritten (%d held it), %d change-log segment(s) (%d shared record(s) of it dropped), %d pack(s); %s copied, %s of old objects deleted\n",
 				it.tenant, d.Sets, d.SetsHeld, d.Segments, d.SharedDropped, d.Packs, humanBytes(d.BytesCopied), humanBytes(d.BytesDeleted))
+			if d.SharedBlanked > 0 {
+				fmt.Fprintf(a.stdout, "  %d shared record(s) of rows that moved between %q and another tenant kept for the other, its side blanked\n", d.SharedBlanked, it.tenant)
+			}
 			if d.SharedRecords > 0 {
 				fmt.Fprintf(a.stdout, "  not erased: %d shared change-log record(s) forget could not attribute were kept and may hold rows of %q (recorded in the tombstone; docs/SECURITY.md, Known limits)\n", d.SharedRecords, it.tenant)
 			}
@@ -274,7 +277,13 @@ func (a *app) printForgetPlan(w io.Writer, v *vault.Vault, it forgetItem) {
 	fmt.Fprintf(w, "  packs:                 %d rewritten (%d deleted with nothing left to keep)\n", s.Packs, s.PacksDropped)
 	fmt.Fprintf(w, "  bytes:                 %s to copy, %s of old objects to delete (%s of them the tenant's)\n", humanBytes(s.BytesCopied), humanBytes(s.BytesDeleted), humanBytes(s.TenantBytes))
 	if s.SharedRecords > 0 {
-		fmt.Fprintf(w, "  shared change records: %d in the log (tenant unknown when captured): %d attributed to it and dropped\n", s.SharedRecords, s.SharedDropped)
+		fmt.Fprintf(w, "  shared change records: %d in the log (tenant unknown when captured): %d attributed to it and dropped (by who held their keys at their LSN; those no restore can replay unless provably another's)\n", s.SharedRecords, s.SharedDropped)
+	}
+	if s.SharedBlanked > 0 {
+		fmt.Fprintf(w, "  split:                 %d shared record(s) of rows that moved between it and another tenant: kept for the other, its side blanked\n", s.SharedBlanked)
+	}
+	if s.MovesBlanked > 0 {
+		fmt.Fprintf(w, "  moves:                 %d move record(s) in other tenants' streams of rows that moved between them and it: blanked but for the row's key\n", s.MovesBlanked)
 	}
 	if s.Truncates > 0 {
 		fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
@@ -292,7 +301,10 @@ func undecidedWhy(w *vault.UndecidedWhy) string {
 	}
 	var parts []string
 	if w.KeyHeldByOthers > 0 {
-		parts = append(parts, fmt.Sprintf("%d reference a key another tenant also held at some point", w.KeyHeldByOthers))
+		parts = append(parts, fmt.Sprintf("%d reference a key that passed between it and another tenant inside the record's own transaction", w.KeyHeldByOthers))
+	}
+	if w.OwnerUnknown > 0 {
+		parts = append(parts, fmt.Sprintf("%d reference a key whose holder at the record's LSN is not known", w.OwnerUnknown))
 	}
 	if w.BeforeAnySet > 0 {
 		parts = append(parts, fmt.Sprintf("%d lie where the log continues no snapshot set", w.BeforeAnySet))
@@ -431,6 +443,12 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 			s := sp.Summary
 			out[i].Segments, out[i].Shared = s.Segments, &sp.Summary
 			fmt.Fprintf(w, "  change-log segments:   %d rewritten under new segment keys (records sealed with a segment's key: %d shared record(s) attributed to it, and its streams in segments written before per-tenant keys)\n", s.Segments, s.SharedDropped)
+			if s.SharedBlanked > 0 {
+				fmt.Fprintf(w, "  split:                 %d shared record(s) of rows that moved between it and another tenant: kept for the other, its side blanked\n", s.SharedBlanked)
+			}
+			if s.MovesBlanked > 0 {
+				fmt.Fprintf(w, "  moves:                 %d move record(s) in other tenants' streams of rows that moved between them and it: blanked but for the row's key\n", s.MovesBlanked)
+			}
 			if s.Truncates > 0 {
 				fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
 			}
@@ -469,7 +487,7 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 		if !a.jsonOut {
 			segs := ""
 			if d := tomb.Done; d != nil {
-				segs = fmt.Sprintf("; %d change-log segment(s) rewritten (%d shared record(s) of it dropped)", d.Segments, d.SharedDropped)
+				segs = fmt.Sprintf("; %d change-log segment(s) rewritten (%d shared record(s) of it dropped, %d of rows that moved to or from it blanked on its side)", d.Segments, d.SharedDropped, d.SharedBlanked)
 				if d.SharedRecords > 0 {
 					segs += fmt.Sprintf("; not erased: %d shared record(s) forget could not attribute were kept (recorded in the tombstone)", d.SharedRecords)
 				}
