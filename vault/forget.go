@@ -772,7 +772,7 @@ func (v *Vault) runRound(ctx context.Context, tenant string, p *ForgetPlan, o Fo
 		}
 	}
 	for _, s := range p.Segments {
-		done, err := v.rewriteSegment(ctx, tenant, s)
+		done, err := v.rewriteSegment(ctx, tenant, s, false)
 		if err != nil {
 			return err
 		}
@@ -991,12 +991,17 @@ func (v *Vault) rewriteSet(ctx context.Context, tenant string, fs forgetSet, mov
 }
 
 // rewriteSegment replaces a segment's data object and index without the
-// tenant's frame and without the shared records attributed to it, unless
-// that is done.
-func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegment) (bool, error) {
+// tenant's stream, the shared records attributed to it and the erased side
+// of rows that moved between it and another tenant, unless that is done.
+// In an encrypted repository (sealed) the rewrite is sealed under a new
+// segment key (editStream).
+func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegment, sealed bool) (bool, error) {
 	idx, err := v.ReadSegmentIndex(ctx, SegmentRef{Stream: fs.Stream, Start: fs.Start, End: fs.End})
 	if err != nil {
 		return false, err
+	}
+	if sealed && !idx.Opened() {
+		return false, errSegmentNeedsIdentity(idx.Key())
 	}
 	drop := fs.edits()
 	holds, shared := false, false
@@ -1016,6 +1021,15 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 			return false, tenantvault.Integrityf("change segment %s is %d bytes, its index says %d", idx.Key(), len(data), idx.Size)
 		}
 	}
+	var sk *segmentSeal
+	var seal func(*SegmentIndex, []byte) ([]byte, error)
+	if sealed {
+		if sk, err = v.newSegmentSeal(); err != nil {
+			return false, err
+		}
+		defer clear(sk.dk)
+		seal = sk.sealIndex
+	}
 	nx := *idx
 	nx.Streams = nil
 	var out []byte
@@ -1028,21 +1042,14 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 		if s.Offset < 0 || s.Offset+s.Length > int64(len(data)) {
 			return false, tenantvault.Integrityf("change segment %s: the records of %q lie outside the object", idx.Key(), s.Tenant)
 		}
-		frame := data[s.Offset : s.Offset+s.Length]
-		if ed := drop.of(v, s); !ed.none() {
-			kept, n, dropped, err := filterFrame(idx, s, frame, ed)
-			if err != nil {
-				return false, err
-			}
-			if kept != nil {
-				changed = true
-				nx.Records -= dropped
-				if n == 0 {
-					continue
-				}
-				frame, s.Records, s.SHA256 = kept, n, sha256Hex(kept)
-				s.Length = int64(len(kept))
-			}
+		frame, dropped, edited, err := v.editStream(ctx, idx, &s, data[s.Offset:s.Offset+s.Length], drop.of(v, s), sk)
+		if err != nil {
+			return false, err
+		}
+		changed = changed || edited
+		nx.Records -= dropped
+		if frame == nil {
+			continue // every record of the stream dropped
 		}
 		s.Offset = int64(len(out))
 		out = append(out, frame...)
@@ -1051,7 +1058,72 @@ func (v *Vault) rewriteSegment(ctx context.Context, tenant string, fs forgetSegm
 	if !changed {
 		return false, nil
 	}
-	return true, v.writeRewrittenSegment(ctx, fs, idx, &nx, out, nil)
+	return true, v.writeRewrittenSegment(ctx, fs, idx, &nx, out, seal)
+}
+
+// editStream applies ed to one stream's frame and returns the frame to
+// store (nil when no record is left), the records dropped and whether
+// anything changed; s is updated to describe the new frame. A plaintext
+// frame (sk nil) is filtered as stored. A sealed one is opened, filtered
+// and sealed anew: under the new segment key sk when it was sealed with
+// the segment's, under its own tenant's key when it was sealed with that
+// (another tenant's stream with move records to blank).
+func (v *Vault) editStream(ctx context.Context, idx *SegmentIndex, s *SegmentStream, frame []byte, ed recordEdits, sk *segmentSeal) ([]byte, int, bool, error) {
+	ownKey := sk != nil && s.Key != ""
+	if (sk == nil || ownKey) && ed.none() || ownKey && s.Shared {
+		return frame, 0, false, nil
+	}
+	plain := frame
+	var dk []byte
+	if sk != nil {
+		if sha256Hex(frame) != s.SHA256 {
+			return nil, 0, false, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the records of %q)", idx.Key(), s.Tenant)
+		}
+		dk = idx.dataKey
+		if ownKey {
+			var err error
+			if dk, err = v.streamKey(ctx, idx, *s); err != nil {
+				return nil, 0, false, err
+			}
+		}
+		var err error
+		if plain, err = openBytes(dk, frame, maxSegmentStream); err != nil {
+			return nil, 0, false, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
+		}
+	}
+	dropped, changed := 0, false
+	if !ed.none() {
+		ps := *s
+		if sk != nil {
+			ps.SHA256 = sha256Hex(plain) // the sealed frame's was checked
+		}
+		kept, n, d, err := filterFrame(idx, ps, plain, ed)
+		if err != nil {
+			return nil, 0, false, err
+		}
+		if kept != nil {
+			if n == 0 {
+				return nil, d, true, nil
+			}
+			plain, s.Records, dropped, changed = kept, n, d, true
+		}
+	}
+	if sk == nil || ownKey && !changed {
+		if !changed {
+			return frame, 0, false, nil
+		}
+		s.SHA256, s.Length = sha256Hex(plain), int64(len(plain))
+		return plain, dropped, true, nil
+	}
+	if !ownKey {
+		dk = sk.dk
+	}
+	sealedFrame, err := sealBytes(dk, plain)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	s.SHA256, s.Length = sha256Hex(sealedFrame), int64(len(sealedFrame))
+	return sealedFrame, dropped, changed, nil
 }
 
 // writeRewrittenSegment stores the data (out) of nx, the rewrite of

@@ -150,7 +150,7 @@ func (v *Vault) CryptoShredTenantWith(ctx context.Context, tenant, reason, by st
 		done = &ForgetDone{}
 		for _, p := range j.Rounds {
 			for _, s := range p.Segments {
-				if _, err := v.rewriteSealedSegment(ctx, tenant, s); err != nil {
+				if _, err := v.rewriteSegment(ctx, tenant, s, true); err != nil {
 					return nil, nil, err
 				}
 			}
@@ -226,118 +226,4 @@ func (v *Vault) collectSegments(ctx context.Context, j *forgetJournal, note func
 		}
 	}
 	return deleted, nil
-}
-
-// rewriteSealedSegment replaces a sealed segment's data object and index
-// without the tenant's stream and the shared records attributed to it,
-// under a new segment key, unless that is done.
-func (v *Vault) rewriteSealedSegment(ctx context.Context, tenant string, fs forgetSegment) (bool, error) {
-	idx, err := v.ReadSegmentIndex(ctx, SegmentRef{Stream: fs.Stream, Start: fs.Start, End: fs.End})
-	if err != nil {
-		return false, err
-	}
-	if !idx.Opened() {
-		return false, errSegmentNeedsIdentity(idx.Key())
-	}
-	drop := fs.edits()
-	holds, shared := false, false
-	for _, s := range idx.Streams {
-		holds = holds || (!s.Shared && s.Tenant == tenant)
-		shared = shared || s.Shared
-	}
-	if !holds && (drop.none() || !shared) && len(drop.moves) == 0 {
-		return false, nil
-	}
-	data, err := repo.ReadAll(ctx, v.b, idx.Key())
-	if err != nil {
-		return false, fmt.Errorf("read change segment %s: %w", idx.Key(), err)
-	}
-	if int64(len(data)) != idx.Size {
-		return false, tenantvault.Integrityf("change segment %s is %d bytes, its index says %d", idx.Key(), len(data), idx.Size)
-	}
-	sk, err := v.newSegmentSeal()
-	if err != nil {
-		return false, err
-	}
-	defer clear(sk.dk)
-	nx := *idx
-	nx.Streams = nil
-	var out []byte
-	changed := holds
-	for _, s := range idx.Streams {
-		if !s.Shared && s.Tenant == tenant {
-			nx.Records -= s.Records
-			continue
-		}
-		if s.Offset < 0 || s.Offset+s.Length > int64(len(data)) {
-			return false, tenantvault.Integrityf("change segment %s: the records of %q lie outside the object", idx.Key(), s.Tenant)
-		}
-		frame := data[s.Offset : s.Offset+s.Length]
-		if ed := drop.of(v, s); s.Key != "" && !s.Shared && !ed.none() {
-			// Another tenant's stream sealed with its own key, holding
-			// move records of rows that moved between it and the tenant:
-			// open, blank, seal anew with the same key.
-			if sha256Hex(frame) != s.SHA256 {
-				return false, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the records of %q)", idx.Key(), s.Tenant)
-			}
-			dk, err := v.streamKey(ctx, idx, s)
-			if err != nil {
-				return false, err
-			}
-			plain, err := openBytes(dk, frame, maxSegmentStream)
-			if err != nil {
-				return false, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
-			}
-			ps := s
-			ps.SHA256 = sha256Hex(plain)
-			kept, _, _, err := filterFrame(idx, ps, plain, ed)
-			if err != nil {
-				return false, err
-			}
-			if kept != nil {
-				changed = true
-				if frame, err = sealBytes(dk, kept); err != nil {
-					return false, err
-				}
-				s.SHA256, s.Length = sha256Hex(frame), int64(len(frame))
-			}
-		}
-		if s.Key == "" {
-			// Sealed with the segment's key: open, filter, seal anew.
-			if sha256Hex(frame) != s.SHA256 {
-				return false, tenantvault.Integrityf("change segment %s is damaged (checksum mismatch in the records of %q)", idx.Key(), s.Tenant)
-			}
-			plain, err := openBytes(idx.dataKey, frame, maxSegmentStream)
-			if err != nil {
-				return false, tenantvault.Integrityf("change segment %s: records of %q: %v", idx.Key(), s.Tenant, err)
-			}
-			if ed := drop.of(v, s); !ed.none() {
-				ps := s
-				ps.SHA256 = sha256Hex(plain)
-				kept, n, dropped, err := filterFrame(idx, ps, plain, ed)
-				if err != nil {
-					return false, err
-				}
-				if kept != nil {
-					changed = true
-					nx.Records -= dropped
-					if n == 0 {
-						continue
-					}
-					plain, s.Records = kept, n
-				}
-			}
-			if frame, err = sealBytes(sk.dk, plain); err != nil {
-				return false, err
-			}
-			s.SHA256, s.Length = sha256Hex(frame), int64(len(frame))
-		}
-		s.Offset = int64(len(out))
-		out = append(out, frame...)
-		nx.Streams = append(nx.Streams, s)
-	}
-	if !changed {
-		return false, nil
-	}
-	return true, v.writeRewrittenSegment(ctx, fs, idx, &nx, out, sk.sealIndex)
 }
