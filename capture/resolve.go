@@ -181,15 +181,6 @@ func valueAt(t []vault.Value, i int) (vault.Value, bool) {
 	return v, v.Kind == vault.ValueText
 }
 
-func cacheKey(schema, name string, cols []string, vals [][]byte) string {
-	var b strings.Builder
-	b.WriteString(schema + "\x00" + name + "\x00" + strings.Join(cols, ",") + "\x00")
-	for _, v := range vals {
-		fmt.Fprintf(&b, "%d:%s", len(v), v)
-	}
-	return b.String()
-}
-
 // remember notes which tenant the row of this tuple belongs to, under
 // each key its children reference it by. txnOnly keeps it out of the
 // long-lived cache: a deleted row (or the old values of a changed key) is
@@ -207,7 +198,7 @@ func (r *resolver) remember(t *manifest.Table, ri *relInfo, tuple []vault.Value,
 			}
 			continue
 		}
-		k := cacheKey(t.Schema, t.Name, rk.cols, vals)
+		k := vault.RowKey(t.Schema, t.Name, rk.cols, vals)
 		r.txn[k] = tenant
 		if txnOnly {
 			delete(r.cache, k)
@@ -234,7 +225,7 @@ func (r *resolver) forget(t *manifest.Table, ri *relInfo, tuple []vault.Value, s
 			}
 			continue
 		}
-		k := cacheKey(t.Schema, t.Name, rk.cols, vals)
+		k := vault.RowKey(t.Schema, t.Name, rk.cols, vals)
 		delete(r.txn, k)
 		delete(r.cache, k)
 	}
@@ -297,7 +288,7 @@ func (r *resolver) ownerOf(ctx context.Context, ri *relInfo, tuple []vault.Value
 		vals[i] = v.Data
 	}
 	h := t.Scope.Hops[0]
-	k := cacheKey(h.RefSchema, h.RefTable, h.RefCols, vals)
+	k := vault.RowKey(h.RefSchema, h.RefTable, h.RefCols, vals)
 	if tenant, ok := r.txn[k]; ok {
 		return owner{state: ownedBy, tenant: tenant}, nil
 	}

@@ -514,22 +514,12 @@ func (b *batch) noteGone(s stmt, vals [][]byte) {
 		if kv == nil || slices.ContainsFunc(kv, func(v []byte) bool { return v == nil }) {
 			continue // a NULL key: nothing references the row through it
 		}
-		b.gone[goneKey(s.t.Schema, s.t.Name, cols, kv)] = true
+		b.gone[vault.RowKey(s.t.Schema, s.t.Name, cols, kv)] = true
 	}
 }
 
 // sameValue compares two text values, NULL (nil) included.
 func sameValue(a, b []byte) bool { return (a == nil) == (b == nil) && bytes.Equal(a, b) }
-
-// goneKey names the values of a referenced key of table schema.name.
-func goneKey(schema, name string, cols []string, vals [][]byte) string {
-	var k strings.Builder
-	k.WriteString(schema + "\x00" + name + "\x00" + strings.Join(cols, "\x00") + "\x00")
-	for _, v := range vals {
-		fmt.Fprintf(&k, "%d:%s", len(v), v)
-	}
-	return k.String()
-}
 
 // statement renders the SQL that applies one change.
 func statement(t *manifest.Table, rel *vault.Relation, ch *vault.Change) (stmt, error) {
@@ -772,7 +762,7 @@ func (b *batch) orphaned(ctx context.Context, t *manifest.Table, pos map[string]
 			vals = append(vals, v.Data)
 		}
 	}
-	return b.gone[goneKey(h.RefSchema, h.RefTable, h.RefCols, vals)], nil
+	return b.gone[vault.RowKey(h.RefSchema, h.RefTable, h.RefCols, vals)], nil
 }
 
 // rowIsTenants reports whether the row an update or delete finds is the

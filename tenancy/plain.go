@@ -19,14 +19,7 @@ func PlainExportSQL(t *manifest.Table, tenants []string) string {
 	if key == "" {
 		return fmt.Sprintf("COPY (SELECT %s FROM %s) TO STDOUT", cols, fromClause)
 	}
-	where := ""
-	if len(tenants) > 0 {
-		lits := make([]string, len(tenants))
-		for i, id := range tenants {
-			lits[i] = Literal(id)
-		}
-		where = fmt.Sprintf(" WHERE %s IN (%s)", key, strings.Join(lits, ", "))
-	}
+	where := tenantFilter(key, tenants)
 	return fmt.Sprintf("COPY (SELECT %s, %s FROM %s%s) TO STDOUT", key, cols, fromClause, where)
 }
 

@@ -212,19 +212,25 @@ func ExportSQL(t *manifest.Table, tenants []string) string {
 	if key == "" {
 		return fmt.Sprintf("COPY (SELECT %s FROM %s ORDER BY %s) TO STDOUT", cols, fromClause, orderBy(t))
 	}
-	where := ""
-	if len(tenants) > 0 {
-		lits := make([]string, len(tenants))
-		for i, id := range tenants {
-			lits[i] = Literal(id)
-		}
-		where = fmt.Sprintf(" WHERE %s IN (%s)", key, strings.Join(lits, ", "))
-	}
+	where := tenantFilter(key, tenants)
 	// Tenants in byte order of their IDs' text (Go's string order, the
 	// tenant index's): the index is written by merging tables in that
 	// order, and an incremental snapshot walks the earlier set's index
 	// pages along with the export instead of holding it in memory.
 	return fmt.Sprintf("COPY (SELECT %s, %s FROM %s%s ORDER BY (%s)::text COLLATE \"C\", %s) TO STDOUT", key, cols, fromClause, where, key, orderBy(t))
+}
+
+// tenantFilter is the WHERE clause that keeps the rows of tenants (all when
+// there are none) by their tenant key expression.
+func tenantFilter(key string, tenants []string) string {
+	if len(tenants) == 0 {
+		return ""
+	}
+	lits := make([]string, len(tenants))
+	for i, id := range tenants {
+		lits[i] = Literal(id)
+	}
+	return fmt.Sprintf(" WHERE %s IN (%s)", key, strings.Join(lits, ", "))
 }
 
 // TenantCopySQL is the COPY that reads one tenant's rows of a table in

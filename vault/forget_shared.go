@@ -11,7 +11,6 @@ import (
 	"io"
 	"slices"
 	"sort"
-	"strings"
 
 	"github.com/tenantvault/tenantvault"
 	"github.com/tenantvault/tenantvault/manifest"
@@ -118,17 +117,6 @@ type attrSchema struct {
 
 func tableKey(schema, name string) string { return schema + "\x00" + name }
 
-// keyString names the values of a referenced key of table schema.name
-// (as replay's goneKey does).
-func keyString(schema, name string, cols []string, vals [][]byte) string {
-	var k strings.Builder
-	k.WriteString(schema + "\x00" + name + "\x00" + strings.Join(cols, "\x00") + "\x00")
-	for _, v := range vals {
-		fmt.Fprintf(&k, "%d:%s", len(v), v)
-	}
-	return k.String()
-}
-
 // tupleKey reads cols from a logged tuple: ok is false when a value is
 // NULL (the tuple references nothing by it); missing when one is not in
 // the tuple.
@@ -206,7 +194,7 @@ func (sc *attrSchema) ownKeys(rel *Relation, tuples ...[]Value) []string {
 				continue
 			}
 			if vals, ok, _ := tupleKey(rel, tp, cols); ok {
-				out = append(out, keyString(rel.Schema, rel.Name, cols, vals))
+				out = append(out, RowKey(rel.Schema, rel.Name, cols, vals))
 			}
 		}
 	}
@@ -365,7 +353,7 @@ func (v *Vault) attributeShared(ctx context.Context, tenant string, headers []*m
 							return nil
 						}
 						if ok {
-							k := keyString(h.RefSchema, h.RefTable, h.RefCols, vals)
+							k := RowKey(h.RefSchema, h.RefTable, h.RefCols, vals)
 							if j == 0 {
 								r.pOld = k
 							} else {

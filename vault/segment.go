@@ -772,3 +772,15 @@ func (v *Vault) ArchivedUntil(ctx context.Context, stream string) (first, until 
 	}
 	return head.Until, until, nil
 }
+
+// RowKey names the values vals of columns cols of table schema.name
+// unambiguously (lengths before values), for the maps in which capture,
+// replay and forget look up a row by a key it references.
+func RowKey(schema, name string, cols []string, vals [][]byte) string {
+	var k strings.Builder
+	k.WriteString(schema + "\x00" + name + "\x00" + strings.Join(cols, "\x00") + "\x00")
+	for _, v := range vals {
+		fmt.Fprintf(&k, "%d:%s", len(v), v)
+	}
+	return k.String()
+}

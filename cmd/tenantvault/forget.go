@@ -279,6 +279,13 @@ func (a *app) printForgetPlan(w io.Writer, v *vault.Vault, it forgetItem) {
 	if s.SharedRecords > 0 {
 		fmt.Fprintf(w, "  shared change records: %d in the log (tenant unknown when captured): %d attributed to it and dropped (by who held their keys at their LSN; those no restore can replay unless provably another's)\n", s.SharedRecords, s.SharedDropped)
 	}
+	printSharedPlan(w, &s, "")
+	fmt.Fprintf(w, "  afterwards:            tombstone %s; restore and drill refuse the tenant, list marks it; this cannot be undone\n", vault.TombstoneKey(v.TenantHash(it.tenant)))
+}
+
+// printSharedPlan prints what forget does with the change log's shared and
+// move records beyond dropping them; kept says how undecided records stay.
+func printSharedPlan(w io.Writer, s *vault.PlanSummary, kept string) {
 	if s.SharedBlanked > 0 {
 		fmt.Fprintf(w, "  split:                 %d shared record(s) of rows that moved between it and another tenant: kept for the other, its side blanked\n", s.SharedBlanked)
 	}
@@ -289,9 +296,8 @@ func (a *app) printForgetPlan(w io.Writer, v *vault.Vault, it forgetItem) {
 		fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
 	}
 	if s.SharedUndecided > 0 {
-		fmt.Fprintf(w, "  NOT ERASED:            %d shared change-log record(s) that may hold rows of this tenant are kept: %s (docs/SECURITY.md, Known limits)\n", s.SharedUndecided, undecidedWhy(s.UndecidedWhy))
+		fmt.Fprintf(w, "  NOT ERASED:            %d shared change-log record(s) that may hold rows of this tenant are kept%s: %s (docs/SECURITY.md, Known limits)\n", s.SharedUndecided, kept, undecidedWhy(s.UndecidedWhy))
 	}
-	fmt.Fprintf(w, "  afterwards:            tombstone %s; restore and drill refuse the tenant, list marks it; this cannot be undone\n", vault.TombstoneKey(v.TenantHash(it.tenant)))
 }
 
 // undecidedWhy says why forget could not attribute shared records.
@@ -443,18 +449,7 @@ func (a *app) forgetEncrypted(ctx context.Context, v *vault.Vault, ids []string,
 			s := sp.Summary
 			out[i].Segments, out[i].Shared = s.Segments, &sp.Summary
 			fmt.Fprintf(w, "  change-log segments:   %d rewritten under new segment keys (records sealed with a segment's key: %d shared record(s) attributed to it, and its streams in segments written before per-tenant keys)\n", s.Segments, s.SharedDropped)
-			if s.SharedBlanked > 0 {
-				fmt.Fprintf(w, "  split:                 %d shared record(s) of rows that moved between it and another tenant: kept for the other, its side blanked\n", s.SharedBlanked)
-			}
-			if s.MovesBlanked > 0 {
-				fmt.Fprintf(w, "  moves:                 %d move record(s) in other tenants' streams of rows that moved between them and it: blanked but for the row's key\n", s.MovesBlanked)
-			}
-			if s.Truncates > 0 {
-				fmt.Fprintf(w, "  kept:                  %d TRUNCATE record(s): they name tables, not rows\n", s.Truncates)
-			}
-			if s.SharedUndecided > 0 {
-				fmt.Fprintf(w, "  NOT ERASED:            %d shared change-log record(s) that may hold rows of this tenant are kept, readable with the identity: %s (docs/SECURITY.md, Known limits)\n", s.SharedUndecided, undecidedWhy(s.UndecidedWhy))
-			}
+			printSharedPlan(w, &s, ", readable with the identity")
 		}
 		fmt.Fprintf(w, "  afterwards:            no one can decrypt its chunks in any of those sets, the identity holder included; tombstone %s; this cannot be undone\n", vault.TombstoneKey(h))
 	}
