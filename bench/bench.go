@@ -44,6 +44,9 @@ var AllParts = []string{PartPgDump, PartPgBackRest, PartRestore, PartIncremental
 type Variant struct {
 	Name string
 	Args []string
+	// Flags are extra tenantvault flags of a restore variant (e.g.
+	// --parallel 3; the last of a repeated flag wins).
+	Flags []string
 }
 
 // Config says what to run.
@@ -80,7 +83,7 @@ type Config struct {
 	// RestoreVariants are what-if restores measured beside the default
 	// one: Args[0] is added to the query string of the target URL, e.g.
 	// "options=-c enable_seqscan=off" to try server settings in
-	// tenantvault's sessions without changing tenantvault.
+	// tenantvault's sessions without changing tenantvault, or Flags.
 	RestoreVariants []Variant
 	// WorkDir is where the temporary directory goes ("" = system temp);
 	// OutDir receives results.json, report.md, logs and profiles.
@@ -562,7 +565,7 @@ func (b *bench) snapshots(ctx context.Context) error {
 			return err
 		}
 		s.Bytes = dirSize(repo)
-		b.add("snapshot/tenantvault", "tenantvault snapshot --parallel 2 (zstd level 1, work-mem 64MB); bytes = repository size", s)
+		b.add("snapshot/tenantvault", "tenantvault snapshot --parallel 2 (default zstd level 2, work-mem 64MB); bytes = repository size", s)
 		for _, v := range b.cfg.Variants {
 			vrepo := filepath.Join(b.tmp, "repo-variant")
 			s, err := b.tvSnapshot(ctx, vrepo, "tenantvault snapshot "+v.Name, v.Args)
@@ -773,11 +776,11 @@ func (b *bench) restores(ctx context.Context) error {
 			if err := b.deleteTenants(ctx, sc.Tenants); err != nil {
 				return err
 			}
-			s, err := b.tvRestore(ctx, "tenantvault restore "+sc.Name+" "+v.Name, b.repos[0], withParams(b.liveURL, v.Args), sc)
+			s, err := b.tvRestore(ctx, "tenantvault restore "+sc.Name+" "+v.Name, b.repos[0], withParams(b.liveURL, v.Args), sc, v.Flags...)
 			if err != nil {
 				return err
 			}
-			b.add(fmt.Sprintf("restore/%d/tenantvault %s", i, v.Name), "what-if: tenantvault restore of "+sc.Name+" with "+strings.Join(v.Args, " ")+" on its connections", s)
+			b.add(fmt.Sprintf("restore/%d/tenantvault %s", i, v.Name), "what-if: tenantvault restore of "+sc.Name+" with "+v.describe(), s)
 			if err := b.checkTenants(ctx, b.liveURL, sc.Tenants); err != nil {
 				return err
 			}
@@ -823,6 +826,14 @@ func (b *bench) floor(ctx context.Context, i int, sc Scenario) error {
 
 // withParams adds URL query parameters (k=v&k2=v2, values unescaped) to
 // a database URL.
+// describe says what a restore variant changes.
+func (v Variant) describe() string {
+	if len(v.Flags) > 0 {
+		return strings.Join(v.Flags, " ")
+	}
+	return strings.Join(v.Args, " ") + " on its connections"
+}
+
 func withParams(dbURL string, params []string) string {
 	u, err := url.Parse(dbURL)
 	if err != nil {

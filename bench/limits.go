@@ -333,11 +333,11 @@ func (b *bench) loadThroughput(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			s, err := b.tvRestore(ctx, "tenantvault restore into empty copy "+v.Name, b.repos[0], withParams(u, v.Args), sc)
+			s, err := b.tvRestore(ctx, "tenantvault restore into empty copy "+v.Name, b.repos[0], withParams(u, v.Args), sc, v.Flags...)
 			if err != nil {
 				return err
 			}
-			b.add("load/tenantvault "+v.Name, "what-if: tenantvault restore into an empty copy with "+strings.Join(v.Args, " ")+" on its connections", s)
+			b.add("load/tenantvault "+v.Name, "what-if: tenantvault restore into an empty copy with "+v.describe(), s)
 		}
 	}
 	return b.dropDB(ctx, name)

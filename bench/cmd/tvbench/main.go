@@ -54,7 +54,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.PgBackRest, "pgbackrest", "", "pgbackrest binary (default: from PATH; skipped when missing)")
 	fs.StringVar(&cfg.PgBackRestCompress, "pgbackrest-compress", "zst:1", "pgBackRest compress-type:level")
 	fs.Var(&variants, "variant", "extra tenantvault snapshot configuration NAME=FLAGS (repeatable), e.g. 'work-mem 512MB=--work-mem=512MB'")
-	fs.Var(&rvariants, "restore-variant", "what-if tenantvault restore NAME=URLPARAMS (repeatable): URLPARAMS go into the target URL's query, e.g. 'no seqscan=options=-c enable_seqscan=off'")
+	fs.Var(&rvariants, "restore-variant", "what-if tenantvault restore NAME=URLPARAMS (repeatable): URLPARAMS go into the target URL's query, e.g. 'no seqscan=options=-c enable_seqscan=off'; a value starting with -- is tenantvault restore flags instead, e.g. 'parallel 3=--parallel 3'")
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "where the temporary directory goes (needs ~4x --size free)")
 	fs.StringVar(&cfg.OutDir, "out", "", "directory for results.json, report.md, logs and profiles (default: tvbench-results-<time>)")
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory")
@@ -142,6 +142,10 @@ func run(args []string, stderr io.Writer) int {
 		name, params, ok := strings.Cut(v, "=")
 		if !ok || name == "" || params == "" {
 			return usage("--restore-variant %q: want NAME=URLPARAMS", v)
+		}
+		if strings.HasPrefix(params, "--") {
+			cfg.RestoreVariants = append(cfg.RestoreVariants, bench.Variant{Name: name, Flags: strings.Fields(params)})
+			continue
 		}
 		cfg.RestoreVariants = append(cfg.RestoreVariants, bench.Variant{Name: name, Args: []string{params}})
 	}
