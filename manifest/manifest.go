@@ -79,8 +79,14 @@ type Manifest struct {
 	// came from a replication slot), so the change log can continue it.
 	LSNExact bool `json:"lsn_exact,omitempty"`
 
-	// Partial is true when only some tenants were captured (RequestedTenants).
+	// Partial is true when only some tenants were captured (snapshot
+	// --tenant, and pre-restore sets).
 	Partial bool `json:"partial,omitempty"`
+	// ExactTenants marks a partial set whose entries are exactly the
+	// tenants it captured. Partial sets of the schema model written
+	// without it also hold an entry without chunks for every other tenant
+	// schema, which is not that tenant's state (HoldsTenant).
+	ExactTenants bool `json:"exact_tenants,omitempty"`
 
 	// Schemas are pg_dump --schema-only archives (custom format); one for
 	// the column and schema models, one per tenant database otherwise.
@@ -124,6 +130,14 @@ type Manifest struct {
 	// it was taken: the source still held their rows (restores refuse
 	// them; forget erases them again).
 	ErasedPresent int `json:"erased_present,omitempty"`
+}
+
+// HoldsTenant reports whether an entry of this set with that many chunks
+// is a tenant the set captured: false for the entries without chunks that
+// partial sets of the schema model held for every tenant schema they did
+// not capture, before ExactTenants.
+func (m *Manifest) HoldsTenant(chunks int) bool {
+	return !m.Partial || m.ExactTenants || m.Tenancy.Model != "schema" || chunks > 0
 }
 
 // Index locates a set's tenant index (set format 2).

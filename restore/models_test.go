@@ -171,3 +171,46 @@ func TestDatabaseModel(t *testing.T) {
 		t.Errorf("replaced database:\n got %s\nwant %s", got, want)
 	}
 }
+
+// A partial set of the schema model (snapshot --tenant) holds only the
+// tenants it captured: restoring another tenant from "the newest set"
+// takes that tenant's rows from the full set before it. The partial set
+// once held an empty entry for every other tenant schema, and such a
+// restore brought the tenant back empty, reported verified.
+func TestSchemaModelPartialSet(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, `CREATE SCHEMA shared; CREATE TYPE shared.tier AS ENUM ('free', 'gold');`)
+	tenants := []string{"tenant_acme", "tenant_o'brien"}
+	for i, s := range tenants {
+		testenv.Exec(t, db, fmt.Sprintf(tenantSchema, pgx.Identifier{s}.Sanitize(), 3+i*5))
+	}
+	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	cfg := tenancy.Config{Model: tenancy.ModelSchema, SchemaPattern: `tenant\_%`}
+	full, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := dumpSchemaRows(t, ctx, db, "tenant_o'brien")
+	part, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg, Tenants: []string{"tenant_acme"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if part, err = v.ReadManifest(ctx, part.ID); err != nil {
+		t.Fatal(err)
+	}
+	if !part.Partial || !part.ExactTenants || len(part.Tenants) != 1 || part.Tenants[0].ID != "tenant_acme" {
+		t.Fatalf("partial set: partial %v, exact %v, tenants %+v", part.Partial, part.ExactTenants, part.Tenants)
+	}
+	dst := testenv.NewDatabase(t)
+	rep, err := restore.Run(ctx, restore.Options{Vault: v, Target: dst, Tenants: []string{"tenant_o'brien"}, CreateSchema: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rep.Tenants[0].Set; got != full.ID {
+		t.Errorf("restored from set %s, want the full set %s", got, full.ID)
+	}
+	if got := dumpSchemaRows(t, ctx, dst, "tenant_o'brien"); got != want {
+		t.Errorf("restored:\n got %s\nwant %s", got, want)
+	}
+}

@@ -194,6 +194,7 @@ func Run(ctx context.Context, o Options) (*manifest.Manifest, error) {
 		Version: manifest.Version, ID: vault.NewSetID(started), Kind: o.Kind, Note: o.Note,
 		Tenancy: o.Tenancy.Manifest(), StartedAt: started.UTC(), Partial: len(o.Tenants) > 0,
 	}
+	r.m.ExactTenants = r.m.Partial
 	if o.SchemaArchive == manifest.SchemaArchiveNone {
 		r.m.SchemaArchive = manifest.SchemaArchiveNone
 	}
@@ -656,8 +657,13 @@ func (r *run) finish(ctx context.Context) error {
 	}
 	var present []string
 	// Tenants that exist without rows (schema and database models, and
-	// every requested one) get an entry too.
-	empty := dedupe(append(append([]string(nil), r.owners...), r.o.Tenants...))
+	// every requested one) get an entry too; a partial set's only for the
+	// tenants it captured, or restores would take the others' (empty)
+	// entries for their state.
+	empty := r.o.Tenants
+	if len(empty) == 0 {
+		empty = r.owners
+	}
 	next := 0 // into empty
 	for h.Len() > 0 || next < len(empty) {
 		var id string

@@ -129,7 +129,7 @@ func (s *Set) Has(ctx context.Context, id string) (bool, error) {
 func (s *Set) Entries(ctx context.Context, only map[string]bool, fn func(*TenantEntry) error) error {
 	var e TenantEntry
 	return s.s.Tenants(ctx, func(t *manifest.Tenant) error {
-		if only != nil && !only[t.ID] {
+		if (only != nil && !only[t.ID]) || !s.s.Header().HoldsTenant(len(t.Chunks)) {
 			return nil
 		}
 		e.Tenant = t.ID

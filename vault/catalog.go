@@ -432,6 +432,7 @@ func (v *Vault) TenantHistory(ctx context.Context, ids []string, tenant string) 
 
 // TenantHistoryFromSets is TenantHistory read from the sets alone, never
 // a catalog: for an erased tenant, whose catalog entries forget removed.
+// It also finds the entries a set does not hold (Set.Entry).
 func (v *Vault) TenantHistoryFromSets(ctx context.Context, ids []string, tenant string) ([]TenantInSet, error) {
 	return v.tenantHistory(ctx, ids, tenant, false)
 }
@@ -498,7 +499,11 @@ func (v *Vault) tenantHistory(ctx context.Context, ids []string, tenant string, 
 			return nil, err
 		}
 		defer s.release()
-		t, err := s.Tenant(ctx, tenant)
+		lookup := s.Tenant
+		if !catalogs {
+			lookup = s.Entry // forget: every entry the tenant has
+		}
+		t, err := lookup(ctx, tenant)
 		if err != nil || t == nil {
 			return nil, err
 		}
@@ -678,7 +683,9 @@ func (x *setSource) entry(id string, rows, size, stored int64, tables int) catal
 func (x *setSource) next(ctx context.Context) (*catalogEntry, error) {
 	if x.s.m.Index == nil && x.items == nil {
 		for _, t := range x.s.m.Tenants {
-			x.items = append(x.items, x.entry(t.ID, t.Rows, t.Size, t.Stored, len(t.Chunks)))
+			if x.s.m.HoldsTenant(len(t.Chunks)) {
+				x.items = append(x.items, x.entry(t.ID, t.Rows, t.Size, t.Stored, len(t.Chunks)))
+			}
 		}
 	}
 	for x.i >= len(x.items) {
@@ -696,6 +703,9 @@ func (x *setSource) next(ctx context.Context) (*catalogEntry, error) {
 			}
 			if err := json.Unmarshal(line, &t); err != nil || t.ID != id {
 				return fmt.Errorf("page %d: entry %q is damaged", x.page, id)
+			}
+			if !x.s.m.HoldsTenant(len(t.Chunks)) {
+				return nil
 			}
 			x.items = append(x.items, x.entry(id, t.Rows, t.Size, t.Stored, len(t.Chunks)))
 			return nil

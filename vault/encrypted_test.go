@@ -71,6 +71,8 @@ type tenantSet struct {
 	global  string
 	schema  string
 	reuse   *vault.ReuseIndex
+	// edit changes the manifest before it is written.
+	edit func(*manifest.Manifest)
 }
 
 const testSignature = "sig-of-public.items"
@@ -139,6 +141,9 @@ func writeTenantSet(t testing.TB, v *vault.Vault, s tenantSet) *manifest.Manifes
 			t.Fatal(err)
 		}
 		m.Schemas = []manifest.SchemaDump{d}
+	}
+	if s.edit != nil {
+		s.edit(m)
 	}
 	if err := v.WriteManifest(ctx, m); err != nil {
 		t.Fatal(err)

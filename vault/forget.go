@@ -267,7 +267,7 @@ func (v *Vault) PlanForget(ctx context.Context, tenant string, round int, tainte
 			return setScan{}, err
 		}
 		defer s.release()
-		t, err := s.Tenant(ctx, tenant)
+		t, err := s.Entry(ctx, tenant)
 		return setScan{s: s, entry: t}, err
 	})
 	if err != nil {
@@ -855,7 +855,7 @@ func (v *Vault) rewriteSet(ctx context.Context, tenant string, fs forgetSet, mov
 		touches = touches || ok
 	}
 	if !touches {
-		t, err := set.Tenant(ctx, tenant)
+		t, err := set.Entry(ctx, tenant)
 		set.release()
 		if err != nil {
 			return false, err

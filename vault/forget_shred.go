@@ -46,7 +46,7 @@ func (v *Vault) PlanShredSegments(ctx context.Context, tenant string) (*ForgetPl
 			return nil, fmt.Errorf("forget needs every snapshot set, and one cannot be read (nothing was changed): %w", err)
 		}
 		headers = append(headers, s.Header())
-		t, err := s.Tenant(ctx, tenant)
+		t, err := s.Entry(ctx, tenant)
 		s.release()
 		if err != nil {
 			return nil, err

@@ -855,8 +855,19 @@ func (s *Set) usable(t *manifest.Tenant) error {
 }
 
 // Tenant returns the entry of tenant id, or nil when the set does not hold
-// it. In set format 2 it reads the directory (once per Set) and one page.
+// it (manifest.HoldsTenant). In set format 2 it reads the directory (once
+// per Set) and one page.
 func (s *Set) Tenant(ctx context.Context, id string) (*manifest.Tenant, error) {
+	t, err := s.Entry(ctx, id)
+	if t == nil || err != nil || !s.m.HoldsTenant(len(t.Chunks)) {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Entry is Tenant, also for an entry the set does not hold: what forget
+// must erase all the same.
+func (s *Set) Entry(ctx context.Context, id string) (*manifest.Tenant, error) {
 	if s.m.Index == nil {
 		return s.m.Tenant(id), nil
 	}
