@@ -776,6 +776,12 @@ func (b *bench) restores(ctx context.Context) error {
 			if err := b.deleteTenants(ctx, sc.Tenants); err != nil {
 				return err
 			}
+			if i == len(b.res.Scenarios)-1 {
+				// Settled as the default restore of it was.
+				if err := b.settle(ctx, b.liveURL); err != nil {
+					return err
+				}
+			}
 			s, err := b.tvRestore(ctx, "tenantvault restore "+sc.Name+" "+v.Name, b.repos[0], withParams(b.liveURL, v.Args), sc, v.Flags...)
 			if err != nil {
 				return err
