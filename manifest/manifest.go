@@ -27,7 +27,11 @@ const (
 	// and a tenant's schema SQL reachable from its entry: the header stays
 	// small at any number of tenant schemas.
 	Version3 = 3
-	Version  = Version3
+	// Version4 is Version3 whose split schema SQL is sealed (encrypted
+	// repositories only): older readers must refuse it rather than take
+	// its sealed parts for damaged ones.
+	Version4 = 4
+	Version  = Version4
 )
 
 // Kinds of snapshot set.

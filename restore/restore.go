@@ -815,6 +815,26 @@ func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manife
 				exclude = append(exclude, t.Owner)
 			}
 		}
+		if set.Version >= manifest.Version3 {
+			// Set format 3 keeps a tenant's tables in its index entry, so
+			// the header names only the tenants read so far: the rest are
+			// found in the index (this path renders the whole archive
+			// anyway).
+			s, err := r.o.Vault.OpenSet(ctx, set.ID)
+			if err != nil {
+				return "", err
+			}
+			err = s.Tenants(ctx, func(t *manifest.Tenant) error {
+				if !restoring[t.ID] && !seen[t.ID] {
+					seen[t.ID] = true
+					exclude = append(exclude, t.ID)
+				}
+				return nil
+			})
+			if err != nil {
+				return "", err
+			}
+		}
 		sort.Strings(exclude)
 	}
 	return renderSchema(ctx, r.o.PgRestore, archive, "", exclude)

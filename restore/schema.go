@@ -196,8 +196,12 @@ func (r *runner) splitSchemaScript(ctx context.Context, dump *manifest.SchemaDum
 		}
 	}
 	var b strings.Builder
-	add := func(rg manifest.Range, tenant string) error {
-		part, err := r.o.Vault.GetSchemaPart(ctx, sp, rg)
+	add := func(rg manifest.Range, t *manifest.Tenant) error {
+		tenant := ""
+		if t != nil {
+			tenant = t.ID
+		}
+		part, err := r.o.Vault.GetSchemaPart(ctx, sp, rg, t)
 		if err != nil {
 			return err
 		}
@@ -220,16 +224,16 @@ func (r *runner) splitSchemaScript(ctx context.Context, dump *manifest.SchemaDum
 		}
 		return nil
 	}
-	if err := add(sp.Prelude, ""); err != nil {
+	if err := add(sp.Prelude, nil); err != nil {
 		return "", false, err
 	}
 	if withShared {
-		if err := add(sp.Shared, ""); err != nil {
+		if err := add(sp.Shared, nil); err != nil {
 			return "", false, err
 		}
 	}
 	for _, t := range tenants {
-		if err := add(*t.SchemaSQL, t.ID); err != nil {
+		if err := add(*t.SchemaSQL, t); err != nil {
 			return "", false, err
 		}
 	}

@@ -326,13 +326,14 @@ func splitArchive(ctx context.Context, pgDump, archive string, tenants []string,
 	return s, serr
 }
 
-// splitSchema stores the schema model's archive also as split SQL (plaintext
-// repositories in set format 2 and later), so that restoring one tenant
-// schema reads its part and not the archive. A schema that cannot be split
-// is kept whole, with a warning: restores then read the archive, as before.
+// splitSchema stores the schema model's archive also as split SQL (set
+// format 2 and later; sealed in encrypted repositories), so that restoring
+// one tenant schema reads its part and not the archive. A schema that
+// cannot be split is kept whole, with a warning: restores then read the
+// archive, as before.
 func (r *run) splitSchema(ctx context.Context, d *manifest.SchemaDump, archive string) error {
 	v := r.o.Vault
-	if r.o.Tenancy.Model != tenancy.ModelSchema || v.Encrypted() || !v.WritesIndexed() || len(r.owners) == 0 {
+	if r.o.Tenancy.Model != tenancy.ModelSchema || !v.WritesIndexed() || len(r.owners) == 0 {
 		return nil
 	}
 	s, err := splitArchive(ctx, r.o.PgDump, archive, r.owners, r.o.TempDir)
@@ -341,7 +342,7 @@ func (r *run) splitSchema(ctx context.Context, d *manifest.SchemaDump, archive s
 		var sp *manifest.SchemaSplit
 		var shared []byte
 		if shared, err = s.part(-1); err == nil {
-			sp, r.schemaParts, err = v.PutSchemaSplit(ctx, r.o.TempDir, s.prelude, shared, s.tenants, func(i int) ([]byte, error) { return s.part(int32(i)) })
+			sp, r.schemaParts, err = r.w.PutSchemaSplit(ctx, r.o.TempDir, s.prelude, shared, s.tenants, func(i int) ([]byte, error) { return s.part(int32(i)) })
 		}
 		if err == nil {
 			d.Split = sp

@@ -681,6 +681,11 @@ func (r *run) finish(ctx context.Context) error {
 		t := manifest.Tenant{ID: id}
 		if rg, ok := r.schemaParts[id]; ok {
 			t.SchemaSQL = &rg
+			// A sealed part is under the tenant's key, which the entry
+			// names even when the tenant has no chunks.
+			if t.Key, err = r.w.TenantKey(ctx, id); err != nil {
+				return err
+			}
 		}
 		if erased.Has(id) {
 			present = append(present, id)
@@ -688,7 +693,7 @@ func (r *run) finish(ctx context.Context) error {
 		for h.Len() > 0 && (*h)[0].head.tenant == id {
 			cur := (*h)[0]
 			c := chunk(cur.table, cur.head)
-			if len(t.Chunks) > 0 && cur.head.ref.Key != t.Key {
+			if (len(t.Chunks) > 0 || t.SchemaSQL != nil) && cur.head.ref.Key != t.Key {
 				return fmt.Errorf("tenant %q: chunks sealed with two keys (%s, %s)", id, t.Key, cur.head.ref.Key)
 			}
 			t.Key = cur.head.ref.Key

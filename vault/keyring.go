@@ -187,9 +187,7 @@ func (v *Vault) sealManifest(ctx context.Context, m *manifest.Manifest, encoded 
 		Group: groupHash(m), Recipients: sk.recipients, Packs: m.Packs,
 		Keys: []WrappedKey{{Set: m.ID, Age: sk.wrapped}},
 	}
-	for _, s := range m.Schemas {
-		x.Schemas = append(x.Schemas, ObjectRef{Key: s.Key, Size: s.Size, SHA256: s.SHA256})
-	}
+	x.Schemas = schemaRefs(m)
 	if (sx != nil) != (m.Index != nil) {
 		return nil, nil, errors.New("a set format 2 header needs its tenant index")
 	}

@@ -223,6 +223,49 @@ func (s *SetWriter) PutSchema(ctx context.Context, database string, data []byte)
 	return d, nil
 }
 
+// PutSchemaSplit stores the split schema SQL of this set (see
+// Vault.PutSchemaSplit). In an encrypted set each stored part is sealed: a
+// tenant's with the tenant's own key, which its entry names (TenantKey),
+// so that destroying the key (forget) destroys the part too; the prelude
+// and the shared part with the set's data key. The object is then the
+// set's own, named by the SHA-256 of its sealed bytes.
+func (s *SetWriter) PutSchemaSplit(ctx context.Context, dir string, prelude, shared []byte, tenants []string, part func(i int) ([]byte, error)) (*manifest.SchemaSplit, map[string]manifest.Range, error) {
+	if s.key == nil {
+		return s.v.PutSchemaSplit(ctx, dir, prelude, shared, tenants, part)
+	}
+	if s.key.tenants == nil {
+		return nil, nil, errors.New("store split schema: set format 1 has no tenant keys")
+	}
+	sp, ranges, err := s.v.putSchemaSplit(ctx, dir, prelude, shared, tenants, part, func(i int, stored []byte) ([]byte, error) {
+		dk := s.key.dk
+		if i >= 0 {
+			k, err := s.key.tenants.get(ctx, tenants[i])
+			if err != nil {
+				return nil, err
+			}
+			dk = k.dk
+		}
+		return sealBytes(dk, stored)
+	})
+	if err == nil {
+		s.v.schemas.Store(sp.Key, s.setID)
+	}
+	return sp, ranges, err
+}
+
+// TenantKey names the key object that seals tenant's data in this set
+// ("" in a plaintext set or one without tenant keys).
+func (s *SetWriter) TenantKey(ctx context.Context, tenant string) (string, error) {
+	if s.key == nil || s.key.tenants == nil {
+		return "", nil
+	}
+	k, err := s.key.tenants.get(ctx, tenant)
+	if err != nil {
+		return "", err
+	}
+	return k.name, nil
+}
+
 // PutSchemaFile stores the schema archive in f (read from its start) as
 // PutSchema does. A plaintext archive is streamed from the file, so the
 // snapshot never holds it (46 MiB at 10,000 tenant schemas); an encrypted

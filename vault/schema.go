@@ -94,11 +94,18 @@ const maxSchemaPart = 1 << 30
 // unchanged schema is stored once for all sets. The object is spooled to a
 // temporary file in dir ("" the system's): its memory is one part. It
 // returns the header's reference and each tenant's range. Plaintext
-// repositories only.
+// repositories only: in an encrypted one, SetWriter.PutSchemaSplit seals
+// the parts.
 func (v *Vault) PutSchemaSplit(ctx context.Context, dir string, prelude, shared []byte, tenants []string, part func(i int) ([]byte, error)) (*manifest.SchemaSplit, map[string]manifest.Range, error) {
 	if v.cfg.Encrypted() {
-		return nil, nil, errors.New("store split schema: the repository is encrypted")
+		return nil, nil, errors.New("store split schema: the repository is encrypted: use SetWriter.PutSchemaSplit")
 	}
+	return v.putSchemaSplit(ctx, dir, prelude, shared, tenants, part, nil)
+}
+
+// putSchemaSplit writes the split object; seal, when not nil, seals each
+// stored part (tenant -1 for the prelude and the shared part).
+func (v *Vault) putSchemaSplit(ctx context.Context, dir string, prelude, shared []byte, tenants []string, part func(i int) ([]byte, error), seal func(tenant int, stored []byte) ([]byte, error)) (*manifest.SchemaSplit, map[string]manifest.Range, error) {
 	f, err := os.CreateTemp(dir, "tenantvault-parts-*")
 	if err != nil {
 		return nil, nil, fmt.Errorf("store split schema: %w", err)
@@ -110,15 +117,27 @@ func (v *Vault) PutSchemaSplit(ctx context.Context, dir string, prelude, shared 
 	var size int64
 	bw.WriteString(schemaPartsMagic)
 	size += int64(len(schemaPartsMagic))
-	add := func(content []byte) manifest.Range {
+	add := func(tenant int, content []byte) (manifest.Range, error) {
 		stored := storePage(content)
+		if seal != nil {
+			var err error
+			if stored, err = seal(tenant, stored); err != nil {
+				return manifest.Range{}, fmt.Errorf("store split schema: %w", err)
+			}
+		}
 		sum := sha256.Sum256(stored)
 		r := manifest.Range{Offset: size, Length: int64(len(stored)), SHA256: hex.EncodeToString(sum[:])}
 		bw.Write(stored)
 		size += r.Length
-		return r
+		return r, nil
 	}
-	sp := &manifest.SchemaSplit{Prelude: add(prelude), Shared: add(shared)}
+	sp := &manifest.SchemaSplit{}
+	if sp.Prelude, err = add(-1, prelude); err != nil {
+		return nil, nil, err
+	}
+	if sp.Shared, err = add(-1, shared); err != nil {
+		return nil, nil, err
+	}
 	ranges := make(map[string]manifest.Range, len(tenants))
 	for i, t := range tenants {
 		if i > 0 && t <= tenants[i-1] {
@@ -128,7 +147,9 @@ func (v *Vault) PutSchemaSplit(ctx context.Context, dir string, prelude, shared 
 		if err != nil {
 			return nil, nil, err
 		}
-		ranges[t] = add(content)
+		if ranges[t], err = add(i, content); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := bw.Flush(); err != nil {
 		return nil, nil, fmt.Errorf("store split schema: %w", err)
@@ -143,8 +164,12 @@ func (v *Vault) PutSchemaSplit(ctx context.Context, dir string, prelude, shared 
 }
 
 // GetSchemaPart reads one part of a split schema with one ranged GET and
-// checks it against its range's checksum.
-func (v *Vault) GetSchemaPart(ctx context.Context, sp *manifest.SchemaSplit, r manifest.Range) ([]byte, error) {
+// checks it against its range's checksum: tenant's part, or with tenant nil
+// the prelude or the shared part. In an encrypted repository a tenant's part
+// is sealed with the key its entry names (so erasing the tenant's key
+// erases its part), the others with their set's data key; the set's
+// manifest must have been read through this vault.
+func (v *Vault) GetSchemaPart(ctx context.Context, sp *manifest.SchemaSplit, r manifest.Range, tenant *manifest.Tenant) ([]byte, error) {
 	if r.Offset < int64(len(schemaPartsMagic)) || r.Length <= 0 || r.Offset+r.Length > sp.Size {
 		return nil, tenantvault.Integrityf("split schema %s: a part at %d+%d outside the object (%d bytes)", sp.Key, r.Offset, r.Length, sp.Size)
 	}
@@ -163,7 +188,29 @@ func (v *Vault) GetSchemaPart(ctx context.Context, sp *manifest.SchemaSplit, r m
 	if sum := sha256.Sum256(stored); hex.EncodeToString(sum[:]) != r.SHA256 {
 		return nil, tenantvault.Integrityf("split schema %s: part at %d is damaged (checksum mismatch)", sp.Key, r.Offset)
 	}
-	if stored[0] != CodecZstd {
+	if v.cfg.Encrypted() {
+		if stored[0] != CodecSealed {
+			return nil, tenantvault.Integrityf("split schema %s: part at %d is not sealed, but the repository is encrypted", sp.Key, r.Offset)
+		}
+		var dk []byte
+		if tenant != nil {
+			if tenant.Key == "" {
+				return nil, tenantvault.Integrityf("split schema %s: tenant %q has a part but no key", sp.Key, tenant.ID)
+			}
+			dk, err = v.tenantDataKey(ctx, fmt.Sprintf("the schema of tenant %q", tenant.ID), tenant.Key)
+		} else if set, ok := v.schemas.Load(sp.Key); !ok {
+			return nil, fmt.Errorf("split schema %s: no decrypted manifest references it", sp.Key)
+		} else {
+			dk, err = v.objectKey(ctx, set.(string), sp.Key)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if stored, err = openBytes(dk, stored, maxSchemaPart); err != nil {
+			return nil, tenantvault.Integrityf("split schema %s: part at %d: %v", sp.Key, r.Offset, err)
+		}
+	}
+	if len(stored) == 0 || stored[0] != CodecZstd {
 		return nil, tenantvault.Integrityf("split schema %s: part at %d has an unknown codec", sp.Key, r.Offset)
 	}
 	content, err := pageDecoder.DecodeAll(stored[1:], nil)

@@ -134,13 +134,7 @@ func indexFromManifest(m *manifest.Manifest) *SetIndex {
 		StartedAt: m.StartedAt, ConsistentAt: m.ConsistentAt, FinishedAt: m.FinishedAt,
 		Group: GroupKey(m), Packs: m.Packs,
 	}
-	for _, s := range m.Schemas {
-		x.Schemas = append(x.Schemas, ObjectRef{Key: s.Key, Size: s.Size, SHA256: s.SHA256})
-		if sp := s.Split; sp != nil {
-			// verified and kept by GC like the archive itself
-			x.Schemas = append(x.Schemas, ObjectRef{Key: sp.Key, Size: sp.Size, SHA256: sp.SHA256})
-		}
-	}
+	x.Schemas = schemaRefs(m)
 	eachChunk(m, func(_ string, _ bool, c manifest.Chunk) {
 		x.Chunks = append(x.Chunks, IndexChunk{Pack: c.Pack, Offset: c.Offset, Length: c.Length, SHA256: c.SHA256})
 	})
@@ -151,6 +145,20 @@ func indexFromManifest(m *manifest.Manifest) *SetIndex {
 	}
 	x.indexGen = m.Generation
 	return x
+}
+
+// schemaRefs are the schema objects of m as a header lists them: each
+// archive, followed by its split object when it has one (verified and kept
+// by GC like the archive itself).
+func schemaRefs(m *manifest.Manifest) []ObjectRef {
+	var out []ObjectRef
+	for _, s := range m.Schemas {
+		out = append(out, ObjectRef{Key: s.Key, Size: s.Size, SHA256: s.SHA256})
+		if sp := s.Split; sp != nil {
+			out = append(out, ObjectRef{Key: sp.Key, Size: sp.Size, SHA256: sp.SHA256})
+		}
+	}
+	return out
 }
 
 // eachChunk visits the global chunks, then every tenant's, in manifest
@@ -372,13 +380,8 @@ func (x *SetIndex) sameAs(m *manifest.Manifest) error {
 	if m.ID != x.ID || m.Kind != x.Kind || m.Partial != x.Partial || !m.ConsistentAt.Equal(x.ConsistentAt) || !slices.Equal(m.Packs, x.Packs) {
 		return errors.New("the manifest body does not match its header")
 	}
-	if len(m.Schemas) != len(x.Schemas) {
+	if !slices.Equal(schemaRefs(m), x.Schemas) {
 		return errors.New("the manifest body's schema archives do not match its header")
-	}
-	for i, s := range m.Schemas {
-		if (ObjectRef{Key: s.Key, Size: s.Size, SHA256: s.SHA256}) != x.Schemas[i] {
-			return errors.New("the manifest body's schema archives do not match its header")
-		}
 	}
 	if x.Version == 2 || m.Index != nil {
 		// The tenants' chunks are in the index: the pages (sealed, under

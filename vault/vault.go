@@ -488,6 +488,9 @@ func (v *Vault) readSealedManifest(ctx context.Context, id string) (*manifest.Ma
 	}
 	for _, s := range m.Schemas {
 		v.schemas.Store(s.Key, id)
+		if s.Split != nil {
+			v.schemas.Store(s.Split.Key, id)
+		}
 	}
 	v.bodies.Delete(id)
 	return m, nil
@@ -651,6 +654,14 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 		}
 		hdr.TableCount = len(hdr.Tables)
 	}
+	if v.cfg.Encrypted() && hasSplit(hdr) {
+		// Set format 4: older readers would take the sealed parts for
+		// damaged ones; they refuse the set instead.
+		if hdr.Version != manifest.Version3 {
+			return fmt.Errorf("write set %s: a sealed split schema needs set format 3 (owned tables)", hdr.ID)
+		}
+		hdr.Version = manifest.Version4
+	}
 	if err := hdr.Validate(); err != nil {
 		return fmt.Errorf("refusing to write an invalid manifest: %w", err)
 	}
@@ -746,4 +757,14 @@ func (v *Vault) checkShared(ctx context.Context, m *manifest.Manifest) error {
 		}
 	}
 	return nil
+}
+
+// hasSplit reports whether a schema archive of m has split schema SQL.
+func hasSplit(m *manifest.Manifest) bool {
+	for _, s := range m.Schemas {
+		if s.Split != nil {
+			return true
+		}
+	}
+	return false
 }

@@ -381,14 +381,14 @@ func restoreCost(ctx context.Context, r, tenant string) (empty, live string, err
 	}
 	sp := m.Schemas[0].Split
 	before := cb.bytes.Load()
-	if _, err := v.GetSchemaPart(ctx, sp, sp.Prelude); err != nil {
+	if _, err := v.GetSchemaPart(ctx, sp, sp.Prelude, nil); err != nil {
 		return "", "", err
 	}
-	if _, err := v.GetSchemaPart(ctx, sp, *t.SchemaSQL); err != nil {
+	if _, err := v.GetSchemaPart(ctx, sp, *t.SchemaSQL, t); err != nil {
 		return "", "", err
 	}
 	own := cb.bytes.Load() - before
-	if _, err := v.GetSchemaPart(ctx, sp, sp.Shared); err != nil {
+	if _, err := v.GetSchemaPart(ctx, sp, sp.Shared, nil); err != nil {
 		return "", "", err
 	}
 	shared := cb.bytes.Load() - before - own
