@@ -214,3 +214,45 @@ func TestSchemaModelPartialSet(t *testing.T) {
 		t.Errorf("restored:\n got %s\nwant %s", got, want)
 	}
 }
+
+// A partial set whose schema SQL is not split (here: a tenant schema's name
+// holds a line break) names only the tenants it captured, so restoring
+// from it into an empty database cannot leave the other tenant schemas of
+// its whole archive out: refused before anything is created.
+func TestSchemaModelPartialSetWithoutSplit(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, `CREATE SCHEMA shared; CREATE TYPE shared.tier AS ENUM ('free', 'gold');`)
+	for i, s := range []string{"tenant_acme", "tenant_two\nlines"} {
+		testenv.Exec(t, db, fmt.Sprintf(tenantSchema, pgx.Identifier{s}.Sanitize(), 3+i*5))
+	}
+	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	cfg := tenancy.Config{Model: tenancy.ModelSchema, SchemaPattern: `tenant\_%`}
+	part, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg, Tenants: []string{"tenant_acme"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if part.Schemas[0].Split != nil {
+		t.Fatal("the schema SQL was split")
+	}
+	dst := testenv.NewDatabase(t)
+	_, err = restore.Run(ctx, restore.Options{Vault: v, Target: dst, Tenants: []string{"tenant_acme"}, CreateSchema: true})
+	want := "snapshot set " + part.ID + " is a partial set without split schema SQL: restoring it into an empty database would create every tenant schema of its archive"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	var n int
+	if err := testenv.Connect(t, dst).QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant%' OR nspname = 'shared'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("schemas created in the target: %d, %v", n, err)
+	}
+	// Into the database it was taken from, with the tenant's schema gone,
+	// it restores (only that schema is rendered).
+	want2 := dumpSchemaRows(t, ctx, db, "tenant_acme")
+	testenv.Exec(t, db, `DROP SCHEMA tenant_acme CASCADE`)
+	if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: []string{"tenant_acme"}, CreateSchema: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dumpSchemaRows(t, ctx, db, "tenant_acme"); got != want2 {
+		t.Errorf("restored:\n got %s\nwant %s", got, want2)
+	}
+}

@@ -794,6 +794,13 @@ func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manife
 			return sql, err
 		}
 	}
+	if p.Model == tenancy.ModelSchema && set.ExactTenants {
+		// Its entries name only the tenants it captured, so the whole
+		// archive's other tenant schemas cannot be told apart from the
+		// shared ones to leave them out.
+		return "", tenantvault.WithHint(fmt.Sprintf("snapshot set %s is a partial set without split schema SQL: restoring it into an empty database would create every tenant schema of its archive", set.ID),
+			"restore it into the database it was taken from, or restore from a full set (--set ID; tenantvault list --tenant ID lists them)")
+	}
 	archive, err := r.o.Vault.GetSchema(ctx, set.Schemas[0])
 	if err != nil {
 		return "", err
