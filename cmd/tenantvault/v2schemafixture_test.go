@@ -30,40 +30,7 @@ func TestReadV2SchemaFixture(t *testing.T) {
 	if !strings.Contains(out, "0 problem(s)") {
 		t.Fatalf("verify:\n%s", out)
 	}
-	want := func(s string) string {
-		var c []string
-		for i := 1; i <= 3; i++ {
-			c = append(c, fmt.Sprintf("(%d,\"customer of %s %d\",gold)", i, s, i))
-		}
-		return strings.Join(c, "|") + "\n" + `(1,1,10.50,"a	b")|(2,2,21.00,"a	b")|(3,3,31.50,"a	b")`
-	}
-	dst := testenv.NewDatabase(t)
-	ctx := testenv.Context(t, 2*time.Minute)
-	rows := func(s string) string {
-		conn := testenv.Connect(t, dst)
-		var a, b string
-		for i, table := range []string{"customers", "orders"} {
-			q := fmt.Sprintf("SELECT string_agg(t::text, '|' ORDER BY t::text) FROM %s t", pgx.Identifier{s, table}.Sanitize())
-			if err := conn.QueryRow(ctx, q).Scan(map[int]*string{0: &a, 1: &b}[i]); err != nil {
-				return err.Error()
-			}
-		}
-		return a + "\n" + b
-	}
-	// Into an empty database, then one more schema into it (live).
-	for _, s := range []string{"tenant_globex", "tenant_o'brien"} {
-		out = expect(t, 0, "", "restore", "--repo", r, "--target", dst, "--tenant", s, "--create-schema", "--yes")
-		if !strings.Contains(out, "restored 1 of 1 tenant(s)") {
-			t.Fatalf("restore %s:\n%s", s, out)
-		}
-		if got := rows(s); got != want(s) {
-			t.Errorf("%s:\n got %s\nwant %s", s, got, want(s))
-		}
-	}
-	var schemas string
-	if err := testenv.Connect(t, dst).QueryRow(ctx, `SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname LIKE 'tenant%' OR nspname = 'shared'`).Scan(&schemas); err != nil || schemas != "shared,tenant_globex,tenant_o'brien" {
-		t.Fatalf("schemas: %s, %v", schemas, err)
-	}
+	restoreFixtureSchemas(t, r)
 }
 
 // testdata/v2schema/encrypted was written by the tenantvault of commit
@@ -87,40 +54,7 @@ func TestReadV2EncryptedSchemaFixture(t *testing.T) {
 			t.Fatalf("verify %v:\n%s", args, out)
 		}
 	}
-	want := func(s string) string {
-		var c []string
-		for i := 1; i <= 3; i++ {
-			c = append(c, fmt.Sprintf("(%d,\"customer of %s %d\",gold)", i, s, i))
-		}
-		return strings.Join(c, "|") + "\n" + `(1,1,10.50,"a	b")|(2,2,21.00,"a	b")|(3,3,31.50,"a	b")`
-	}
-	dst := testenv.NewDatabase(t)
-	ctx := testenv.Context(t, 2*time.Minute)
-	rows := func(s string) string {
-		conn := testenv.Connect(t, dst)
-		var a, b string
-		for i, table := range []string{"customers", "orders"} {
-			q := fmt.Sprintf("SELECT string_agg(t::text, '|' ORDER BY t::text) FROM %s t", pgx.Identifier{s, table}.Sanitize())
-			if err := conn.QueryRow(ctx, q).Scan(map[int]*string{0: &a, 1: &b}[i]); err != nil {
-				return err.Error()
-			}
-		}
-		return a + "\n" + b
-	}
-	// Into an empty database, then one more schema into it (live).
-	for _, s := range []string{"tenant_globex", "tenant_o'brien"} {
-		out = expect(t, 0, "", "restore", "--repo", r, "--target", dst, "--tenant", s, "--create-schema", "--yes", "--identity", identity)
-		if !strings.Contains(out, "restored 1 of 1 tenant(s)") {
-			t.Fatalf("restore %s:\n%s", s, out)
-		}
-		if got := rows(s); got != want(s) {
-			t.Errorf("%s:\n got %s\nwant %s", s, got, want(s))
-		}
-	}
-	var schemas string
-	if err := testenv.Connect(t, dst).QueryRow(ctx, `SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname LIKE 'tenant%' OR nspname = 'shared'`).Scan(&schemas); err != nil || schemas != "shared,tenant_globex,tenant_o'brien" {
-		t.Fatalf("schemas: %s, %v", schemas, err)
-	}
+	restoreFixtureSchemas(t, r, "--identity", identity)
 }
 
 // TestEncryptedSchemaSplitCLI: a schema-model snapshot into an encrypted
@@ -165,4 +99,45 @@ INSERT INTO shared.plans VALUES (1); INSERT INTO "tenant_o'brien".items VALUES (
 	}
 	expect(t, 3, "", "verify", "--repo", r, "--read-data")
 	expect(t, 3, "damaged", "restore", "--repo", r, "--target", testenv.NewDatabase(t), "--tenant", "tenant_o'brien", "--create-schema", "--yes", "--identity", identity)
+}
+
+// restoreFixtureSchemas restores tenant_globex into an empty database, then
+// tenant_o'brien into it (live), from a v2schema fixture, and checks their
+// rows and that no other tenant schema was created.
+func restoreFixtureSchemas(t *testing.T, r string, extra ...string) {
+	t.Helper()
+	want := func(s string) string {
+		var c []string
+		for i := 1; i <= 3; i++ {
+			c = append(c, fmt.Sprintf("(%d,\"customer of %s %d\",gold)", i, s, i))
+		}
+		return strings.Join(c, "|") + "\n" + `(1,1,10.50,"a	b")|(2,2,21.00,"a	b")|(3,3,31.50,"a	b")`
+	}
+	dst := testenv.NewDatabase(t)
+	ctx := testenv.Context(t, 2*time.Minute)
+	rows := func(s string) string {
+		conn := testenv.Connect(t, dst)
+		var a, b string
+		for i, table := range []string{"customers", "orders"} {
+			q := fmt.Sprintf("SELECT string_agg(t::text, '|' ORDER BY t::text) FROM %s t", pgx.Identifier{s, table}.Sanitize())
+			if err := conn.QueryRow(ctx, q).Scan(map[int]*string{0: &a, 1: &b}[i]); err != nil {
+				return err.Error()
+			}
+		}
+		return a + "\n" + b
+	}
+	// Into an empty database, then one more schema into it (live).
+	for _, s := range []string{"tenant_globex", "tenant_o'brien"} {
+		out := expect(t, 0, "", append([]string{"restore", "--repo", r, "--target", dst, "--tenant", s, "--create-schema", "--yes"}, extra...)...)
+		if !strings.Contains(out, "restored 1 of 1 tenant(s)") {
+			t.Fatalf("restore %s:\n%s", s, out)
+		}
+		if got := rows(s); got != want(s) {
+			t.Errorf("%s:\n got %s\nwant %s", s, got, want(s))
+		}
+	}
+	var schemas string
+	if err := testenv.Connect(t, dst).QueryRow(ctx, `SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname LIKE 'tenant%' OR nspname = 'shared'`).Scan(&schemas); err != nil || schemas != "shared,tenant_globex,tenant_o'brien" {
+		t.Fatalf("schemas: %s, %v", schemas, err)
+	}
 }
