@@ -190,8 +190,13 @@ type SchemaDump struct {
 	// Split is the same schema as SQL in parts (schema model, plaintext
 	// repositories): restoring one tenant schema reads the prelude and
 	// that tenant's part, not the archive.
-	Split  *SchemaSplit `json:"split,omitempty"`
-	SHA256 string       `json:"sha256"`
+	Split *SchemaSplit `json:"split,omitempty"`
+	// TenantSchemasOnly marks an archive of the captured tenant schemas
+	// alone (pg_dump --schema; restore's pre-restore sets of the schema
+	// model): what lives outside them is missing, so it restores only into
+	// a database that has it, the one it was taken from.
+	TenantSchemasOnly bool   `json:"tenant_schemas_only,omitempty"`
+	SHA256            string `json:"sha256"`
 }
 
 // Table is one table's definition as captured.

@@ -3,6 +3,9 @@ package restore_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -254,5 +257,87 @@ func TestSchemaModelPartialSetWithoutSplit(t *testing.T) {
 	}
 	if got := dumpSchemaRows(t, ctx, db, "tenant_acme"); got != want2 {
 		t.Errorf("restored:\n got %s\nwant %s", got, want2)
+	}
+}
+
+// restore --if-exists replace of the schema model takes its pre-restore set
+// of the replaced tenant schemas alone (discovery and pg_dump --schema), so
+// its cost does not grow with the other tenant schemas; such a set goes
+// back into the database it came from and is refused into an empty one.
+// The names hold pg_dump pattern characters: "tenant_st*r" must not match
+// "tenant_stXr", nor a quote end the pattern.
+func TestSchemaModelPreRestoreSet(t *testing.T) {
+	ctx := testenv.Context(t, 3*time.Minute)
+	db := testenv.NewDatabase(t)
+	testenv.Exec(t, db, `CREATE SCHEMA shared; CREATE TYPE shared.tier AS ENUM ('free', 'gold');`)
+	const hostile = `tenant_st*r "q"`
+	tenants := []string{hostile, `tenant_stXr "q"`, "tenant_o'brien"}
+	for i, s := range tenants {
+		testenv.Exec(t, db, fmt.Sprintf(tenantSchema, pgx.Identifier{s}.Sanitize(), 3+i*5))
+	}
+	v, _ := openVault(t, ctx, "file://"+t.TempDir())
+	cfg := tenancy.Config{Model: tenancy.ModelSchema, SchemaPattern: `tenant\_%`}
+	if _, err := snapshot.Run(ctx, snapshot.Options{Source: db, Vault: v, Tenancy: cfg}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Exec(t, db, `UPDATE "tenant_st*r ""q""".orders SET note = 'changed after the set'`)
+	changed := dumpSchemaRows(t, ctx, db, hostile)
+	rep, err := restore.Run(ctx, restore.Options{Vault: v, Target: db, Tenants: []string{hostile}, IfExists: restore.IfExistsReplace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, err := v.ReadManifest(ctx, rep.PreRestoreSet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := pre.Schemas[0]
+	if !d.TenantSchemasOnly || d.Split == nil || len(pre.Tenants) != 1 || pre.Tenants[0].ID != hostile {
+		t.Fatalf("pre-restore set: tenant schemas only %v, split %v, tenants %+v", d.TenantSchemasOnly, d.Split != nil, pre.Tenants)
+	}
+	for _, tb := range pre.Tables {
+		if tb.Schema != hostile {
+			t.Errorf("pre-restore set has table %s.%s", tb.Schema, tb.Name)
+		}
+	}
+	archive, err := v.GetSchema(ctx, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "a.dump")
+	if err := os.WriteFile(f, archive, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("pg_restore", "--list", f).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, not := range []string{"tenant_stXr", "o'brien", "shared"} {
+		if strings.Contains(string(out), not) {
+			t.Errorf("the pre-restore archive lists %q:\n%s", not, out)
+		}
+	}
+	if !strings.Contains(string(out), "TABLE "+hostile+" orders") {
+		t.Errorf("the pre-restore archive misses the tenant's tables:\n%s", out)
+	}
+
+	// Undo: the replaced rows go back into the database they came from,
+	// the schema recreated from the set's own part.
+	testenv.Exec(t, db, `DROP SCHEMA "tenant_st*r ""q""" CASCADE`)
+	if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: db, Select: restore.Selector{SetID: pre.ID}, Tenants: []string{hostile}, CreateSchema: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dumpSchemaRows(t, ctx, db, hostile); got != changed {
+		t.Errorf("undone:\n got %s\nwant %s", got, changed)
+	}
+
+	dst := testenv.NewDatabase(t)
+	_, err = restore.Run(ctx, restore.Options{Vault: v, Target: dst, Select: restore.Selector{SetID: pre.ID}, Tenants: []string{hostile}, CreateSchema: true})
+	want := "snapshot set " + pre.ID + " holds the schema of its own tenant schemas only (a pre-restore set): restoring it into an empty database would miss what lives outside them"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	var n int
+	if err := testenv.Connect(t, dst).QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant%' OR nspname = 'shared'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("schemas created in the target: %d, %v", n, err)
 	}
 }

@@ -780,6 +780,10 @@ func (r *runner) createDatabase(ctx context.Context, p *Plan) error {
 
 // schemaScript renders the set's schema archive for an empty target.
 func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manifest) (string, error) {
+	if set.Schemas[0].TenantSchemasOnly {
+		return "", tenantvault.WithHint(fmt.Sprintf("snapshot set %s holds the schema of its own tenant schemas only (a pre-restore set): restoring it into an empty database would miss what lives outside them", set.ID),
+			"restore it into the database it was taken from, or restore from a full set (--set ID; tenantvault list --tenant ID lists them)")
+	}
 	if p.Model == tenancy.ModelSchema {
 		var ts []*manifest.Tenant
 		for i := range p.Items {
@@ -965,6 +969,7 @@ func (r *runner) preRestoreSet(ctx context.Context, conflicts []*Item, snap stri
 	so := r.o.Snapshot
 	so.Source, so.Vault, so.Snapshot = r.o.Target, r.o.Vault, snap
 	so.Kind = manifest.KindPreRestore
+	so.OnlyTenantSchemas = true // it goes back into this database
 	so.Tenancy = tenancyConfig(conflicts[0].Set.Tenancy)
 	if !conflicts[0].Set.HasSchemaArchive() {
 		// It goes back into this same live database, whose schema is in

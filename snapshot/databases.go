@@ -110,7 +110,7 @@ func (r *run) database(ctx context.Context, db string, packer *vault.Packer, mu 
 	}
 	var d *manifest.SchemaDump
 	if r.o.SchemaArchive != manifest.SchemaArchiveNone {
-		f, err := spoolSchema(ctx, r.o.TempDir, r.o.PgDump, cfg, r.ssl, snap.name, snap.source.ServerNum)
+		f, err := spoolSchema(ctx, r.o.TempDir, r.o.PgDump, cfg, r.ssl, snap.name, snap.source.ServerNum, nil)
 		if err != nil {
 			return fmt.Errorf("database %s: %w", db, err)
 		}

@@ -127,8 +127,9 @@ func pgDumpTooOld(server int, detail string) error {
 }
 
 // dumpSchema writes pg_dump's schema-only custom-format archive of cfg's
-// database, as of the exported snapshot, to w.
-func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int, w io.Writer) error {
+// database, as of the exported snapshot, to w: of the whole database, or
+// of the schemas named in only.
+func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int, only []string, w io.Writer) error {
 	path, err := lookPgDump(pgDump)
 	if err != nil {
 		return err
@@ -136,6 +137,9 @@ func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map
 	args := []string{"--schema-only", "--format=custom", "--no-sync"}
 	if snapshotName != "" {
 		args = append(args, "--snapshot="+snapshotName)
+	}
+	for _, s := range only {
+		args = append(args, "--schema="+exactPattern(s))
 	}
 	cmd := pgDumpCommand(ctx, path, cfg, ssl, args...)
 	var stderr bytes.Buffer
@@ -161,13 +165,13 @@ func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map
 // spoolSchema runs dumpSchema into a temporary file in dir, so that the
 // archive is stored and split from the file, never held in memory. The
 // caller closes and removes it (dropTemp).
-func spoolSchema(ctx context.Context, dir, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int) (*os.File, error) {
+func spoolSchema(ctx context.Context, dir, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int, only []string) (*os.File, error) {
 	f, err := os.CreateTemp(dir, "tenantvault-schema-*.dump")
 	if err != nil {
 		return nil, err
 	}
 	bw := bufio.NewWriterSize(f, 1<<20)
-	err = dumpSchema(ctx, pgDump, cfg, ssl, snapshotName, server, bw)
+	err = dumpSchema(ctx, pgDump, cfg, ssl, snapshotName, server, only, bw)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -176,6 +180,12 @@ func spoolSchema(ctx context.Context, dir, pgDump string, cfg *pgx.ConnConfig, s
 		return nil, err
 	}
 	return f, nil
+}
+
+// exactPattern is a pg_dump name pattern matching name only: within
+// double quotes every character is literal, and a quote is doubled.
+func exactPattern(name string) string {
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
 }
 
 // dropTemp closes and removes a temporary file.

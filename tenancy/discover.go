@@ -66,13 +66,35 @@ func Discover(ctx context.Context, q Querier, cfg Config, owner string) (*Catalo
 			cat.Tables[i].Database = owner
 		}
 	case cfg.Model == ModelSchema:
-		if err := scopeBySchema(ctx, q, cfg, cat); err != nil {
+		if err := scopeBySchema(ctx, q, cfg, nil, cat); err != nil {
 			return nil, err
 		}
 	default:
 		if err := scopeByColumn(cfg, cat); err != nil {
 			return nil, err
 		}
+	}
+	for i := range cat.Tables {
+		cat.Tables[i].Signature = Signature(&cat.Tables[i])
+	}
+	return cat, nil
+}
+
+// DiscoverSchemas is Discover for the schema model limited to the tenant
+// schemas named (and the tables outside every tenant schema): what a
+// snapshot of a few tenants reads of a database holding thousands of tenant
+// schemas. A named schema that does not match the pattern is no tenant.
+func DiscoverSchemas(ctx context.Context, q Querier, cfg Config, schemas []string) (*Catalog, error) {
+	if cfg.Model != ModelSchema {
+		return nil, fmt.Errorf("DiscoverSchemas: tenancy model %q is not the schema model", cfg.Model)
+	}
+	schemas = append([]string{}, schemas...) // never nil: nil means all below
+	cat, err := readCatalog(ctx, q, &SchemaFilter{Pattern: cfg.SchemaPattern, Schemas: schemas})
+	if err != nil {
+		return nil, err
+	}
+	if err := scopeBySchema(ctx, q, cfg, schemas, cat); err != nil {
+		return nil, err
 	}
 	for i := range cat.Tables {
 		cat.Tables[i].Signature = Signature(&cat.Tables[i])
@@ -401,8 +423,12 @@ func better(a, b ForeignKey, scopes []*manifest.Scope) bool {
 	return a.Name < b.Name
 }
 
-func scopeBySchema(ctx context.Context, q Querier, cfg Config, cat *Catalog) error {
-	rows, err := q.Query(ctx, `SELECT nspname FROM pg_namespace WHERE nspname LIKE $1 ORDER BY nspname`, cfg.SchemaPattern)
+func scopeBySchema(ctx context.Context, q Querier, cfg Config, only []string, cat *Catalog) error {
+	sql, args := `SELECT nspname FROM pg_namespace WHERE nspname LIKE $1 ORDER BY nspname`, []any{cfg.SchemaPattern}
+	if only != nil {
+		sql, args = `SELECT nspname FROM pg_namespace WHERE nspname LIKE $1 AND nspname = ANY($2) ORDER BY nspname`, append(args, only)
+	}
+	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return fmt.Errorf("list tenant schemas: %w", err)
 	}
@@ -410,7 +436,7 @@ func scopeBySchema(ctx context.Context, q Querier, cfg Config, cat *Catalog) err
 	if err != nil {
 		return fmt.Errorf("list tenant schemas: %w", err)
 	}
-	if len(schemas) == 0 {
+	if len(schemas) == 0 && only == nil {
 		return tenantvault.Inputf("no schema matches --schema-pattern %q", cfg.SchemaPattern)
 	}
 	tenant := map[string]bool{}
