@@ -107,14 +107,18 @@ var splitRepos = map[string]func(t *testing.T) string{
 }
 
 // TestForgetEncryptedSchemaSplit runs forget, as a user does, on an
-// encrypted schema-model repository whose sets split their schema SQL
-// (set format 4), on file:// and MinIO: afterwards the forgotten tenant
-// schema is refused by restore --create-schema (exit 2) and nothing is
-// created in the target; its part of the schema SQL is still stored,
-// byte for byte, and can no longer be opened (its key is gone); list
-// --tenant says it is erased; another tenant still restores row for row
-// into an empty database, and verify passes with and without the
-// identity.
+// encrypted schema-model repository of two sets whose schema SQL is split
+// (set format 4), on file:// and MinIO: the dry run changes nothing;
+// afterwards the forgotten tenant schema is refused by restore
+// --create-schema (exit 2, by default and by set ID) and nothing is
+// created in the empty target; its part of the schema SQL is still
+// stored, byte for byte, and can no longer be opened (its key is gone);
+// list --tenant says it is erased and shows no history, then, once a new
+// set holds it again under a new key, that set, which forget erases
+// again; another tenant still restores row for row into an empty
+// database, and verify passes with and without the identity. A tenant
+// whose key object is deleted without a tombstone is refused by the key
+// (exit 2), nothing created.
 func TestForgetEncryptedSchemaSplit(t *testing.T) {
 	for name, url := range splitRepos {
 		t.Run(name, func(t *testing.T) { testForgetEncryptedSchemaSplit(t, url(t)) })
@@ -270,6 +274,22 @@ func testForgetEncryptedSchemaSplit(t *testing.T, repoURL string) {
 		if out := expect(t, 0, "", append([]string{"verify", "--repo", repoURL}, args...)...); !strings.Contains(out, "0 problem(s)") {
 			t.Fatalf("verify %v after forget:\n%s", args, out)
 		}
+	}
+
+	// Past the tombstone: a tenant whose key object is gone without one
+	// (deleted by hand) is refused by the key itself, before the shared
+	// part or its schema is created.
+	keys, err := rv.TenantKeys(ctx, "tenant_a")
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("tenant_a's keys: %v, %v", keys, err)
+	}
+	if err := b.Delete(ctx, keys[0]); err != nil {
+		t.Fatal(err)
+	}
+	empty := testenv.NewDatabase(t)
+	expect(t, 2, "is destroyed", "restore", "--repo", repoURL, "--target", empty, "--tenant", "tenant_a", "--create-schema", "--yes", "--identity", identity)
+	if got := userObjects(t, ctx, empty); got != "" {
+		t.Fatalf("a restore refused for a destroyed key created: %s", got)
 	}
 }
 
