@@ -184,6 +184,38 @@ func (v *Vault) readCatalog(ctx context.Context, key string) (*catalog, error) {
 	return c, nil
 }
 
+// catalogSets reads which sets a catalog covers, needing no key: a sealed
+// catalog's signed part names them (GC runs without an identity). The
+// catalog's name must match them, as readers require.
+func (v *Vault) catalogSets(ctx context.Context, key string) ([]string, error) {
+	if !v.cfg.Encrypted() {
+		c, err := v.readCatalog(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		return c.ids, nil
+	}
+	data, err := repo.ReadAll(ctx, v.b, key)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxCatalogHdr {
+		return nil, fmt.Errorf("header of %d bytes", len(data))
+	}
+	_, hdr, _, err := openFrames(data, sealedCatalogMagic, catalogSigContext)
+	if err != nil {
+		return nil, err
+	}
+	var p sealedCatalog
+	if err := decompressJSON(hdr, maxCatalogHdr, &p); err != nil {
+		return nil, fmt.Errorf("signed part: %v", err)
+	}
+	if p.Version != catalogVersion || len(p.Sets) == 0 || catalogName(p.Level, p.Sets) != strings.TrimSuffix(key, catalogExt) {
+		return nil, errors.New("its signed part does not match its name")
+	}
+	return p.Sets, nil
+}
+
 // Sealed catalogs (encrypted repositories; docs/FORMAT.md "Catalog"). A
 // catalog names tenants, so its header and index pages are sealed with a
 // data key of its own. The key is kept twice in the signed part: wrapped

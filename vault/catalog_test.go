@@ -370,3 +370,79 @@ func TestCatalogEncrypted(t *testing.T) {
 		check("damaged catalog", ks.reader, i, nil)
 	}
 }
+
+// TestGCCollectsCatalogsOfPurgedSets: once every set a catalog covers is
+// purged, the purge's garbage collection deletes the catalog (header and
+// index); a catalog that still covers a live set stays, and so does one
+// it cannot read.
+func TestGCCollectsCatalogsOfPurgedSets(t *testing.T) {
+	defer vault.SetCatalogFanout(4)()
+	ctx := context.Background()
+	dir, b := newRepoDir(t)
+	v := openWith(t, b, nil, true)
+	start := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	var ids []string
+	for k := range 8 {
+		m := catalogSet(vault.NewSetID(start.Add(time.Duration(k)*time.Hour)), k)
+		ids = append(ids, m.ID)
+		if err := v.WriteManifest(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.UpdateCatalog(ctx, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "catalog", "0-"+ids[0]+"-0123456789abcdef.json.zst"), []byte("not a catalog"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	catalogs := func() []string {
+		out := keys(t, b, vault.CatalogPrefix)
+		sort.Strings(out)
+		return out
+	}
+	before := catalogs()
+	if len(before) != 5 {
+		t.Fatalf("catalog objects %v, want two catalogs of 4 sets and a damaged one", before)
+	}
+	purge := func(sets ...string) []string {
+		t.Helper()
+		for _, id := range sets {
+			if _, err := v.MarkSet(ctx, id, "test", "test", 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := v.Purge(ctx, vault.PurgeOptions{GC: vault.GCOptions{MinAge: -1}})
+		if err != nil || len(res.Purged) != len(sets) {
+			t.Fatalf("purge: %+v, %v", res, err)
+		}
+		var out []string
+		for _, g := range res.GC.Collected {
+			if strings.HasPrefix(g.Key, vault.CatalogPrefix) {
+				out = append(out, g.Key)
+			}
+		}
+		sort.Strings(out)
+		return out
+	}
+	// Two of the second catalog's sets: it still covers two live ones.
+	if got := purge(ids[4], ids[5]); len(got) != 0 {
+		t.Fatalf("collected %v, a catalog of live sets", got)
+	}
+	// Every set of the first catalog: it goes, the damaged one stays.
+	got := purge(ids[:4]...)
+	var first []string
+	for _, k := range before {
+		if strings.Contains(k, ids[0]) && !strings.Contains(k, "0123456789abcdef") {
+			first = append(first, k)
+		}
+	}
+	if len(first) != 2 || !reflect.DeepEqual(got, first) {
+		t.Fatalf("collected %v, want the first catalog %v", got, first)
+	}
+	if left := catalogs(); len(left) != 3 {
+		t.Fatalf("catalog objects left: %v", left)
+	}
+	if h := history(t, v, "t001"); len(h) != 2 || h[0].set != ids[6] {
+		t.Fatalf("history after the purges: %+v", h)
+	}
+}

@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,8 +50,8 @@ type GCResult struct {
 
 // GC deletes what no snapshot set needs: packs and schema archives that no
 // manifest references (leftovers of interrupted snapshots, and what purged
-// sets used alone), and deletion markers and verification records whose set
-// is gone. It reads every manifest first and stops, deleting nothing, if any
+// sets used alone), catalogs none of whose sets exists any more, and
+// deletion markers and verification records whose set is gone. It reads every manifest first and stops, deleting nothing, if any
 // of them cannot be read: an unreadable manifest may reference anything.
 // Chunks are shared between sets, so a pack under packs/<set>/ may be
 // referenced by a later set; only the union of every manifest's Packs and
@@ -100,12 +101,13 @@ func (v *Vault) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	cutoff := now.Add(-minAge)
 	res := &GCResult{}
 	var garbage []Garbage
-	consider := func(o repo.ObjectInfo, started time.Time, why string) {
+	consider := func(o repo.ObjectInfo, started time.Time, why string) bool {
 		if o.ModTime.After(cutoff) || started.After(cutoff) {
 			res.Young++
-			return
+			return false
 		}
 		garbage = append(garbage, Garbage{Key: o.Key, Size: o.Size, Stored: o.ModTime, Why: why})
+		return true
 	}
 	err = v.b.List(ctx, PacksPrefix, func(o repo.ObjectInfo) error {
 		if referenced[o.Key] {
@@ -154,6 +156,36 @@ func (v *Vault) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list tenant indexes: %w", err)
+	}
+	// A catalog none of whose sets exists any more describes nothing
+	// (readers skip purged sets' positions), yet names their tenants: it
+	// goes with them, header first. One that cannot be read is left to
+	// the writers (UpdateCatalog), which judge it with keys.
+	catalogs := map[string]repo.ObjectInfo{}
+	if err := v.b.List(ctx, CatalogPrefix, func(o repo.ObjectInfo) error { catalogs[o.Key] = o; return nil }); err != nil {
+		return nil, fmt.Errorf("list catalogs: %w", err)
+	}
+	for _, key := range sortedIDs(catalogs) {
+		base, ok := strings.CutSuffix(key, catalogExt)
+		if !ok {
+			continue
+		}
+		covered, err := v.catalogSets(ctx, key)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			v.log.Debug("garbage collection leaves a catalog it cannot read", "catalog", key, "err", err)
+			continue
+		}
+		if slices.ContainsFunc(covered, func(id string) bool { return live[id] }) {
+			continue
+		}
+		if consider(catalogs[key], time.Time{}, "catalog of sets that no longer exist") {
+			if ix, ok := catalogs[base+indexExt]; ok {
+				garbage = append(garbage, Garbage{Key: ix.Key, Size: ix.Size, Stored: ix.ModTime, Why: "index of a collected catalog"})
+			}
+		}
 	}
 	for _, prefix := range []string{DeletionsPrefix, VerifiedPrefix} {
 		err := v.listRecords(ctx, prefix, func(id string, o repo.ObjectInfo) error {

@@ -501,6 +501,23 @@ func (v *Vault) TenantReadable(ctx context.Context, t *manifest.Tenant) error {
 	return err
 }
 
+// TenantKeyDestroyed reports whether the tenant key object name is gone
+// (forget destroyed it): an entry sealed with it is erased, whatever set
+// still holds it. It needs no key.
+func (v *Vault) TenantKeyDestroyed(ctx context.Context, name string) (bool, error) {
+	if !ValidTenantKeyName(name) {
+		return false, tenantvault.Integrityf("%q is not a tenant key object", name)
+	}
+	_, err := v.b.Stat(ctx, name)
+	if errors.Is(err, repo.ErrNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("stat tenant key %s: %w", name, err)
+	}
+	return false, nil
+}
+
 // segmentTenantKeys is the capturing side's view of the tenants' keys: one
 // listing (and its key objects) kept for segmentKeysFor, then listed again,
 // so that a capture running for weeks sees keys made or destroyed since.

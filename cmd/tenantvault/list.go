@@ -75,6 +75,7 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 	var sets []*manifest.Manifest
 	var entries []vault.TenantInSet
 	var tomb *vault.Tombstone
+	var shredded int
 	if o.tenant == "" {
 		if sets, err = v.SetHeaders(ctx, ids); err != nil {
 			return err
@@ -91,6 +92,13 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 		}
 		if entries, err = history(ctx, ids, o.tenant); err != nil {
 			return err
+		}
+		if tomb != nil {
+			// Crypto-shredding leaves the entries and destroys their
+			// keys: such an entry is erased, not held.
+			if entries, shredded, err = heldEntries(ctx, v, entries); err != nil {
+				return err
+			}
 		}
 		for _, e := range entries {
 			sets = append(sets, e.Set)
@@ -137,7 +145,7 @@ func (a *app) runList(ctx context.Context, o *listOptions) error {
 		hist = append(hist, tenantHistoryJSON{Set: m.ID, Kind: m.Kind, ConsistentAt: m.ConsistentAt, Rows: t.Rows, Bytes: t.Size, Stored: t.Stored, Tables: t.Tables, Status: status(m.ID)})
 	}
 	if tomb != nil {
-		return a.listErased(o.tenant, tomb, hist)
+		return a.listErased(o.tenant, tomb, hist, shredded)
 	}
 	if len(hist) == 0 {
 		return tenantvault.Inputf("tenant %q is in no snapshot set of %s", o.tenant, v.Location())
@@ -252,17 +260,41 @@ type erasedJSON struct {
 	Tenant string              `json:"tenant"`
 	Erased *vault.Tombstone    `json:"erased"`
 	Sets   []tenantHistoryJSON `json:"sets"`
+	// Shredded counts the sets that keep an entry of the tenant sealed
+	// with a destroyed key (encrypted repositories): not in Sets.
+	Shredded int `json:"shredded_sets,omitempty"`
+}
+
+// heldEntries leaves out the entries sealed with a destroyed tenant key
+// and counts them.
+func heldEntries(ctx context.Context, v *vault.Vault, entries []vault.TenantInSet) ([]vault.TenantInSet, int, error) {
+	var held []vault.TenantInSet
+	shredded := 0
+	for _, e := range entries {
+		if e.Key != "" {
+			gone, err := v.TenantKeyDestroyed(ctx, e.Key)
+			if err != nil {
+				return nil, 0, err
+			}
+			if gone {
+				shredded++
+				continue
+			}
+		}
+		held = append(held, e)
+	}
+	return held, shredded, nil
 }
 
 // listErased says that a tenant was erased: restore refuses it whatever
 // sets still hold it (an erasure in progress, or sets taken since while
 // the source still had its rows).
-func (a *app) listErased(tenant string, tomb *vault.Tombstone, hist []tenantHistoryJSON) error {
+func (a *app) listErased(tenant string, tomb *vault.Tombstone, hist []tenantHistoryJSON, shredded int) error {
 	if a.jsonOut {
 		if hist == nil {
 			hist = []tenantHistoryJSON{}
 		}
-		return a.printJSON(erasedJSON{Tenant: tenant, Erased: tomb, Sets: hist})
+		return a.printJSON(erasedJSON{Tenant: tenant, Erased: tomb, Sets: hist, Shredded: shredded})
 	}
 	state := "erased"
 	if tomb.State == vault.TombstoneErasing {
@@ -273,6 +305,9 @@ func (a *app) listErased(tenant string, tomb *vault.Tombstone, hist []tenantHist
 		fmt.Fprintf(a.stdout, " (reason: %s)", tomb.Reason)
 	}
 	fmt.Fprintln(a.stdout, "; restore and drill refuse it")
+	if shredded > 0 {
+		fmt.Fprintf(a.stdout, "%d snapshot set(s) keep its entries sealed with its destroyed keys: no one can read them\n", shredded)
+	}
 	if len(hist) == 0 {
 		fmt.Fprintln(a.stdout, "no snapshot set holds it")
 		return nil

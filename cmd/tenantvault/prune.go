@@ -36,8 +36,9 @@ func (a *app) pruneCmd() *cobra.Command {
 		Long: `Deleting a snapshot set takes two separate steps. --mark marks the sets the
 --keep-* rules no longer keep (restore then skips them unless asked for by
 --snapshot ID); --purge deletes the sets marked at least --grace ago, then
-garbage-collects packs and schema archives no remaining set references and
-leftovers of interrupted snapshots older than --gc-min-age. A set marked by
+garbage-collects packs and schema archives no remaining set references,
+catalogs of purged sets only, and leftovers of interrupted snapshots older
+than --gc-min-age. A set marked by
 this same command is never purged by it. --unmark ID takes a mark back.
 
 Without --mark, --purge or --unmark nothing changes: prune prints what it
