@@ -1050,7 +1050,7 @@ func (r *runner) analyzeTouched(ctx context.Context) {
 		if len(names) == 0 {
 			continue
 		}
-		conn, err := tenancy.Connect(ctx, db.cfg)
+		conn, err := db.conn(ctx)
 		if err != nil {
 			r.o.Logger.Warn("could not analyze restored tables", "err", err)
 			continue
@@ -1058,7 +1058,7 @@ func (r *runner) analyzeTouched(ctx context.Context) {
 		if _, err := conn.Exec(ctx, "ANALYZE "+strings.Join(names, ", ")); err != nil {
 			r.o.Logger.Warn("could not analyze restored tables", "err", err)
 		}
-		conn.Close(context.Background())
+		db.release(conn)
 	}
 }
 
@@ -1090,13 +1090,13 @@ func (r *runner) moveTouchedSequences(ctx context.Context) error {
 			idx = append(idx, i)
 		}
 		sort.Ints(idx)
-		conn, err := tenancy.Connect(ctx, db.cfg)
+		conn, err := db.conn(ctx) // the last tenant's, idle since its commit
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		errs = append(errs, moveSequences(ctx, conn, db.cat.Tables, idx))
-		conn.Close(context.Background())
+		db.release(conn)
 	}
 	return errors.Join(errs...)
 }
