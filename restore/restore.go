@@ -164,6 +164,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	r := &runner{o: o, cfg: cfg, dbs: map[string]*targetDB{}}
+	defer r.close()
+	r.dialEarly(ctx)
 	// An erased tenant is never resurrected, even from a set taken after
 	// the erasure while the source still held its rows.
 	if err := o.Vault.RefuseErased(ctx, tenants); err != nil {
@@ -207,8 +210,6 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			}
 		}
 	}
-	r := &runner{o: o, cfg: cfg, dbs: map[string]*targetDB{}}
-	defer r.close()
 	plan, err := r.plan(ctx, items)
 	if err != nil {
 		return nil, err
@@ -313,6 +314,43 @@ type runner struct {
 	snap string
 	// filter: the target catalog read in the schema model (plan)
 	filter *tenancy.SchemaFilter
+	// early is the connection to the target's database dialled while the
+	// repository is read (a backend takes tens of milliseconds to start);
+	// the first use of that database takes it.
+	early     chan dialed
+	stopEarly context.CancelFunc
+}
+
+type dialed struct {
+	conn *pgx.Conn
+	err  error
+}
+
+// dialEarly starts connecting to the target's database in the background.
+func (r *runner) dialEarly(ctx context.Context) {
+	ctx, r.stopEarly = context.WithCancel(ctx)
+	early := make(chan dialed, 1)
+	r.early = early
+	go func() {
+		c, err := tenancy.Connect(ctx, r.cfg)
+		early <- dialed{c, err}
+	}()
+}
+
+// takeEarly returns the early connection's result for database name
+// (ok false: none is waiting for it).
+func (r *runner) takeEarly(ctx context.Context, name string) (d dialed, ok bool) {
+	if r.early == nil || name != r.cfg.Database {
+		return d, false
+	}
+	early := r.early
+	r.early = nil
+	select {
+	case d = <-early:
+		return d, true
+	case <-ctx.Done():
+		return dialed{err: ctx.Err()}, true
+	}
 }
 
 // targetDB is one target database and its catalog.
@@ -334,6 +372,18 @@ type targetDB struct {
 }
 
 func (r *runner) close() {
+	if r.early != nil {
+		// Never used (the restore stopped before it reached the target).
+		r.stopEarly()
+		early := r.early
+		go func() {
+			if d := <-early; d.conn != nil {
+				d.conn.Close(context.Background())
+			}
+		}()
+	} else if r.stopEarly != nil {
+		r.stopEarly()
+	}
 	if r.hold != nil {
 		r.hold.Close(context.Background())
 	}
@@ -388,7 +438,16 @@ func (r *runner) open(ctx context.Context, name string, cfg tenancy.Config) (*ta
 		return db, nil
 	}
 	db := &targetDB{cfg: tenancy.WithDatabase(r.cfg, name), filter: r.filter}
-	if err := db.refresh(ctx); err != nil {
+	var err error
+	if d, ok := r.takeEarly(ctx, name); ok {
+		if err = d.err; err == nil {
+			db.idle = append(db.idle, d.conn)
+		}
+	}
+	if err == nil {
+		err = db.refresh(ctx)
+	}
+	if err != nil {
 		var pg *pgconn.PgError
 		var ie *tenantvault.InputError
 		if cfg.Model == tenancy.ModelDatabase && (errors.As(err, &pg) && pg.Code == "3D000" || errors.As(err, &ie) && strings.Contains(err.Error(), "does not exist")) {
