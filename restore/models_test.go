@@ -216,6 +216,30 @@ func TestSchemaModelPartialSet(t *testing.T) {
 	if got := dumpSchemaRows(t, ctx, dst, "tenant_o'brien"); got != want {
 		t.Errorf("restored:\n got %s\nwant %s", got, want)
 	}
+
+	// The partial set read the catalog of its tenant schema alone, and its
+	// whole-database archive is split by every tenant schema: restored
+	// into an empty database it creates that schema and the shared one.
+	for _, tb := range part.Tables {
+		if tb.Schema != "tenant_acme" {
+			t.Errorf("the partial set has table %s.%s", tb.Schema, tb.Name)
+		}
+	}
+	if part.Schemas[0].Split == nil || part.Schemas[0].TenantSchemasOnly {
+		t.Fatalf("partial set's schema: split %v, tenant schemas only %v", part.Schemas[0].Split != nil, part.Schemas[0].TenantSchemasOnly)
+	}
+	acme := dumpSchemaRows(t, ctx, db, "tenant_acme")
+	dst2 := testenv.NewDatabase(t)
+	if _, err := restore.Run(ctx, restore.Options{Vault: v, Target: dst2, Select: restore.Selector{SetID: part.ID}, Tenants: []string{"tenant_acme"}, CreateSchema: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dumpSchemaRows(t, ctx, dst2, "tenant_acme"); got != acme {
+		t.Errorf("restored from the partial set:\n got %s\nwant %s", got, acme)
+	}
+	var schemas string
+	if err := testenv.Connect(t, dst2).QueryRow(ctx, `SELECT string_agg(nspname, ',' ORDER BY nspname) FROM pg_namespace WHERE nspname LIKE 'tenant%' OR nspname = 'shared'`).Scan(&schemas); err != nil || schemas != "shared,tenant_acme" {
+		t.Fatalf("schemas in the empty target: %s, %v", schemas, err)
+	}
 }
 
 // A partial set whose schema SQL is not split (here: a tenant schema's name

@@ -336,7 +336,11 @@ func (r *run) splitSchema(ctx context.Context, d *manifest.SchemaDump, archive s
 	if r.o.Tenancy.Model != tenancy.ModelSchema || !v.WritesIndexed() || len(r.owners) == 0 {
 		return nil
 	}
-	s, err := splitArchive(ctx, r.o.PgDump, archive, r.owners, r.o.TempDir)
+	tenants := r.owners
+	if r.splitTenants != nil {
+		tenants = r.splitTenants
+	}
+	s, err := splitArchive(ctx, r.o.PgDump, archive, tenants, r.o.TempDir)
 	if err == nil {
 		defer s.close()
 		var sp *manifest.SchemaSplit

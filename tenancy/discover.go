@@ -102,6 +102,30 @@ func DiscoverSchemas(ctx context.Context, q Querier, cfg Config, schemas []strin
 	return cat, nil
 }
 
+// TenantSchemas lists (sorted) the schemas matching the schema pattern that
+// hold a table Discover would find: the tenants of the schema model, without
+// reading their tables' catalog.
+func TenantSchemas(ctx context.Context, q Querier, cfg Config) ([]string, error) {
+	rows, err := q.Query(ctx, `
+SELECT n.nspname FROM pg_namespace n
+WHERE n.nspname LIKE $1 AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+  AND EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+       WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
+         AND d.classid = 'pg_class'::regclass AND c.relnamespace = n.oid
+         AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
+         AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                         WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e'))`, cfg.SchemaPattern)
+	if err != nil {
+		return nil, fmt.Errorf("list tenant schemas: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list tenant schemas: %w", err)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 // ReadCatalog reads the user tables of the connected database with their
 // columns, keys and foreign keys, all marked global: what restore needs to
 // know of a target.
