@@ -359,10 +359,7 @@ func chooseTenants(ctx context.Context, s *vault.Set, o *Options, rep *Report) (
 	}
 	// What sampling weighs, a few bytes a tenant: not their chunks.
 	var all []manifest.Tenant
-	if err := s.Tenants(ctx, func(t *manifest.Tenant) error {
-		if !s.Header().HoldsTenant(len(t.Chunks)) {
-			return nil
-		}
+	if err := s.HeldTenants(ctx, func(t *manifest.Tenant) error {
 		if erased.Has(t.ID) {
 			// Erased after this set was taken and not yet rewritten, or
 			// taken while the source still held its rows: never restored.

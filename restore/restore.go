@@ -372,17 +372,16 @@ type targetDB struct {
 }
 
 func (r *runner) close() {
-	if r.early != nil {
-		// Never used (the restore stopped before it reached the target).
+	if r.stopEarly != nil {
 		r.stopEarly()
-		early := r.early
+	}
+	if early := r.early; early != nil {
+		// Never taken: the restore stopped before it reached the target.
 		go func() {
 			if d := <-early; d.conn != nil {
 				d.conn.Close(context.Background())
 			}
 		}()
-	} else if r.stopEarly != nil {
-		r.stopEarly()
 	}
 	if r.hold != nil {
 		r.hold.Close(context.Background())

@@ -109,12 +109,7 @@ func TenantSchemas(ctx context.Context, q Querier, cfg Config) ([]string, error)
 	rows, err := q.Query(ctx, `
 SELECT n.nspname FROM pg_namespace n
 WHERE n.nspname LIKE $1 AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
-  AND EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
-       WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
-         AND d.classid = 'pg_class'::regclass AND c.relnamespace = n.oid
-         AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
-         AND NOT EXISTS (SELECT 1 FROM pg_depend e
-                         WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e'))`, cfg.SchemaPattern)
+  AND `+schemaHasTable, cfg.SchemaPattern)
 	if err != nil {
 		return nil, fmt.Errorf("list tenant schemas: %w", err)
 	}
@@ -125,6 +120,18 @@ WHERE n.nspname LIKE $1 AND n.nspname <> 'information_schema' AND n.nspname NOT 
 	sort.Strings(out)
 	return out, nil
 }
+
+// schemaHasTable is true when schema n holds a table listTables finds,
+// looked for through the schema's dependencies one schema at a time (a
+// subquery the planner keeps per row, not a join it would hash over every
+// tenant schema's dependencies), so that the first table ends it.
+const schemaHasTable = `coalesce((SELECT true FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+       WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
+         AND d.classid = 'pg_class'::regclass AND c.relnamespace = n.oid
+         AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
+         AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                         WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
+       LIMIT 1), false)`
 
 // ReadCatalog reads the user tables of the connected database with their
 // columns, keys and foreign keys, all marked global: what restore needs to
@@ -151,21 +158,10 @@ func ReadCatalogFiltered(ctx context.Context, q Querier, f SchemaFilter) (cat *C
 	if cat, err = readCatalog(ctx, q, &f); err != nil {
 		return nil, false, err
 	}
-	// As in listTables, from the schemas through pg_depend. The tables are
-	// looked for one schema at a time (a subquery the planner keeps per
-	// row, not a join it would hash over every tenant schema's
-	// dependencies), so that the first other tenant schema with a table
-	// ends it.
+	// The first other tenant schema with a table ends it.
 	err = q.QueryRow(ctx, `
 SELECT EXISTS (SELECT 1 FROM pg_namespace n
-WHERE n.nspname LIKE $1 AND NOT n.nspname = ANY($2)
-  AND (SELECT true FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
-       WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.refobjsubid = 0
-         AND d.classid = 'pg_class'::regclass AND c.relnamespace = n.oid
-         AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
-         AND NOT EXISTS (SELECT 1 FROM pg_depend e
-                         WHERE e.classid = 'pg_class'::regclass AND e.objid = c.oid AND e.deptype = 'e')
-       LIMIT 1))`, f.Pattern, f.Schemas).Scan(&others)
+WHERE n.nspname LIKE $1 AND NOT n.nspname = ANY($2) AND `+schemaHasTable+`)`, f.Pattern, f.Schemas).Scan(&others)
 	if err != nil {
 		return nil, false, fmt.Errorf("list tables: %w", err)
 	}

@@ -128,8 +128,8 @@ func (s *Set) Has(ctx context.Context, id string) (bool, error) {
 // passed to fn is reused: fn must copy what it keeps.
 func (s *Set) Entries(ctx context.Context, only map[string]bool, fn func(*TenantEntry) error) error {
 	var e TenantEntry
-	return s.s.Tenants(ctx, func(t *manifest.Tenant) error {
-		if (only != nil && !only[t.ID]) || !s.s.Header().HoldsTenant(len(t.Chunks)) {
+	return s.s.HeldTenants(ctx, func(t *manifest.Tenant) error {
+		if only != nil && !only[t.ID] {
 			return nil
 		}
 		e.Tenant = t.ID

@@ -271,27 +271,9 @@ func (s *SetWriter) TenantKey(ctx context.Context, tenant string) (string, error
 // 10,000 tenant schemas): a plaintext archive from the file, an encrypted
 // one sealed into a temporary file first.
 func (s *SetWriter) PutSchemaFile(ctx context.Context, database string, f *os.File) (manifest.SchemaDump, error) {
-	if s.key != nil {
-		return s.putSealedSchemaFile(ctx, database, f)
+	if s.key == nil {
+		return s.v.storeSchemaFile(ctx, database, f)
 	}
-	h := sha256.New()
-	size, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62))
-	if err != nil {
-		return manifest.SchemaDump{}, fmt.Errorf("store schema: %w", err)
-	}
-	d := manifest.SchemaDump{Database: database, SHA256: hex.EncodeToString(h.Sum(nil)), Size: size}
-	d.Key = SchemasPrefix + d.SHA256 + ".dump"
-	// Rewritten even when it exists (see Vault.PutSchema).
-	if err := s.v.b.Put(ctx, d.Key, io.NewSectionReader(f, 0, size), size); err != nil {
-		return d, fmt.Errorf("store schema: %w", err)
-	}
-	return d, nil
-}
-
-// putSealedSchemaFile seals the archive in f with the set's data key into
-// a temporary file, hashing the sealed bytes for the object's name, and
-// stores it from there.
-func (s *SetWriter) putSealedSchemaFile(ctx context.Context, database string, f *os.File) (manifest.SchemaDump, error) {
 	tmp, err := os.CreateTemp(s.opts.TempDir, "tenantvault-sealed-schema-*")
 	if err != nil {
 		return manifest.SchemaDump{}, fmt.Errorf("store schema: %w", err)
@@ -300,8 +282,7 @@ func (s *SetWriter) putSealedSchemaFile(ctx context.Context, database string, f 
 		tmp.Close()
 		os.Remove(tmp.Name())
 	}()
-	h := sha256.New()
-	bw := bufio.NewWriterSize(io.MultiWriter(tmp, h), 1<<20)
+	bw := bufio.NewWriterSize(tmp, 1<<20)
 	w, err := newSealWriter(bw, s.key.dk, nil)
 	if err == nil {
 		_, err = io.Copy(w, io.NewSectionReader(f, 0, 1<<62))
@@ -315,17 +296,11 @@ func (s *SetWriter) putSealedSchemaFile(ctx context.Context, database string, f 
 	if err != nil {
 		return manifest.SchemaDump{}, fmt.Errorf("store schema: %w", err)
 	}
-	size, err := tmp.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return manifest.SchemaDump{}, fmt.Errorf("store schema: %w", err)
+	d, err := s.v.storeSchemaFile(ctx, database, tmp)
+	if err == nil {
+		s.v.schemas.Store(d.Key, s.setID)
 	}
-	d := manifest.SchemaDump{Database: database, SHA256: hex.EncodeToString(h.Sum(nil)), Size: size}
-	d.Key = SchemasPrefix + d.SHA256 + ".dump"
-	if err := s.v.b.Put(ctx, d.Key, io.NewSectionReader(tmp, 0, size), size); err != nil {
-		return d, fmt.Errorf("store schema: %w", err)
-	}
-	s.v.schemas.Store(d.Key, s.setID)
-	return d, nil
+	return d, err
 }
 
 // Packer appends chunks to packs. Each worker goroutine uses its own.

@@ -37,9 +37,29 @@ func (v *Vault) PutSchema(ctx context.Context, database string, data []byte) (ma
 // schemaDump names a stored schema archive by the SHA-256 of its bytes.
 func (v *Vault) schemaDump(database string, stored []byte) manifest.SchemaDump {
 	sum := sha256.Sum256(stored)
-	d := manifest.SchemaDump{Database: database, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(stored))}
+	return schemaDumpOf(database, sum[:], int64(len(stored)))
+}
+
+func schemaDumpOf(database string, sum []byte, size int64) manifest.SchemaDump {
+	d := manifest.SchemaDump{Database: database, SHA256: hex.EncodeToString(sum), Size: size}
 	d.Key = SchemasPrefix + d.SHA256 + ".dump"
 	return d
+}
+
+// storeSchemaFile stores the bytes of f (from its start) as a schema
+// archive named by their SHA-256, streamed from the file. It is rewritten
+// even when it exists (see PutSchema).
+func (v *Vault) storeSchemaFile(ctx context.Context, database string, f *os.File) (manifest.SchemaDump, error) {
+	h := sha256.New()
+	size, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62))
+	if err != nil {
+		return manifest.SchemaDump{}, fmt.Errorf("store schema: %w", err)
+	}
+	d := schemaDumpOf(database, h.Sum(nil), size)
+	if err := v.b.Put(ctx, d.Key, io.NewSectionReader(f, 0, size), size); err != nil {
+		return d, fmt.Errorf("store schema: %w", err)
+	}
+	return d, nil
 }
 
 // GetSchema reads a schema archive and checks its checksum. In an encrypted

@@ -907,6 +907,18 @@ func (s *Set) Entry(ctx context.Context, id string) (*manifest.Tenant, error) {
 	return nil, nil
 }
 
+// HeldTenants is Tenants for the entries the set holds
+// (manifest.HoldsTenant), as Tenant finds them: what restores, drills and
+// triage walk. Tenants walks every stored entry, for verify and forget.
+func (s *Set) HeldTenants(ctx context.Context, fn func(*manifest.Tenant) error) error {
+	return s.Tenants(ctx, func(t *manifest.Tenant) error {
+		if !s.m.HoldsTenant(len(t.Chunks)) {
+			return nil
+		}
+		return fn(t)
+	})
+}
+
 // Tenants calls fn for every tenant in ID order, reading one page at a
 // time; an error from fn stops it and is returned.
 func (s *Set) Tenants(ctx context.Context, fn func(*manifest.Tenant) error) error {
