@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -234,23 +235,58 @@ func (e eta) Decor(s decor.Statistics) (string, int) {
 
 func (e eta) Unwrap() decor.Decorator { return e.Decorator }
 
-// consoleWriter is mpb's own console writer, with every frame starting at
-// the first column: mpb moves the cursor up over its last frame and keeps
-// the column, and the terminal's echo of a key typed while the bar runs
-// (^C) moves it, which would leave the echo's width of the old line behind.
+// consoleWriter is mpb's own console writer, with two changes to how a
+// frame replaces the last one (frameWriter).
 func consoleWriter(stderr io.Writer) mpb.ConsoleWriter {
-	w := cupwriter.New(carriageReturn{stderr}, false)
+	w := cupwriter.New(frameWriter{stderr}, false)
 	if f, ok := stderr.(*os.File); ok {
 		w.SetTermFd(int(f.Fd()))
 	}
 	return w
 }
 
-type carriageReturn struct{ w io.Writer }
+// frameWriter writes cupwriter's frames, each of which starts with the
+// move back over the last one: "ESC[nA" (cursor up n rows), then "ESC[J"
+// (erase to the end of the screen).
+//   - Every frame starts at the first column: the cursor-up keeps the
+//     column, and the terminal's echo of a key typed while the bar runs
+//     (^C) moves it, which would leave the echo's width of the old line
+//     behind.
+//   - The old rows are erased without erasing the screen from its top-left
+//     corner: tmux (scroll-on-clear, on by default) moves a screen erased
+//     from there into its history first, so a bar drawn on the first row
+//     left a copy of every frame in the scrollback. The first old row is
+//     erased as a line, the rest from the row below it.
+type frameWriter struct{ w io.Writer }
 
-func (c carriageReturn) Write(p []byte) (int, error) {
-	if _, err := c.w.Write(append([]byte{'\r'}, p...)); err != nil {
+const eraseToEnd = "\x1b[J"
+
+func (f frameWriter) Write(p []byte) (int, error) {
+	out := make([]byte, 0, len(p)+16)
+	out = append(out, '\r')
+	rest := p
+	if up, ok := cursorUp(p); ok && bytes.HasPrefix(p[len(up):], []byte(eraseToEnd)) {
+		out = append(out, up...)
+		out = append(out, "\x1b[2K\x1b[1B"+eraseToEnd+"\x1b[1A"...)
+		rest = p[len(up)+len(eraseToEnd):]
+	}
+	if _, err := f.w.Write(append(out, rest...)); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// cursorUp returns the "ESC[nA" that p starts with.
+func cursorUp(p []byte) ([]byte, bool) {
+	if !bytes.HasPrefix(p, []byte("\x1b[")) {
+		return nil, false
+	}
+	i := 2
+	for i < len(p) && p[i] >= '0' && p[i] <= '9' {
+		i++
+	}
+	if i == 2 || i >= len(p) || p[i] != 'A' {
+		return nil, false
+	}
+	return p[:i+1], true
 }
