@@ -363,8 +363,8 @@ func (r *run) single(ctx context.Context) error {
 			}
 			defer dropTemp(f)
 			d, err := r.w.PutSchemaFile(gctx, r.cfg.Database, f)
-			d.TenantSchemasOnly = only != nil
 			if err == nil {
+				d.TenantSchemasOnly = only != nil
 				err = r.splitSchema(gctx, &d, f.Name())
 			}
 			r.m.Schemas = []manifest.SchemaDump{d}

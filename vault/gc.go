@@ -51,8 +51,9 @@ type GCResult struct {
 // GC deletes what no snapshot set needs: packs and schema archives that no
 // manifest references (leftovers of interrupted snapshots, and what purged
 // sets used alone), catalogs none of whose sets exists any more, and
-// deletion markers and verification records whose set is gone. It reads every manifest first and stops, deleting nothing, if any
-// of them cannot be read: an unreadable manifest may reference anything.
+// deletion markers and verification records whose set is gone. It reads
+// every manifest first and stops, deleting nothing, if any of them cannot
+// be read: an unreadable manifest may reference anything.
 // Chunks are shared between sets, so a pack under packs/<set>/ may be
 // referenced by a later set; only the union of every manifest's Packs and
 // Schemas decides.

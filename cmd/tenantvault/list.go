@@ -266,15 +266,21 @@ type erasedJSON struct {
 }
 
 // heldEntries leaves out the entries sealed with a destroyed tenant key
-// and counts them.
+// and counts them. Sets taken under one key share it: each key is looked
+// up once.
 func heldEntries(ctx context.Context, v *vault.Vault, entries []vault.TenantInSet) ([]vault.TenantInSet, int, error) {
 	var held []vault.TenantInSet
 	shredded := 0
+	destroyed := map[string]bool{}
 	for _, e := range entries {
 		if e.Key != "" {
-			gone, err := v.TenantKeyDestroyed(ctx, e.Key)
-			if err != nil {
-				return nil, 0, err
+			gone, seen := destroyed[e.Key]
+			if !seen {
+				var err error
+				if gone, err = v.TenantKeyDestroyed(ctx, e.Key); err != nil {
+					return nil, 0, err
+				}
+				destroyed[e.Key] = gone
 			}
 			if gone {
 				shredded++
