@@ -31,7 +31,17 @@ const (
 	// repositories only): older readers must refuse it rather than take
 	// its sealed parts for damaged ones.
 	Version4 = 4
-	Version  = Version4
+	// Version5 is Version3 or Version4 whose schema-model schema is
+	// several pg_dump archives (SchemaDump.Covers): older readers would
+	// render the first one as the whole schema.
+	Version5 = 5
+	Version  = Version5
+)
+
+// What a schema archive of a set of format 5 holds (SchemaDump.Covers).
+const (
+	CoversShared  = "shared"  // everything outside the tenant schemas; the first archive
+	CoversTenants = "tenants" // a batch of tenant schemas
 )
 
 // Kinds of snapshot set.
@@ -195,8 +205,13 @@ type SchemaDump struct {
 	// alone (pg_dump --schema; restore's pre-restore sets of the schema
 	// model): what lives outside them is missing, so it restores only into
 	// a database that has it, the one it was taken from.
-	TenantSchemasOnly bool   `json:"tenant_schemas_only,omitempty"`
-	SHA256            string `json:"sha256"`
+	TenantSchemasOnly bool `json:"tenant_schemas_only,omitempty"`
+	// Covers is set when the database's schema was dumped by several
+	// pg_dump runs under the one snapshot (set format 5): CoversShared for
+	// the first archive, CoversTenants for each batch of tenant schemas
+	// after it. The first archive holds the split of them all.
+	Covers string `json:"covers,omitempty"`
+	SHA256 string `json:"sha256"`
 }
 
 // Table is one table's definition as captured.
@@ -373,7 +388,35 @@ func (m *Manifest) Validate() error {
 	case m.Index != nil && m.Index.Tenants != m.Stats.Tenants:
 		return fmt.Errorf("manifest %s: the tenant index holds %d tenants, the stats say %d", m.ID, m.Index.Tenants, m.Stats.Tenants)
 	}
+	if err := m.validateCovers(); err != nil {
+		return err
+	}
 	return m.ValidateTenants(m.Tenants)
+}
+
+// validateCovers checks the archives of a schema dumped in batches: not in
+// set formats 2 to 4, the shared one first with the split, then one or more
+// of tenant schemas, all of one database.
+func (m *Manifest) validateCovers() error {
+	batched := false
+	for _, d := range m.Schemas {
+		batched = batched || d.Covers != ""
+	}
+	if !batched {
+		return nil
+	}
+	if m.Version >= Version2 && m.Version < Version5 { // 1: a header validated before its format is set
+		return fmt.Errorf("manifest %s: set format %d with schema archives in batches", m.ID, m.Version)
+	}
+	if len(m.Schemas) < 2 || m.Schemas[0].Covers != CoversShared || m.Schemas[0].Split == nil {
+		return fmt.Errorf("manifest %s: schema archives in batches without the shared archive and its split first", m.ID)
+	}
+	for _, d := range m.Schemas[1:] {
+		if d.Covers != CoversTenants || d.Database != m.Schemas[0].Database || d.Split != nil {
+			return fmt.Errorf("manifest %s: bad schema archive batch %s", m.ID, d.Key)
+		}
+	}
+	return nil
 }
 
 // ValidateTenants checks entries against the manifest's tables and packs:

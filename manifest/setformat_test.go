@@ -53,3 +53,47 @@ func TestSetFormat2Header(t *testing.T) {
 		t.Errorf("newer format: %v", err)
 	}
 }
+
+// TestSchemaBatchesFormat: a schema dumped in batches is read only in set
+// format 5, with the shared archive and its split first, then archives of
+// tenant schemas of the same database.
+func TestSchemaBatchesFormat(t *testing.T) {
+	h := strings.Repeat("0", 64)
+	hdr := func() *manifest.Manifest {
+		return &manifest.Manifest{Version: manifest.Version5, ID: "20261128T110145.123Z-1a2b3c4d", Kind: manifest.KindManual,
+			Index: &manifest.Index{Key: "sets/20261128T110145.123Z-1a2b3c4d.tidx", Size: 100, Pages: 1, Tenants: 2,
+				Directory: manifest.Range{Offset: 60, Length: 40, SHA256: h}},
+			Stats: manifest.Stats{Tenants: 2}, TablePositions: []int{},
+			Schemas: []manifest.SchemaDump{
+				{Database: "saas", Key: "schemas/a.dump", Covers: manifest.CoversShared, Split: &manifest.SchemaSplit{Key: "schemas/s.parts"}},
+				{Database: "saas", Key: "schemas/b.dump", Covers: manifest.CoversTenants},
+				{Database: "saas", Key: "schemas/c.dump", Covers: manifest.CoversTenants},
+			}}
+	}
+	decode := func(m *manifest.Manifest) error {
+		data, err := manifest.Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = manifest.Decode(data)
+		return err
+	}
+	if err := decode(hdr()); err != nil {
+		t.Fatalf("set format 5: %v", err)
+	}
+	format4 := hdr()
+	format4.Version = manifest.Version4
+	noSplit := hdr()
+	noSplit.Schemas[0].Split = nil
+	tenantsFirst := hdr()
+	tenantsFirst.Schemas[0], tenantsFirst.Schemas[1] = tenantsFirst.Schemas[1], tenantsFirst.Schemas[0]
+	otherDB := hdr()
+	otherDB.Schemas[2].Database = "other"
+	alone := hdr()
+	alone.Schemas = alone.Schemas[:1]
+	for name, m := range map[string]*manifest.Manifest{"format 4": format4, "no split": noSplit, "tenants first": tenantsFirst, "other database": otherDB, "shared alone": alone} {
+		if err := decode(m); !errors.Is(err, tenantvault.ErrIntegrity) {
+			t.Errorf("%s: %v, want an integrity error", name, err)
+		}
+	}
+}

@@ -843,13 +843,17 @@ func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manife
 			"restore it into the database it was taken from, or restore from a full set (--set ID; tenantvault list --tenant ID lists them)")
 	}
 	if p.Model == tenancy.ModelSchema {
+		// A tenant restored from a set with another schema (one taken
+		// before the newest, say, when the tenant was dropped since) is
+		// not in this set's schema, or not as its rows were taken: its
+		// schema is created from its own set afterwards.
 		var ts []*manifest.Tenant
 		for i := range p.Items {
 			it := &p.Items[i]
-			if d := it.Set.Schemas; len(d) == 0 || d[0].Split == nil || set.Schemas[0].Split == nil || d[0].Split.Key != set.Schemas[0].Split.Key {
-				ts = append(ts, nil) // from a set with another schema: the archive is rendered
-			} else {
+			if sameSchema(it.Set, set) {
 				ts = append(ts, it.T)
+			} else {
+				it.MissingSchema = true
 			}
 		}
 		if sql, ok, err := r.splitSchemaScript(ctx, &set.Schemas[0], true, ts); ok || err != nil {
@@ -863,17 +867,13 @@ func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manife
 		return "", tenantvault.WithHint(fmt.Sprintf("snapshot set %s is a partial set without split schema SQL: restoring it into an empty database would create every tenant schema of its archive", set.ID),
 			"restore it into the database it was taken from, or restore from a full set (--set ID; tenantvault list --tenant ID lists them)")
 	}
-	archive, err := r.o.Vault.GetSchema(ctx, set.Schemas[0])
-	if err != nil {
-		return "", err
-	}
 	// In the schema model, the schemas of tenants not being restored stay
 	// out: an empty schema would look like a tenant with no rows.
 	var exclude []string
 	if p.Model == tenancy.ModelSchema {
 		restoring := map[string]bool{}
 		for _, it := range p.Items {
-			restoring[it.Tenant] = true
+			restoring[it.Tenant] = !it.MissingSchema
 		}
 		// A schema-model tenant is the owner of its tables: the header's
 		// tables name every one, without reading the tenant index.
@@ -906,7 +906,17 @@ func (r *runner) schemaScript(ctx context.Context, p *Plan, set *manifest.Manife
 		}
 		sort.Strings(exclude)
 	}
-	return renderSchema(ctx, r.o.PgRestore, archive, "", exclude)
+	return r.renderArchives(ctx, set.Schemas, "", exclude)
+}
+
+// sameSchema reports whether set a's schema is set b's: the same set, or
+// the same split schema SQL (stored once, content-addressed).
+func sameSchema(a, b *manifest.Manifest) bool {
+	if a.ID == b.ID {
+		return true
+	}
+	sa, sb := a.Schemas, b.Schemas
+	return len(sa) > 0 && len(sb) > 0 && sa[0].Split != nil && sb[0].Split != nil && sa[0].Split.Key == sb[0].Split.Key
 }
 
 func globalTables(m *manifest.Manifest) []int {
@@ -946,7 +956,11 @@ func (r *runner) createTenantSchemas(ctx context.Context, p *Plan) error {
 			sql, split, err = r.splitSchemaScript(ctx, dump, false, []*manifest.Tenant{it.T})
 		}
 		if err == nil && !split {
-			sql, err = r.renderTenantSchema(ctx, p, it, dump)
+			dumps := []manifest.SchemaDump{*dump}
+			if p.Model == tenancy.ModelSchema {
+				dumps = it.Set.Schemas // several when dumped in batches
+			}
+			sql, err = r.renderTenantSchema(ctx, p, it, dumps)
 		}
 		if err != nil {
 			return err

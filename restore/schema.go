@@ -242,14 +242,29 @@ func (r *runner) splitSchemaScript(ctx context.Context, dump *manifest.SchemaDum
 
 // renderTenantSchema renders a tenant's schema from the whole archive: a
 // set without a split schema, or the database model.
-func (r *runner) renderTenantSchema(ctx context.Context, p *Plan, it *Item, dump *manifest.SchemaDump) (string, error) {
-	archive, err := r.o.Vault.GetSchema(ctx, *dump)
-	if err != nil {
-		return "", err
-	}
+func (r *runner) renderTenantSchema(ctx context.Context, p *Plan, it *Item, dumps []manifest.SchemaDump) (string, error) {
 	filter := ""
 	if p.Model == tenancy.ModelSchema {
 		filter = it.Tenant
 	}
-	return renderSchema(ctx, r.o.PgRestore, archive, filter, nil)
+	return r.renderArchives(ctx, dumps, filter, nil)
+}
+
+// renderArchives renders schema archives one after the other (renderSchema):
+// a schema dumped in batches is its shared archive, then those of its tenant
+// schemas, each a script of its own.
+func (r *runner) renderArchives(ctx context.Context, dumps []manifest.SchemaDump, schema string, exclude []string) (string, error) {
+	var sql strings.Builder
+	for _, d := range dumps {
+		archive, err := r.o.Vault.GetSchema(ctx, d)
+		if err != nil {
+			return "", err
+		}
+		s, err := renderSchema(ctx, r.o.PgRestore, archive, schema, exclude)
+		if err != nil {
+			return "", err
+		}
+		sql.WriteString(s)
+	}
+	return sql.String(), nil
 }

@@ -128,8 +128,8 @@ func pgDumpTooOld(server int, detail string) error {
 
 // dumpSchema writes pg_dump's schema-only custom-format archive of cfg's
 // database, as of the exported snapshot, to w: of the whole database, or
-// of the schemas named in only.
-func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int, only []string, w io.Writer) error {
+// of what filter (schemaArgs) selects.
+func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int, filter []string, w io.Writer) error {
 	path, err := lookPgDump(pgDump)
 	if err != nil {
 		return err
@@ -138,9 +138,7 @@ func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map
 	if snapshotName != "" {
 		args = append(args, "--snapshot="+snapshotName)
 	}
-	for _, s := range only {
-		args = append(args, "--schema="+exactPattern(s))
-	}
+	args = append(args, filter...)
 	cmd := pgDumpCommand(ctx, path, cfg, ssl, args...)
 	var stderr bytes.Buffer
 	cmd.Stdout = w
@@ -165,13 +163,13 @@ func dumpSchema(ctx context.Context, pgDump string, cfg *pgx.ConnConfig, ssl map
 // spoolSchema runs dumpSchema into a temporary file in dir, so that the
 // archive is stored and split from the file, never held in memory. The
 // caller closes and removes it (dropTemp).
-func spoolSchema(ctx context.Context, dir, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int, only []string) (*os.File, error) {
+func spoolSchema(ctx context.Context, dir, pgDump string, cfg *pgx.ConnConfig, ssl map[string]string, snapshotName string, server int, filter []string) (*os.File, error) {
 	f, err := os.CreateTemp(dir, "tenantvault-schema-*.dump")
 	if err != nil {
 		return nil, err
 	}
 	bw := bufio.NewWriterSize(f, 1<<20)
-	err = dumpSchema(ctx, pgDump, cfg, ssl, snapshotName, server, only, bw)
+	err = dumpSchema(ctx, pgDump, cfg, ssl, snapshotName, server, filter, bw)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -180,6 +178,16 @@ func spoolSchema(ctx context.Context, dir, pgDump string, cfg *pgx.ConnConfig, s
 		return nil, err
 	}
 	return f, nil
+}
+
+// schemaArgs are pg_dump arguments of option (--schema or
+// --exclude-schema) for each of the named schemas, matched exactly.
+func schemaArgs(option string, names []string) []string {
+	out := make([]string, len(names))
+	for i, s := range names {
+		out[i] = option + "=" + exactPattern(s)
+	}
+	return out
 }
 
 // exactPattern is a pg_dump name pattern matching name only: within

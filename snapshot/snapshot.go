@@ -61,6 +61,11 @@ type Options struct {
 	// restore --if-exists replace takes its pre-restore sets so: at 10,000
 	// tenant schemas a whole-database pg_dump costs 15 s and 264 MiB.
 	OnlyTenantSchemas bool
+	// SchemaBatch is how many tenant schemas one pg_dump run dumps when
+	// the schema model's archive is of the whole database and there are
+	// more (schemabatch.go): 0 means DefaultSchemaBatch, a negative value
+	// one run for all.
+	SchemaBatch int
 	// Kind, Note and SourceName are recorded in the manifest.
 	Kind       string
 	Note       string
@@ -140,6 +145,9 @@ func (o *Options) normalize() error {
 	}
 	if o.Kind == "" {
 		o.Kind = manifest.KindManual
+	}
+	if o.SchemaBatch == 0 {
+		o.SchemaBatch = DefaultSchemaBatch
 	}
 	switch o.SchemaArchive {
 	case "":
@@ -357,7 +365,12 @@ func (r *run) single(ctx context.Context) error {
 			if r.partialSchemas() && o.OnlyTenantSchemas && len(r.owners) > 0 {
 				only = r.owners
 			}
-			f, err := spoolSchema(gctx, o.TempDir, o.PgDump, r.cfg, r.ssl, snap.name, snap.source.ServerNum, only)
+			if only == nil {
+				if done, err := r.dumpSchemaBatched(gctx, snap); done || err != nil {
+					return err
+				}
+			}
+			f, err := spoolSchema(gctx, o.TempDir, o.PgDump, r.cfg, r.ssl, snap.name, snap.source.ServerNum, schemaArgs("--schema", only))
 			if err != nil {
 				return err
 			}

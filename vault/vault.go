@@ -662,6 +662,14 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 		}
 		hdr.Version = manifest.Version4
 	}
+	if len(hdr.Schemas) > 1 && hdr.Schemas[0].Covers != "" {
+		// Set format 5: older readers would take the first of the
+		// archives for the whole schema; they refuse the set instead.
+		if hdr.Version < manifest.Version3 {
+			return fmt.Errorf("write set %s: a schema in batches needs set format 3 (owned tables)", hdr.ID)
+		}
+		hdr.Version = manifest.Version5
+	}
 	if err := hdr.Validate(); err != nil {
 		return fmt.Errorf("refusing to write an invalid manifest: %w", err)
 	}

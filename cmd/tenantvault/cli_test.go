@@ -38,6 +38,7 @@ func expect(t *testing.T, wantCode int, wantErr string, args ...string) string {
 func TestUsageErrors(t *testing.T) {
 	expect(t, 2, "--source is required", "snapshot", "--repo", "file:///tmp/x")
 	expect(t, 2, "unknown flag: --nope", "snapshot", "--nope")
+	expect(t, 2, "--schema-batch -1: use a positive number of schemas, or 0 for one pg_dump run", "snapshot", "--source", "postgres://127.0.0.1:1/x", "--repo", "file:///tmp/x", "--schema-batch", "-1")
 	expect(t, 2, `unknown command "snapsot"`, "snapsot")
 	expect(t, 2, "--repo is required", "list")
 	expect(t, 2, "--target is required", "restore", "--repo", "file:///x", "--tenant", "a")

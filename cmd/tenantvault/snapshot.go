@@ -27,6 +27,7 @@ type snapshotOptions struct {
 	tempDir     string
 	pgDump      string
 	schemaArch  string
+	schemaBatch int
 	full        bool
 	exactLSN    bool
 	dryRun      bool
@@ -66,6 +67,7 @@ set's are referenced instead of stored again.`,
 	fs.StringVar(&o.tempDir, "temp-dir", "", "directory for packs while they fill (default: the system temp dir)")
 	fs.StringVar(&o.pgDump, "pg-dump", "pg_dump", "pg_dump binary for the schema (of the server's major version or newer)")
 	fs.StringVar(&o.schemaArch, "schema-archive", manifest.SchemaArchivePgDump, "pg_dump: store the schema (restore --create-schema needs it); none: no pg_dump, restore into an existing schema only (e.g. one your migrations create)")
+	fs.IntVar(&o.schemaBatch, "schema-batch", snapshot.DefaultSchemaBatch, "schema model: tenant schemas dumped by one pg_dump run, which bounds its memory (several runs under the one snapshot when there are more); 0: one run for all")
 	fs.BoolVar(&o.full, "full", false, "store every chunk, even those equal to the previous set's")
 	fs.BoolVar(&o.exactLSN, "exact-lsn", false, "take the set at a replication slot's consistent point, so the change log (capture) continues it exactly")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print what would be captured, and write nothing")
@@ -80,10 +82,16 @@ func (a *app) runSnapshot(ctx context.Context, o *snapshotOptions) error {
 	if o.schemaArch != manifest.SchemaArchivePgDump && o.schemaArch != manifest.SchemaArchiveNone {
 		return &usageError{fmt.Sprintf("--schema-archive %q: use pg_dump or none", o.schemaArch)}
 	}
+	if o.schemaBatch < 0 {
+		return &usageError{fmt.Sprintf("--schema-batch %d: use a positive number of schemas, or 0 for one pg_dump run", o.schemaBatch)}
+	}
+	if o.schemaBatch == 0 {
+		o.schemaBatch = -1 // snapshot.Options: one run
+	}
 	so := snapshot.Options{
 		Source: o.source, Tenancy: o.tenancy, Tenants: o.tenants, Parallel: o.parallel, Level: o.level,
 		WorkMem: o.workMem, ServerSort: o.serverSort, LockTimeout: o.lockTimeout, TempDir: o.tempDir, PgDump: o.pgDump,
-		SchemaArchive: o.schemaArch, Full: o.full, ExactLSN: o.exactLSN, SourceName: o.name, Logger: a.log,
+		SchemaArchive: o.schemaArch, SchemaBatch: o.schemaBatch, Full: o.full, ExactLSN: o.exactLSN, SourceName: o.name, Logger: a.log,
 	}
 	if o.dryRun {
 		p, err := snapshot.Explain(ctx, so)
