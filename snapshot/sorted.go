@@ -230,7 +230,10 @@ func (r *run) getArena() *arena {
 		r.arenas = r.arenas[:n-1]
 		return a
 	}
-	return &arena{buf: make([]byte, 0, sortMem)}
+	// It grows as rows come: allocated whole, its untouched pages cost no
+	// memory but count to the heap the collector lets grow (GOGC), so 30,000
+	// small tables let as much garbage pile up.
+	return &arena{buf: make([]byte, 0, 64<<10)}
 }
 
 func (r *run) putArena(a *arena) {
@@ -348,7 +351,7 @@ func (so *sorter) add(l []byte) {
 		need = len(k) + len(row)
 	}
 	a := so.a
-	if len(a.ents) > 0 && a.used()+need+entSize > cap(a.buf) {
+	if len(a.ents) > 0 && a.used()+need+entSize > sortMem {
 		if so.err = so.spill(); so.err != nil {
 			return
 		}
