@@ -230,9 +230,9 @@ func (r *run) getArena() *arena {
 		r.arenas = r.arenas[:n-1]
 		return a
 	}
-	// It grows as rows come: allocated whole, its untouched pages cost no
-	// memory but count to the heap the collector lets grow (GOGC), so 30,000
-	// small tables let as much garbage pile up.
+	// It starts small: allocated whole, its untouched pages cost no memory
+	// but count to the heap the collector lets grow (GOGC), so the export
+	// of 30,000 small tables let as much garbage pile up.
 	return &arena{buf: make([]byte, 0, 64<<10)}
 }
 
@@ -355,6 +355,11 @@ func (so *sorter) add(l []byte) {
 		if so.err = so.spill(); so.err != nil {
 			return
 		}
+	}
+	if len(a.buf)+need > cap(a.buf) && cap(a.buf) < sortMem {
+		// Past its first 64 KiB the arena takes its whole bound at once:
+		// growing step by step would leave each smaller copy as garbage.
+		a.buf = append(make([]byte, 0, max(sortMem, len(a.buf)+need)), a.buf...)
 	}
 	off := len(a.buf)
 	a.buf = append(a.buf, k...)
