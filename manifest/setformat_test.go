@@ -13,21 +13,8 @@ import (
 // with its index reference, without tenants; a newer format is refused as
 // such, not as damage.
 func TestSetFormat2Header(t *testing.T) {
-	h := strings.Repeat("0", 64)
-	hdr := func() *manifest.Manifest {
-		return &manifest.Manifest{Version: manifest.Version2, ID: "20261128T110145.123Z-1a2b3c4d", Kind: manifest.KindManual,
-			Index: &manifest.Index{Key: "sets/20261128T110145.123Z-1a2b3c4d.tidx", Size: 100, Pages: 1, Tenants: 2,
-				Directory: manifest.Range{Offset: 60, Length: 40, SHA256: h}},
-			Stats: manifest.Stats{Tenants: 2}}
-	}
-	decode := func(m *manifest.Manifest) error {
-		data, err := manifest.Encode(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = manifest.Decode(data)
-		return err
-	}
+	hdr := func() *manifest.Manifest { return header(manifest.Version2) }
+	decode := func(m *manifest.Manifest) error { return roundTrip(t, m) }
 	if err := decode(hdr()); err != nil {
 		t.Fatalf("header: %v", err)
 	}
@@ -58,26 +45,17 @@ func TestSetFormat2Header(t *testing.T) {
 // format 5, with the shared archive and its split first, then archives of
 // tenant schemas of the same database.
 func TestSchemaBatchesFormat(t *testing.T) {
-	h := strings.Repeat("0", 64)
 	hdr := func() *manifest.Manifest {
-		return &manifest.Manifest{Version: manifest.Version5, ID: "20261128T110145.123Z-1a2b3c4d", Kind: manifest.KindManual,
-			Index: &manifest.Index{Key: "sets/20261128T110145.123Z-1a2b3c4d.tidx", Size: 100, Pages: 1, Tenants: 2,
-				Directory: manifest.Range{Offset: 60, Length: 40, SHA256: h}},
-			Stats: manifest.Stats{Tenants: 2}, TablePositions: []int{},
-			Schemas: []manifest.SchemaDump{
-				{Database: "saas", Key: "schemas/a.dump", Covers: manifest.CoversShared, Split: &manifest.SchemaSplit{Key: "schemas/s.parts"}},
-				{Database: "saas", Key: "schemas/b.dump", Covers: manifest.CoversTenants},
-				{Database: "saas", Key: "schemas/c.dump", Covers: manifest.CoversTenants},
-			}}
-	}
-	decode := func(m *manifest.Manifest) error {
-		data, err := manifest.Encode(m)
-		if err != nil {
-			t.Fatal(err)
+		m := header(manifest.Version5)
+		m.TablePositions = []int{}
+		m.Schemas = []manifest.SchemaDump{
+			{Database: "saas", Key: "schemas/a.dump", Covers: manifest.CoversShared, Split: &manifest.SchemaSplit{Key: "schemas/s.parts"}},
+			{Database: "saas", Key: "schemas/b.dump", Covers: manifest.CoversTenants},
+			{Database: "saas", Key: "schemas/c.dump", Covers: manifest.CoversTenants},
 		}
-		_, err = manifest.Decode(data)
-		return err
+		return m
 	}
+	decode := func(m *manifest.Manifest) error { return roundTrip(t, m) }
 	if err := decode(hdr()); err != nil {
 		t.Fatalf("set format 5: %v", err)
 	}
@@ -96,4 +74,23 @@ func TestSchemaBatchesFormat(t *testing.T) {
 			t.Errorf("%s: %v, want an integrity error", name, err)
 		}
 	}
+}
+
+// header is a valid set header of format version with two tenants.
+func header(version int) *manifest.Manifest {
+	return &manifest.Manifest{Version: version, ID: "20261128T110145.123Z-1a2b3c4d", Kind: manifest.KindManual,
+		Index: &manifest.Index{Key: "sets/20261128T110145.123Z-1a2b3c4d.tidx", Size: 100, Pages: 1, Tenants: 2,
+			Directory: manifest.Range{Offset: 60, Length: 40, SHA256: strings.Repeat("0", 64)}},
+		Stats: manifest.Stats{Tenants: 2}}
+}
+
+// roundTrip encodes m and returns what decoding it says.
+func roundTrip(t *testing.T, m *manifest.Manifest) error {
+	t.Helper()
+	data, err := manifest.Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = manifest.Decode(data)
+	return err
 }
