@@ -35,7 +35,12 @@ const (
 	// several pg_dump archives (SchemaDump.Covers): older readers would
 	// render the first one as the whole schema.
 	Version5 = 5
-	Version  = Version5
+	// Version6 is Version3, 4 or 5 whose chunks may be stored in the
+	// columnar layout (codec 3): older readers would take those chunks
+	// for damaged ones. A set of the row model, which Version2 would
+	// hold, is written as Version3 with every table in the header.
+	Version6 = 6
+	Version  = Version6
 )
 
 // What a schema archive of a set of format 5 holds (SchemaDump.Covers).

@@ -93,7 +93,7 @@ CREATE TABLE shared.settings (k text PRIMARY KEY, v text); INSERT INTO shared.se
 		t.Fatal(err)
 	}
 	hdr := s.Header()
-	if hdr.Version != manifest.Version3 || len(hdr.Schemas) != 1 || hdr.Schemas[0].Split == nil {
+	if hdr.Version != manifest.Version6 || len(hdr.Schemas) != 1 || hdr.Schemas[0].Split == nil {
 		t.Fatalf("set format %d, schemas %+v", hdr.Version, hdr.Schemas)
 	}
 	if n := len(hdr.TablePositions); n != 1 || len(hdr.Tables) != 1+50*3 {
@@ -287,7 +287,7 @@ CREATE TABLE shared.settings (k text PRIMARY KEY, v text); INSERT INTO shared.se
 		t.Fatal(err)
 	}
 	hdr := s.Header()
-	if hdr.Version != manifest.Version4 || len(hdr.Schemas) != 1 || hdr.Schemas[0].Split == nil {
+	if hdr.Version != manifest.Version6 || len(hdr.Schemas) != 1 || hdr.Schemas[0].Split == nil {
 		t.Fatalf("set format %d, schemas %+v", hdr.Version, hdr.Schemas)
 	}
 	split := hdr.Schemas[0].Split
@@ -458,10 +458,10 @@ CREATE SCHEMA "tenant_st*r ""q"""; CREATE TABLE "tenant_st*r ""q""".notes (id in
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w, _ := v.ReadManifest(ctx, whole.ID); w.Version != manifest.Version3 || len(w.Schemas) != 1 || w.Schemas[0].Covers != "" {
+	if w, _ := v.ReadManifest(ctx, whole.ID); w.Version != manifest.Version6 || len(w.Schemas) != 1 || w.Schemas[0].Covers != "" {
 		t.Fatalf("set dumped in one run: format %d, schemas %+v", w.Version, w.Schemas)
 	}
-	if batch > 0 && (hdr.Version != manifest.Version5 || len(hdr.Schemas) != 5 || hdr.Schemas[0].Covers != manifest.CoversShared) || hdr.Schemas[0].Split == nil {
+	if batch > 0 && (hdr.Version != manifest.Version6 || len(hdr.Schemas) != 5 || hdr.Schemas[0].Covers != manifest.CoversShared) || hdr.Schemas[0].Split == nil {
 		t.Fatalf("set format %d, schemas %+v", hdr.Version, hdr.Schemas)
 	}
 	for _, d := range hdr.Schemas[1:] {

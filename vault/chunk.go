@@ -51,8 +51,10 @@ func (v *Vault) OpenChunk(ctx context.Context, m *manifest.Manifest, c manifest.
 		return nil, r.integrity("cannot read codec byte: %v", err)
 	}
 	payload := r.limited
+	columnar := false
 	switch {
-	case codec[0] == CodecZstd && !v.cfg.Encrypted():
+	case (codec[0] == CodecZstd || codec[0] == CodecColumnar) && !v.cfg.Encrypted():
+		columnar = codec[0] == CodecColumnar
 	case codec[0] == CodecSealed && v.cfg.Encrypted():
 		// A plaintext chunk in an encrypted repository (or the reverse)
 		// is refused above: the manifest's checksum would not match it
@@ -77,18 +79,28 @@ func (v *Vault) OpenChunk(ctx context.Context, m *manifest.Manifest, c manifest.
 			rc.Close()
 			return nil, r.readFailure(err)
 		}
-		if codec[0] != CodecZstd {
+		if codec[0] != CodecZstd && codec[0] != CodecColumnar {
 			r.opener.release()
 			rc.Close()
 			return nil, r.integrity("unknown codec %d inside the sealed chunk", codec[0])
 		}
+		columnar = codec[0] == CodecColumnar
 		payload = r.opener
-	case codec[0] == CodecZstd || codec[0] == CodecSealed:
+	case codec[0] == CodecZstd || codec[0] == CodecSealed || codec[0] == CodecColumnar:
 		rc.Close()
 		return nil, r.integrity("codec %d does not belong in a repository that is %s", codec[0], map[bool]string{true: "encrypted", false: "not encrypted"}[v.cfg.Encrypted()])
 	default:
 		rc.Close()
 		return nil, r.integrity("unknown codec %d", codec[0])
+	}
+	if columnar && m.Version < manifest.Version6 {
+		// Only sets of format 6 may hold it: older readers refuse those
+		// sets instead of reporting their chunks as damaged.
+		if r.opener != nil {
+			r.opener.release()
+		}
+		rc.Close()
+		return nil, r.integrity("codec %d in a set of format %d", CodecColumnar, m.Version)
 	}
 	dec := decoders.Get().(*zstd.Decoder)
 	if err := dec.Reset(payload); err != nil {
@@ -99,7 +111,11 @@ func (v *Vault) OpenChunk(ctx context.Context, m *manifest.Manifest, c manifest.
 		rc.Close()
 		return nil, r.integrity("%v", err)
 	}
-	r.dec = dec
+	r.dec, r.src = dec, dec
+	if columnar {
+		r.layout = newColumnarReader(dec)
+		r.src = r.layout
+	}
 	return r, nil
 }
 
@@ -130,6 +146,8 @@ type chunkReader struct {
 	limited  io.Reader
 	opener   *openReader // decrypts a sealed chunk; nil for a plaintext one
 	dec      *zstd.Decoder
+	layout   *columnarReader // of a columnar chunk
+	src      io.Reader       // the content: dec, or layout over it
 	stored   hash.Hash
 	content  hash.Hash
 	storedN  int64
@@ -159,7 +177,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	if r.done != nil {
 		return 0, r.done
 	}
-	n, err := r.dec.Read(p)
+	n, err := r.src.Read(p)
 	if n > 0 {
 		r.content.Write(p[:n])
 		r.contentN += int64(n)
@@ -218,6 +236,10 @@ func short(h string) string {
 }
 
 func (r *chunkReader) Close() error {
+	if r.layout != nil {
+		r.layout.release()
+		r.layout = nil
+	}
 	if r.dec != nil {
 		r.dec.Reset(nil)
 		decoders.Put(r.dec)

@@ -23,6 +23,9 @@ import (
 // old repositories stay readable.
 const (
 	CodecZstd byte = 1
+	// CodecColumnar is CodecZstd over the columnar layout of the content
+	// (columnar.go): set format 6 and later.
+	CodecColumnar byte = 3
 )
 
 // WriterOptions tune how a set's chunks are packed.
@@ -317,6 +320,12 @@ type Packer struct {
 	pending []byte
 	scratch []byte
 	sealer  *sealWriter // of the current chunk, in an encrypted set
+
+	// columnar lays chunks out by column (CodecColumnar): in sets of set
+	// format 6, which every indexed set of this build is.
+	columnar bool
+	layout   columnarEncoder
+	blocks   []byte
 }
 
 // NewPacker returns a packer for one worker.
@@ -329,7 +338,7 @@ func (s *SetWriter) NewPacker() (*Packer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Packer{s: s, stream: stream, oneshot: oneshot, content: sha256.New(), stored: sha256.New()}, nil
+	return &Packer{s: s, stream: stream, oneshot: oneshot, content: sha256.New(), stored: sha256.New(), columnar: s.v.WritesIndexed()}, nil
 }
 
 // ChunkRef locates a stored chunk and proves its content.
@@ -441,6 +450,29 @@ func (c *ChunkWriter) Write(b []byte) (int, error) {
 	p := c.p
 	p.content.Write(b)
 	c.size += int64(len(b))
+	if p.columnar {
+		p.pending = append(p.pending, b...)
+		if len(p.pending) <= deferLimit {
+			return len(b), nil
+		}
+		if !c.started {
+			if c.err = c.begin(); c.err != nil {
+				return 0, c.err
+			}
+		}
+		// Whole blocks go to the compressor; the rest waits for rows.
+		off := 0
+		for len(p.pending)-off > maxBlock {
+			n := blockEnd(p.pending[off:])
+			p.blocks = p.layout.encode(p.blocks[:0], p.pending[off:off+n])
+			if _, c.err = p.stream.Write(p.blocks); c.err != nil {
+				return 0, c.err
+			}
+			off += n
+		}
+		p.pending = p.pending[:copy(p.pending, p.pending[off:])]
+		return len(b), nil
+	}
 	if !c.started {
 		if len(p.pending)+len(b) <= deferLimit {
 			p.pending = append(p.pending, b...)
@@ -476,7 +508,11 @@ func (c *ChunkWriter) begin() error {
 		}
 		p.sealer, out = seal, seal
 	}
-	if _, err := out.Write([]byte{CodecZstd}); err != nil {
+	codec := CodecZstd
+	if p.columnar {
+		codec = CodecColumnar
+	}
+	if _, err := out.Write([]byte{codec}); err != nil {
 		return err
 	}
 	p.stream.Reset(out)
@@ -530,12 +566,25 @@ func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
 		if err := c.begin(); err != nil {
 			return ChunkRef{}, err
 		}
-		p.scratch = p.oneshot.EncodeAll(p.pending, p.scratch[:0])
+		content := p.pending
+		if p.columnar {
+			p.blocks = p.layout.encodeAll(p.blocks[:0], p.pending)
+			content = p.blocks
+		}
+		p.scratch = p.oneshot.EncodeAll(content, p.scratch[:0])
 		if _, err := p.chunkOut().Write(p.scratch); err != nil {
 			return ChunkRef{}, err
 		}
-	} else if err := p.stream.Close(); err != nil {
-		return ChunkRef{}, err
+	} else {
+		if p.columnar {
+			p.blocks = p.layout.encodeAll(p.blocks[:0], p.pending)
+			if _, err := p.stream.Write(p.blocks); err != nil {
+				return ChunkRef{}, err
+			}
+		}
+		if err := p.stream.Close(); err != nil {
+			return ChunkRef{}, err
+		}
 	}
 	if p.s.key != nil {
 		if err := p.sealer.Close(); err != nil {

@@ -47,6 +47,7 @@ func bigSet(id string, n int) *manifest.Manifest {
 		Version: manifest.Version, ID: id, Kind: manifest.KindScheduled,
 		Tables: []manifest.Table{{Schema: "public", Name: "a", Kind: manifest.TableScoped}, {Schema: "public", Name: "b", Kind: manifest.TableScoped}, {Schema: "public", Name: "c", Kind: manifest.TableScoped}},
 		Packs:  []string{"packs/" + id + "/000001.pack"},
+		Stats:  manifest.Stats{Tables: 3},
 	}
 	h := strings.Repeat("ab", 32)
 	for i := range n {

@@ -643,7 +643,7 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 	if err != nil {
 		return err
 	}
-	hdr.Version, hdr.Index, hdr.Stats.Tenants = manifest.Version2, ix, ix.Tenants
+	hdr.Version, hdr.Index, hdr.Stats.Tenants, hdr.Stats.Tables = manifest.Version2, ix, ix.Tenants, len(hdr.Tables)
 	if w.moved != nil {
 		// Set format 3: the header keeps the tables not moved to entries.
 		hdr.Version, hdr.TablePositions = manifest.Version3, []int{}
@@ -670,6 +670,16 @@ func (v *Vault) CommitSet(ctx context.Context, hdr *manifest.Manifest, w *IndexW
 		}
 		hdr.Version = manifest.Version5
 	}
+	if hdr.Version == manifest.Version2 {
+		hdr.Version, hdr.TablePositions, hdr.TableCount = manifest.Version3, make([]int, len(hdr.Tables)), len(hdr.Tables)
+		for p := range hdr.TablePositions {
+			hdr.TablePositions[p] = p
+		}
+	}
+	// Set format 6: this build's packers store chunks in the columnar
+	// layout (codec 3), which older readers refuse the set for instead
+	// of taking the chunks for damaged ones.
+	hdr.Version = manifest.Version6
 	if err := hdr.Validate(); err != nil {
 		return fmt.Errorf("refusing to write an invalid manifest: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenantvault/tenantvault/internal/testenv"
+	"github.com/tenantvault/tenantvault/manifest"
 	"github.com/tenantvault/tenantvault/repo"
 	"github.com/tenantvault/tenantvault/vault"
 )
@@ -136,7 +137,7 @@ func testForgetEncryptedSchemaSplit(t *testing.T, repoURL string) {
 	ids = append(ids, setIDOf(t, expect(t, 0, "", snap...)))
 	want := splitRows(t, ctx, src, splitKept)
 
-	// Both sets are set format 4 and name the forgotten tenant's part.
+	// Both sets are set format 6 (4 before the columnar layout) and name the forgotten tenant's part.
 	reader := &vault.Keys{}
 	if _, err := reader.LoadKeyFile(identity); err != nil {
 		t.Fatal(err)
@@ -155,7 +156,7 @@ func testForgetEncryptedSchemaSplit(t *testing.T, repoURL string) {
 			}
 			hdr := s.Header()
 			tn, err := s.Tenant(ctx, splitForgotten)
-			if err != nil || tn == nil || tn.SchemaSQL == nil || tn.Key == "" || hdr.Version != 4 || len(hdr.Schemas) != 1 || hdr.Schemas[0].Split == nil {
+			if err != nil || tn == nil || tn.SchemaSQL == nil || tn.Key == "" || hdr.Version != manifest.Version6 || len(hdr.Schemas) != 1 || hdr.Schemas[0].Split == nil {
 				t.Fatalf("set %s: format %d, schemas %+v, entry %+v, %v", id, hdr.Version, hdr.Schemas, tn, err)
 			}
 			_, err = v.GetSchemaPart(ctx, hdr.Schemas[0].Split, *tn.SchemaSQL, tn)
