@@ -73,8 +73,9 @@ type Config struct {
 	// binary ("" looks it up on PATH; missing means that part is skipped).
 	TenantVault string
 	// Baseline, when set, is another tenantvault binary (an earlier
-	// build) whose restore of the largest scenario is measured in the same
-	// repetitions, for before/after ratios on a shared machine.
+	// build) whose snapshot, into a repository of its own, and restore of
+	// the largest scenario from it are measured in the same repetitions,
+	// for before/after ratios on a shared machine.
 	Baseline   string
 	PgBackRest string
 	// PgBackRestCompress is compress-type:level for pgBackRest.
@@ -153,7 +154,9 @@ type bench struct {
 	pgbr    *pgbackrest
 	dump    string // directory of the pg_dump kept for pg_restore
 	repos   []string
-	schema  string // pg_dump --schema-only custom-format file
+	// baselineRepo is the --baseline build's repository (first repetition).
+	baselineRepo string
+	schema       string // pg_dump --schema-only custom-format file
 	// floorFiles are the largest scenario's rows as COPY files, one per
 	// table, extracted once for the bare-COPY floor.
 	floorFiles []string
@@ -566,6 +569,22 @@ func (b *bench) snapshots(ctx context.Context) error {
 		}
 		s.Bytes = dirSize(repo)
 		b.add("snapshot/tenantvault", "tenantvault snapshot --parallel 2 (default zstd level 2, work-mem 64MB); bytes = repository size", s)
+		if b.cfg.Baseline != "" {
+			// The baseline's own repository: a build restores what it
+			// wrote, whichever set format either writes.
+			brepo := filepath.Join(b.tmp, fmt.Sprintf("repo-baseline%d", r))
+			s, err := b.runMeasured(ctx, command{name: "baseline snapshot", args: b.tvSnapshotArgs(b.cfg.Baseline, brepo, nil)})
+			if err != nil {
+				return err
+			}
+			s.Bytes = dirSize(brepo)
+			if r == 1 {
+				b.baselineRepo = brepo
+			} else {
+				os.RemoveAll(brepo)
+			}
+			b.add("snapshot/baseline build", "the --baseline tenantvault binary's snapshot (its defaults); bytes = repository size", s)
+		}
 		for _, v := range b.cfg.Variants {
 			vrepo := filepath.Join(b.tmp, "repo-variant")
 			s, err := b.tvSnapshot(ctx, vrepo, "tenantvault snapshot "+v.Name, v.Args)
@@ -602,10 +621,13 @@ func (b *bench) snapshots(ctx context.Context) error {
 }
 
 func (b *bench) tvSnapshot(ctx context.Context, repo, name string, extra []string) (Sample, error) {
-	args := []string{b.cfg.TenantVault, "snapshot", "--source", b.liveURL, "--repo", "file://" + repo, "--init",
+	return b.runMeasured(ctx, command{name: name, args: b.tvSnapshotArgs(b.cfg.TenantVault, repo, extra)})
+}
+
+func (b *bench) tvSnapshotArgs(bin, repo string, extra []string) []string {
+	args := []string{bin, "snapshot", "--source", b.liveURL, "--repo", "file://" + repo, "--init",
 		"--temp-dir", b.tmp, "--pg-dump", b.pgProgram("pg_dump")}
-	args = append(args, extra...)
-	return b.runMeasured(ctx, command{name: name, args: args})
+	return append(args, extra...)
 }
 
 // deleteTenants deletes tenants the way a bad maintenance script does.
@@ -759,7 +781,7 @@ func (b *bench) restores(ctx context.Context) error {
 				if err := b.settle(ctx, b.liveURL); err != nil {
 					return err
 				}
-				s, err := b.tvRestoreWith(ctx, b.cfg.Baseline, "baseline restore "+sc.Name, b.repos[0], b.liveURL, sc)
+				s, err := b.tvRestoreWith(ctx, b.cfg.Baseline, "baseline restore "+sc.Name, b.baselineRepo, b.liveURL, sc)
 				if err != nil {
 					return err
 				}

@@ -20,8 +20,9 @@
 #                            incremental, load, limits, profile)
 #   --variant 'work-mem 512MB=--work-mem=512MB'   an extra snapshot config
 #   --out DIR                results.json, report.md, logs, profiles
-#   --baseline BIN           an earlier tenantvault build: its restore of
-#                            40% of tenants is measured in the same reps
+#   --baseline BIN           an earlier tenantvault build: its snapshot and
+#                            its restore of 40% of tenants are measured in
+#                            the same reps
 # The driver starts its own PostgreSQL 15 cluster (initdb/pg_ctl, as the
 # postgres user when run as root) with archiving for pgBackRest, and removes
 # it and every temporary file on exit or Ctrl-C. pgBackRest is used when

@@ -14,7 +14,7 @@ import (
 // Columnar layout (codec CodecColumnar): chunk content, COPY text rows, is
 // stored one block at a time with each block's values grouped by column,
 // so the compressor sees a column's similar values side by side instead of
-// interleaved with the other columns' (docs/FORMAT.md, Chunks and packs).
+// interleaved with the other columns' (docs/FORMAT.md, Columnar layout).
 // The layout changes only how bytes are stored: digests stay over the COPY
 // text, and a block that is not clean COPY text is kept as it is.
 
@@ -72,23 +72,12 @@ func (e *columnarEncoder) encode(dst, block []byte) []byte {
 	dst = binary.AppendUvarint(dst, uint64(cols))
 	for c := range cols {
 		if e.parseInts(block, rows, cols, c) {
-			dst = append(dst, colInt)
-			prev := int64(0)
-			for _, v := range e.ints {
-				dst = binary.AppendVarint(dst, v-prev)
-				prev = v
-			}
+			dst = e.appendDeltas(append(dst, colInt))
 			continue
 		}
 		if suffix, ok := e.parseTimes(block, rows, cols, c); ok {
-			dst = append(dst, colTime)
-			dst = binary.AppendUvarint(dst, uint64(len(suffix)))
-			dst = append(dst, suffix...)
-			prev := int64(0)
-			for _, v := range e.ints {
-				dst = binary.AppendVarint(dst, v-prev)
-				prev = v
-			}
+			dst = binary.AppendUvarint(append(dst, colTime), uint64(len(suffix)))
+			dst = e.appendDeltas(append(dst, suffix...))
 			continue
 		}
 		n := 0
@@ -103,6 +92,17 @@ func (e *columnarEncoder) encode(dst, block []byte) []byte {
 			dst = append(dst, block[e.starts[i]:e.ends[i]]...)
 			dst = append(dst, '\n')
 		}
+	}
+	return dst
+}
+
+// appendDeltas appends e.ints as varint differences, each from the one
+// before it.
+func (e *columnarEncoder) appendDeltas(dst []byte) []byte {
+	prev := int64(0)
+	for _, v := range e.ints {
+		dst = binary.AppendVarint(dst, v-prev)
+		prev = v
 	}
 	return dst
 }
@@ -321,19 +321,11 @@ func (c *columnarReader) next() error {
 			// The separators do not count against the budget.
 			budget += nr
 		case colInt:
-			prev := int64(0)
-			for range nr {
-				d, err := binary.ReadVarint(c.r)
-				if err != nil {
-					return c.malformed(err)
-				}
-				prev += d
-				off := len(c.text)
-				c.text = strconv.AppendInt(c.text, prev, 10)
-				c.spans = append(c.spans, valueSpan{int32(off), int32(len(c.text))})
-				if len(c.text) > budget {
-					return c.malformed(nil)
-				}
+			if err := c.deltas(nr, budget, func(v int64) bool {
+				c.text = strconv.AppendInt(c.text, v, 10)
+				return true
+			}); err != nil {
+				return err
 			}
 		case colTime:
 			n, err := binary.ReadUvarint(c.r)
@@ -344,23 +336,14 @@ func (c *columnarReader) next() error {
 			if _, err := io.ReadFull(c.r, suffix[:n]); err != nil {
 				return c.malformed(err)
 			}
-			prev := int64(0)
-			for range nr {
-				d, err := binary.ReadVarint(c.r)
-				if err != nil {
-					return c.malformed(err)
+			if err := c.deltas(nr, budget, func(v int64) bool {
+				if v < minTime || v >= maxTime {
+					return false
 				}
-				prev += d
-				if prev < minTime || prev >= maxTime {
-					return c.malformed(nil)
-				}
-				off := len(c.text)
-				c.text = appendTime(c.text, prev)
-				c.text = append(c.text, suffix[:n]...)
-				c.spans = append(c.spans, valueSpan{int32(off), int32(len(c.text))})
-				if len(c.text) > budget {
-					return c.malformed(nil)
-				}
+				c.text = append(appendTime(c.text, v), suffix[:n]...)
+				return true
+			}); err != nil {
+				return err
 			}
 		default:
 			return c.malformed(nil)
@@ -376,6 +359,25 @@ func (c *columnarReader) next() error {
 		c.row[len(c.row)-1] = '\n'
 	}
 	c.out = c.row
+	return nil
+}
+
+// deltas reads a column of nr varint differences and has render append
+// each running value to c.text; render refuses a value out of its range.
+func (c *columnarReader) deltas(nr, budget int, render func(v int64) bool) error {
+	prev := int64(0)
+	for range nr {
+		d, err := binary.ReadVarint(c.r)
+		if err != nil {
+			return c.malformed(err)
+		}
+		prev += d
+		off := len(c.text)
+		if !render(prev) || len(c.text) > budget {
+			return c.malformed(nil)
+		}
+		c.spans = append(c.spans, valueSpan{int32(off), int32(len(c.text))})
+	}
 	return nil
 }
 

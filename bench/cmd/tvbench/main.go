@@ -50,7 +50,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.PGURL, "pg-url", "", "use this PostgreSQL server (superuser URL) instead of starting one; pgBackRest is then skipped")
 	fs.StringVar(&cfg.PGBindir, "pg-bindir", "", "PostgreSQL 15 binaries (default: /usr/lib/postgresql/15/bin)")
 	fs.StringVar(&cfg.TenantVault, "tenantvault", "", "tenantvault binary (required)")
-	fs.StringVar(&cfg.Baseline, "baseline", "", "an earlier tenantvault binary: its restore of the largest scenario is measured beside this one's, in the same repetitions")
+	fs.StringVar(&cfg.Baseline, "baseline", "", "an earlier tenantvault binary: its snapshot (into its own repository) and its restore of the largest scenario are measured beside this one's, in the same repetitions")
 	fs.StringVar(&cfg.PgBackRest, "pgbackrest", "", "pgbackrest binary (default: from PATH; skipped when missing)")
 	fs.StringVar(&cfg.PgBackRestCompress, "pgbackrest-compress", "zst:1", "pgBackRest compress-type:level")
 	fs.Var(&variants, "variant", "extra tenantvault snapshot configuration NAME=FLAGS (repeatable), e.g. 'work-mem 512MB=--work-mem=512MB'")

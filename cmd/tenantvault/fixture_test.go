@@ -13,31 +13,35 @@ import (
 	"github.com/tenantvault/tenantvault/internal/testenv"
 )
 
-// The v1 fixture repositories in testdata/v1repo were written by the
-// tenantvault of commit ce4f3f5, before set format 2 existed: two sets of
-// the fixture database (the second after a change to "acme", so it reuses
-// the other tenants' chunks), once plaintext and once encrypted (the test
-// keys sit next to it). expect.json holds every tenant's rows as of the
-// second set, read with plain SQL. They prove that this build still reads
-// what older builds wrote; they are never rewritten by the current code.
-const v1FixtureDir = "testdata/v1repo"
+// The fixture repositories in testdata/v1repo were written by the
+// tenantvault of commit ce4f3f5, before set format 2 existed, and those in
+// testdata/v6repo by the first build of set format 6 (the columnar chunk
+// layout): two sets of the fixture database each (the second after a change
+// to "acme", so it reuses the other tenants' chunks), once plaintext and
+// once encrypted (the test keys sit next to them). expect.json holds every
+// tenant's rows as of the second set, read with plain SQL. They prove that
+// this build still reads what older builds wrote; they are never rewritten
+// by later code.
+var fixtureDirs = []string{"testdata/v1repo", "testdata/v6repo"}
 
-// TestWriteV1Fixture regenerates the fixture. It only runs when asked
-// (TENANTVAULT_WRITE_V1_FIXTURE=1) and only makes sense with the build that
-// wrote the committed one; the fixture's point is that it is old.
-func TestWriteV1Fixture(t *testing.T) {
-	if os.Getenv("TENANTVAULT_WRITE_V1_FIXTURE") != "1" {
-		t.Skip("writes testdata only when TENANTVAULT_WRITE_V1_FIXTURE=1")
+// TestWriteFixture regenerates testdata/$TENANTVAULT_WRITE_FIXTURE (v1repo
+// or v6repo). It only runs when asked and only makes sense with the build
+// that wrote the committed one; the fixture's point is that it is old.
+func TestWriteFixture(t *testing.T) {
+	name := os.Getenv("TENANTVAULT_WRITE_FIXTURE")
+	if name == "" {
+		t.Skip("writes testdata only when TENANTVAULT_WRITE_FIXTURE names a fixture")
 	}
-	if err := os.RemoveAll(v1FixtureDir); err != nil {
+	dir := filepath.Join("testdata", name)
+	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	os.MkdirAll(filepath.Join(v1FixtureDir, "keys"), 0o755)
+	os.MkdirAll(filepath.Join(dir, "keys"), 0o755)
 	src := testenv.NewDatabase(t)
 	fixture.Create(t, src)
-	identity, signing, recipient := keygen(t, filepath.Join(v1FixtureDir, "keys"))
-	plain, _ := filepath.Abs(filepath.Join(v1FixtureDir, "plain"))
-	enc, _ := filepath.Abs(filepath.Join(v1FixtureDir, "encrypted"))
+	identity, signing, recipient := keygen(t, filepath.Join(dir, "keys"))
+	plain, _ := filepath.Abs(filepath.Join(dir, "plain"))
+	enc, _ := filepath.Abs(filepath.Join(dir, "encrypted"))
 	expect(t, 0, "", "snapshot", "--source", src, "--repo", "file://"+plain, "--init")
 	expect(t, 0, "", "snapshot", "--source", src, "--repo", "file://"+enc, "--init", "--recipient", recipient, "--signing-key", signing)
 	testenv.Exec(t, src, `UPDATE projects SET name = name || ' v2' WHERE tenant_id = 'acme'`)
@@ -56,7 +60,7 @@ func TestWriteV1Fixture(t *testing.T) {
 		want[tenant] = st
 	}
 	data, _ := json.MarshalIndent(want, "", " ")
-	if err := os.WriteFile(filepath.Join(v1FixtureDir, "expect.json"), data, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "expect.json"), data, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -86,10 +90,16 @@ func copyTree(t *testing.T, from string) string {
 	return to
 }
 
-// TestReadV1Fixture lists, verifies and restores the repositories an older
-// build wrote, with this build.
-func TestReadV1Fixture(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join(v1FixtureDir, "expect.json"))
+// TestReadFixtures lists, verifies and restores the repositories older
+// builds wrote, with this build.
+func TestReadFixtures(t *testing.T) {
+	for _, dir := range fixtureDirs {
+		t.Run(filepath.Base(dir), func(t *testing.T) { readFixture(t, dir) })
+	}
+}
+
+func readFixture(t *testing.T, dir string) {
+	data, err := os.ReadFile(filepath.Join(dir, "expect.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,10 +107,10 @@ func TestReadV1Fixture(t *testing.T) {
 	if err := json.Unmarshal(data, &want); err != nil {
 		t.Fatal(err)
 	}
-	identity, _ := filepath.Abs(filepath.Join(v1FixtureDir, "keys", "restore.key"))
+	identity, _ := filepath.Abs(filepath.Join(dir, "keys", "restore.key"))
 	for _, kind := range []string{"plain", "encrypted"} {
 		t.Run(kind, func(t *testing.T) {
-			r := "file://" + copyTree(t, filepath.Join(v1FixtureDir, kind))
+			r := "file://" + copyTree(t, filepath.Join(dir, kind))
 			var keys []string
 			if kind == "encrypted" {
 				keys = []string{"--identity", identity}
@@ -140,7 +150,7 @@ func TestReadV1Fixture(t *testing.T) {
 					t.Fatal(err)
 				}
 				if d := fixture.Diff(want[tenant], got); d != "" {
-					t.Errorf("tenant %q restored from the v1 fixture differs:\n%s", tenant, d)
+					t.Errorf("tenant %q restored from fixture %s differs:\n%s", tenant, dir, d)
 				}
 			}
 		})
