@@ -81,3 +81,25 @@ func TestColumnarChunks(t *testing.T) {
 		})
 	}
 }
+
+// TestSetFormat1ReusesNoColumnarChunks: a writer of set format 1 (what
+// builds before set format 2 read) does not point its set at the
+// columnar chunks of an earlier set of format 6.
+func TestSetFormat1ReusesNoColumnarChunks(t *testing.T) {
+	ctx := context.Background()
+	_, b := newRepoDir(t)
+	m := writeTenantSet(t, openWith(t, b, nil, true), tenantSet{at: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC), tenants: map[string]string{"a": "1\tx\n"}})
+	v1, err := vault.Open(ctx, b, vault.Options{SetFormat: manifest.Version1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := *m
+	next.ID = vault.NewSetID(time.Date(2026, 3, 1, 13, 0, 0, 0, time.UTC))
+	ix, err := v1.PreviousChunks(ctx, &next)
+	if err != nil || ix.Set != "" {
+		t.Fatalf("a set format 1 writer deduplicates against %q (%v)", ix.Set, err)
+	}
+	if ix, err := openWith(t, b, nil, false).PreviousChunks(ctx, &next); err != nil || ix.Set != m.ID {
+		t.Fatalf("a set format 6 writer deduplicates against %q, want %s (%v)", ix.Set, m.ID, err)
+	}
+}

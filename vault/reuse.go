@@ -55,7 +55,10 @@ func (v *Vault) PreviousChunks(ctx context.Context, m *manifest.Manifest) (*Reus
 			continue
 		}
 		if v.cfg.Encrypted() {
-			if signer == "" {
+			if signer == "" || !v.WritesIndexed() {
+				// A set format 1 writer writes what older builds read:
+				// an earlier set's chunks may be columnar (set format 6),
+				// which a sealed header does not tell.
 				return &ReuseIndex{}, nil
 			}
 			x, err := v.ReadIndex(ctx, ids[i])
@@ -89,7 +92,7 @@ func (v *Vault) PreviousChunks(ctx context.Context, m *manifest.Manifest) (*Reus
 			continue
 		}
 		prev := ps.Header()
-		if !sameSource(prev.Source, m.Source) || prev.Tenancy != m.Tenancy {
+		if !sameSource(prev.Source, m.Source) || prev.Tenancy != m.Tenancy || !v.WritesIndexed() && prev.Version >= manifest.Version6 {
 			continue
 		}
 		if !v.packsPresent(ctx, prev.ID, prev.Packs) {
