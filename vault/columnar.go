@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 )
@@ -273,7 +274,7 @@ func (c *columnarReader) next() error {
 		if err != nil || n == 0 || n > maxBlock {
 			return c.malformed(err)
 		}
-		c.row = grow(c.row, int(n))
+		c.row = slices.Grow(c.row[:0], int(n))[:n]
 		if _, err := io.ReadFull(c.r, c.row); err != nil {
 			return c.malformed(err)
 		}
@@ -302,7 +303,7 @@ func (c *columnarReader) next() error {
 				return c.malformed(err)
 			}
 			off := len(c.text)
-			c.text = grow(c.text, off+int(n))
+			c.text = slices.Grow(c.text, int(n))[:off+int(n)]
 			if _, err := io.ReadFull(c.r, c.text[off:]); err != nil {
 				return c.malformed(err)
 			}
@@ -521,14 +522,4 @@ func civilFromDays(z int64) (y, m, d int64) {
 		y++
 	}
 	return y, m, d
-}
-
-// grow returns b resized to n bytes, keeping its content.
-func grow(b []byte, n int) []byte {
-	if cap(b) >= n {
-		return b[:n]
-	}
-	nb := make([]byte, n, max(n, 2*cap(b)))
-	copy(nb, b)
-	return nb
 }

@@ -562,25 +562,24 @@ func (c *ChunkWriter) Finish(prev *ChunkRef) (ChunkRef, error) {
 		r.Digest, r.Size, r.Key = digest, c.size, c.keyName
 		return r, nil
 	}
+	// What is still pending: the whole chunk, or (columnar) the rows
+	// after its last whole block.
+	rest := p.pending
+	if p.columnar {
+		p.blocks = p.layout.encodeAll(p.blocks[:0], p.pending)
+		rest = p.blocks
+	}
 	if !c.started {
 		if err := c.begin(); err != nil {
 			return ChunkRef{}, err
 		}
-		content := p.pending
-		if p.columnar {
-			p.blocks = p.layout.encodeAll(p.blocks[:0], p.pending)
-			content = p.blocks
-		}
-		p.scratch = p.oneshot.EncodeAll(content, p.scratch[:0])
+		p.scratch = p.oneshot.EncodeAll(rest, p.scratch[:0])
 		if _, err := p.chunkOut().Write(p.scratch); err != nil {
 			return ChunkRef{}, err
 		}
 	} else {
-		if p.columnar {
-			p.blocks = p.layout.encodeAll(p.blocks[:0], p.pending)
-			if _, err := p.stream.Write(p.blocks); err != nil {
-				return ChunkRef{}, err
-			}
+		if _, err := p.stream.Write(rest); err != nil {
+			return ChunkRef{}, err
 		}
 		if err := p.stream.Close(); err != nil {
 			return ChunkRef{}, err
