@@ -850,7 +850,7 @@ func (c *capturer) checkLag(ctx context.Context) error {
 	defer cancel()
 	c.repl.Close(dctx)
 	c.repl = nil
-	if _, err := c.conn.Exec(dctx, `SELECT pg_drop_replication_slot($1)`, c.o.Slot); err != nil {
+	if _, err := dropSlot(dctx, c.conn, c.o.Slot); err != nil {
 		return fmt.Errorf("%w (%d bytes) and dropping slot %s failed: %v", ErrLagExceeded, *lag, c.o.Slot, err)
 	}
 	return fmt.Errorf("%w (%d bytes of WAL held, limit %d): slot %s dropped; the change log has a gap until the next snapshot", ErrLagExceeded, *lag, c.o.MaxLag, c.o.Slot)
@@ -871,12 +871,36 @@ func DropSlot(ctx context.Context, source, slot string) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	tag, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+	n, err := dropSlot(ctx, conn, slot)
 	if err != nil {
 		return fmt.Errorf("drop replication slot %s: %w", slot, err)
 	}
-	if tag.RowsAffected() == 0 {
+	if n == 0 {
 		return tenantvault.Inputf("no replication slot %s on %s", slot, tenancy.Describe(cfg))
 	}
 	return nil
+}
+
+// slotReleaseWait is how long a drop waits for a slot to be released: the
+// server ends a capture's walsender a moment after its client has gone,
+// and the slot stays active until then.
+const slotReleaseWait = 5 * time.Second
+
+// dropSlot drops slot if it exists and reports how many it dropped. A slot
+// still in use after slotReleaseWait (a capture that is running) is left
+// alone, with the server's error.
+func dropSlot(ctx context.Context, conn *pgx.Conn, slot string) (int64, error) {
+	deadline := time.Now().Add(slotReleaseWait)
+	for {
+		tag, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, slot)
+		var pe *pgconn.PgError
+		if err == nil || !errors.As(err, &pe) || pe.Code != "55006" || time.Now().After(deadline) {
+			return tag.RowsAffected(), err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
